@@ -1,0 +1,61 @@
+//! The JSON API: lives on air, one live's state, and a live's state as
+//! server-sent events (what the pages use to show on air / viewers).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_stream::wrappers::WatchStream;
+
+use super::{ApiError, AppState, valid_live_name};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/lives", get(lives))
+        .route("/api/lives/{live}", get(live))
+        .route("/api/lives/{live}/events", get(events))
+}
+
+async fn lives(State(state): State<AppState>) -> Response {
+    Json(json!({ "lives": state.board.on_air() })).into_response()
+}
+
+fn check(live: &str) -> Result<(), ApiError> {
+    if valid_live_name(live) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid live name"))
+    }
+}
+
+async fn live(State(state): State<AppState>, Path(live): Path<String>) -> Response {
+    match check(&live) {
+        Ok(()) => Json(state.board.get(&live)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn events(State(state): State<AppState>, Path(live): Path<String>) -> Response {
+    if let Err(e) = check(&live) {
+        return e.into_response();
+    }
+    let stream = WatchStream::new(state.board.subscribe(&live)).map(|s| {
+        Ok::<_, Infallible>(
+            Event::default()
+                .event("state")
+                .json_data(s)
+                .unwrap_or_default(),
+        )
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

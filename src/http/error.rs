@@ -1,0 +1,41 @@
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::media::MediaError;
+use crate::sfu::JoinError;
+
+/// An error answer: a status and a reason a person can act on.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self(status, reason.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.1;
+        body.push('\n');
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> Self {
+        let status = match &e {
+            MediaError::Join(JoinError::MalformedOffer(_)) => StatusCode::BAD_REQUEST,
+            MediaError::Join(JoinError::NoMedia(_)) => StatusCode::BAD_REQUEST,
+            MediaError::Join(JoinError::Refused(_)) => StatusCode::NOT_ACCEPTABLE,
+            MediaError::NoSuchSession(_) => StatusCode::NOT_FOUND,
+            MediaError::Down => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self(status, e.to_string())
+    }
+}

@@ -1,0 +1,78 @@
+//! The HTTP face: WHIP/WHEP signaling, the JSON API and the built-in pages.
+
+mod api;
+mod error;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::board::LiveBoard;
+use crate::media::MediaHandle;
+
+pub use error::ApiError;
+
+/// Bodies above this are refused with 413: an SDP offer is a few KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub media: MediaHandle,
+    pub board: Arc<LiveBoard>,
+}
+
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+    Router::new()
+        .merge(session::routes())
+        .merge(api::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(cors(cors_origins))
+        .merge(pages::routes())
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_MATCH,
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::LINK,
+            header::ETAG,
+            HeaderName::from_static("accept-patch"),
+        ])
+}
+
+/// Live names are path segments in URLs people type and share.
+pub fn valid_live_name(live: &str) -> bool {
+    (1..=64).contains(&live.len())
+        && live
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

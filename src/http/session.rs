@@ -1,0 +1,213 @@
+//! WHIP (RFC 9725) and WHEP: one offer/answer exchange per session, a
+//! session URL to trickle candidates to (PATCH) and to end it (DELETE).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use str0m::Candidate;
+use tracing::Instrument;
+
+use super::{ApiError, AppState, valid_live_name};
+use crate::sfu::{PeerId, Role};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/whip/{live}", post(cast))
+        .route(
+            "/whip/{live}/{session}",
+            patch(cast_patch).delete(cast_delete),
+        )
+        .route("/whep/{live}", post(play))
+        .route(
+            "/whep/{live}/{session}",
+            patch(play_patch).delete(play_delete),
+        )
+}
+
+fn prefix(role: Role) -> &'static str {
+    match role {
+        Role::Cast => "whip",
+        Role::Play => "whep",
+    }
+}
+
+async fn cast(s: State<AppState>, live: Path<String>, h: HeaderMap, body: Bytes) -> Response {
+    offer(s, live, h, body, Role::Cast).await
+}
+async fn play(s: State<AppState>, live: Path<String>, h: HeaderMap, body: Bytes) -> Response {
+    offer(s, live, h, body, Role::Play).await
+}
+async fn cast_patch(
+    s: State<AppState>,
+    p: Path<(String, String)>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    trickle(s, p, h, body, Role::Cast).await
+}
+async fn play_patch(
+    s: State<AppState>,
+    p: Path<(String, String)>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    trickle(s, p, h, body, Role::Play).await
+}
+async fn cast_delete(s: State<AppState>, p: Path<(String, String)>) -> Response {
+    end(s, p, Role::Cast).await
+}
+async fn play_delete(s: State<AppState>, p: Path<(String, String)>) -> Response {
+    end(s, p, Role::Play).await
+}
+
+fn check_live(live: &str) -> Result<(), ApiError> {
+    if valid_live_name(live) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid live name: use 1-64 letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+fn check_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = got.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected Content-Type: {expected}, got '{got}'"),
+        ))
+    }
+}
+
+fn utf8(body: &Bytes) -> Result<&str, ApiError> {
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))
+}
+
+fn session_id(session: &str) -> Result<PeerId, ApiError> {
+    session
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+}
+
+async fn offer(
+    State(state): State<AppState>,
+    Path(live): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    role: Role,
+) -> Response {
+    let span = tracing::info_span!("offer", %live, %role);
+    async move {
+        check_live(&live)?;
+        check_content_type(&headers, "application/sdp")?;
+        let offer = utf8(&body)?;
+        if offer.trim().is_empty() {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty SDP offer"));
+        }
+        let joined = state.media.join(&live, role, offer.to_string()).await?;
+        let location = format!("/{}/{}/{}", prefix(role), live, joined.peer);
+        Ok::<_, ApiError>(
+            (
+                StatusCode::CREATED,
+                [
+                    (header::CONTENT_TYPE, "application/sdp".to_string()),
+                    (header::LOCATION, location),
+                    (header::ETAG, format!("\"{}\"", joined.peer)),
+                    (
+                        header::HeaderName::from_static("accept-patch"),
+                        "application/trickle-ice-sdpfrag".to_string(),
+                    ),
+                ],
+                joined.answer,
+            )
+                .into_response(),
+        )
+    }
+    .instrument(span)
+    .await
+    .unwrap_or_else(|e| {
+        tracing::info!(status = %e.0, "offer refused: {}", e.1);
+        e.into_response()
+    })
+}
+
+async fn trickle(
+    State(state): State<AppState>,
+    Path((live, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+    role: Role,
+) -> Response {
+    let result = async {
+        check_live(&live)?;
+        let peer = session_id(&session)?;
+        check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
+        let frag = utf8(&body)?;
+        if headers.get(header::IF_MATCH).is_some_and(|v| v == "*") {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ICE restarts are not supported: end this session and POST a new offer",
+            ));
+        }
+        let candidates = parse_candidates(frag)?;
+        state.media.trickle(&live, role, peer, candidates).await?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The `a=candidate` lines of a trickle-ice-sdpfrag body.
+fn parse_candidates(frag: &str) -> Result<Vec<Candidate>, ApiError> {
+    frag.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(|l| {
+            Candidate::from_sdp_string(l).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("bad candidate '{l}': {e}"))
+            })
+        })
+        .collect()
+}
+
+async fn end(
+    State(state): State<AppState>,
+    Path((live, session)): Path<(String, String)>,
+    role: Role,
+) -> Response {
+    let result = async {
+        check_live(&live)?;
+        let peer = session_id(&session)?;
+        state.media.leave(&live, role, peer).await?;
+        Ok::<_, ApiError>(StatusCode::OK.into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_read_from_a_sdpfrag() {
+        let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n";
+        let c = parse_candidates(frag).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].addr(), "127.0.0.1:50000".parse().unwrap());
+        assert!(parse_candidates("a=candidate:garbage").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Vessel: a self-hosted live streaming server. One binary: WHIP/WHEP
+//! signaling, a WebRTC SFU, and the pages to cast and play.
+
+pub mod board;
+pub mod config;
+pub mod http;
+pub mod media;
+pub mod sfu;

@@ -1,0 +1,85 @@
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use vessel::board::LiveBoard;
+use vessel::config::Config;
+use vessel::http::{AppState, router};
+use vessel::media;
+use vessel::sfu::{Sfu, SfuConfig};
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("vessel=info")),
+        )
+        .init();
+    if let Err(e) = run(config).await {
+        tracing::error!("{e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    str0m::crypto::from_feature_flags().install_process_default();
+
+    let announced = config.announced_media_addrs();
+    let sockets = media::bind(config.media, &announced).map_err(|e| {
+        format!(
+            "cannot bind the media port {}: {e} (is another Vessel running? choose another with --media)",
+            config.media
+        )
+    })?;
+    let board = Arc::new(LiveBoard::default());
+    let sfu = Sfu::new(SfuConfig::new(announced.clone()));
+    let media = media::spawn(sockets, sfu, board.clone())
+        .map_err(|e| format!("cannot start the media thread: {e}"))?;
+
+    let listener = TcpListener::bind(config.http).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (choose another address with --http)",
+            config.http
+        )
+    })?;
+    let app = router(AppState { media, board }, &config.cors_origin);
+    let base = format!("http://{}", config.http);
+    tracing::info!(
+        "Vessel is running: open {base}/cast/demo to go live and {base}/play/demo to watch \
+         (WHIP: {base}/whip/demo, WHEP: {base}/whep/demo; media on udp {})",
+        announced
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,294 @@
+//! The media runtime: the thin IO shell around the sans-IO [`Sfu`]. It owns
+//! the UDP sockets, the clock and the thread, and talks to the HTTP side
+//! through commands (in) and the [`LiveBoard`] (out).
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::select_all;
+use str0m::Candidate;
+use str0m::net::Protocol;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::board::LiveBoard;
+use crate::sfu::{JoinError, Joined, NoSuchSession, PeerId, Role, Sfu, SfuEvent};
+
+enum Command {
+    Join {
+        live: String,
+        role: Role,
+        offer: String,
+        reply: oneshot::Sender<Result<Joined, JoinError>>,
+    },
+    Leave {
+        live: String,
+        role: Role,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), NoSuchSession>>,
+    },
+    Trickle {
+        live: String,
+        role: Role,
+        peer: PeerId,
+        candidates: Vec<Candidate>,
+        reply: oneshot::Sender<Result<(), NoSuchSession>>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    NoSuchSession(#[from] NoSuchSession),
+    #[error("the media engine is not running")]
+    Down,
+}
+
+/// The HTTP side's handle on the media runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct MediaHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl MediaHandle {
+    pub async fn join(&self, live: &str, role: Role, offer: String) -> Result<Joined, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        let live = live.to_string();
+        self.send(Command::Join {
+            live,
+            role,
+            offer,
+            reply,
+        })
+        .await?;
+        Ok(rx.await.map_err(|_| MediaError::Down)??)
+    }
+
+    pub async fn leave(&self, live: &str, role: Role, peer: PeerId) -> Result<(), MediaError> {
+        let (reply, rx) = oneshot::channel();
+        let live = live.to_string();
+        self.send(Command::Leave {
+            live,
+            role,
+            peer,
+            reply,
+        })
+        .await?;
+        Ok(rx.await.map_err(|_| MediaError::Down)??)
+    }
+
+    pub async fn trickle(
+        &self,
+        live: &str,
+        role: Role,
+        peer: PeerId,
+        candidates: Vec<Candidate>,
+    ) -> Result<(), MediaError> {
+        let (reply, rx) = oneshot::channel();
+        let live = live.to_string();
+        self.send(Command::Trickle {
+            live,
+            role,
+            peer,
+            candidates,
+            reply,
+        })
+        .await?;
+        Ok(rx.await.map_err(|_| MediaError::Down)??)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), MediaError> {
+        self.tx.send(cmd).await.map_err(|_| MediaError::Down)
+    }
+}
+
+/// A bound media socket and the candidate address its datagrams arrive at.
+pub struct MediaSocket {
+    pub socket: UdpSocket,
+    /// What str0m is told the destination was: the announced candidate.
+    pub announced: SocketAddr,
+}
+
+/// Binds the media sockets: `--media` itself, or, for an unspecified
+/// address, one socket per announced interface address, so every datagram's
+/// destination is known without IP_PKTINFO.
+pub fn bind(media: SocketAddr, announced: &[SocketAddr]) -> io::Result<Vec<MediaSocket>> {
+    let same_family = |a: &&SocketAddr| a.is_ipv4() == media.is_ipv4();
+    let first = announced.iter().find(same_family).copied().unwrap_or(media);
+    if !media.ip().is_unspecified() || announced.iter().any(|a| a.ip().is_unspecified()) {
+        let socket = UdpSocket::bind(media)?;
+        return Ok(vec![MediaSocket {
+            socket,
+            announced: first,
+        }]);
+    }
+    // 0.0.0.0 with interface addresses announced: one socket each, unless
+    // the announced addresses are not ours (--public-ip behind NAT).
+    let mut sockets = Vec::new();
+    for a in announced.iter().filter(same_family) {
+        match UdpSocket::bind(SocketAddr::new(a.ip(), media.port())) {
+            Ok(socket) => sockets.push(MediaSocket {
+                socket,
+                announced: *a,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                return Ok(vec![MediaSocket {
+                    socket: UdpSocket::bind(media)?,
+                    announced: first,
+                }]);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sockets)
+}
+
+/// Starts the media runtime on its own thread.
+pub fn spawn(
+    sockets: Vec<MediaSocket>,
+    sfu: Sfu,
+    board: Arc<LiveBoard>,
+) -> io::Result<MediaHandle> {
+    let (tx, rx) = mpsc::channel(256);
+    for s in &sockets {
+        s.socket.set_nonblocking(true)?;
+    }
+    std::thread::Builder::new()
+        .name("vessel-media".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("cannot start the media runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                if let Err(e) = run(sockets, sfu, board, rx).await {
+                    tracing::error!("media runtime stopped: {e}");
+                }
+            });
+        })?;
+    Ok(MediaHandle { tx })
+}
+
+struct Socket {
+    socket: tokio::net::UdpSocket,
+    announced: SocketAddr,
+}
+
+async fn run(
+    sockets: Vec<MediaSocket>,
+    mut sfu: Sfu,
+    board: Arc<LiveBoard>,
+    mut commands: mpsc::Receiver<Command>,
+) -> io::Result<()> {
+    let sockets = sockets
+        .into_iter()
+        .map(|s| {
+            Ok(Socket {
+                socket: tokio::net::UdpSocket::from_std(s.socket)?,
+                announced: s.announced,
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        flush(&mut sfu, &sockets, &board).await;
+        let wake = sfu
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let readable = select_all(sockets.iter().map(|s| Box::pin(s.socket.readable())));
+        tokio::select! {
+            _ = readable => {
+                for s in &sockets {
+                    // Drain what is queued; a bounded batch keeps timers fair.
+                    for _ in 0..64 {
+                        match s.socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => sfu.handle_receive(
+                                Instant::now(), Protocol::Udp, source, s.announced, &buf[..n]),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                // ICMP errors (a viewer went away) surface here.
+                                tracing::debug!("media socket: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => handle(&mut sfu, cmd),
+                None => return Ok(()),
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        sfu.handle_timeout(Instant::now());
+    }
+}
+
+fn handle(sfu: &mut Sfu, cmd: Command) {
+    let now = Instant::now();
+    match cmd {
+        Command::Join {
+            live,
+            role,
+            offer,
+            reply,
+        } => {
+            let _ = reply.send(sfu.join(&live, role, &offer, now));
+        }
+        Command::Leave {
+            live,
+            role,
+            peer,
+            reply,
+        } => {
+            let _ = reply.send(sfu.leave(&live, role, peer, now));
+        }
+        Command::Trickle {
+            live,
+            role,
+            peer,
+            candidates,
+            reply,
+        } => {
+            let _ = reply.send(sfu.add_remote_candidates(&live, role, peer, candidates));
+        }
+    }
+}
+
+async fn flush(sfu: &mut Sfu, sockets: &[Socket], board: &LiveBoard) {
+    while let Some(t) = sfu.poll_transmit() {
+        let socket = sockets
+            .iter()
+            .find(|s| s.announced == t.source)
+            .unwrap_or(&sockets[0]);
+        loop {
+            match socket.socket.try_send_to(&t.contents, t.destination) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if socket.socket.writable().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(to = %t.destination, "send failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    while let Some(e) = sfu.poll_event() {
+        match e {
+            SfuEvent::Live(state) => board.update(state),
+            SfuEvent::SessionEnded { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Codec facts the forwarder needs: keyframe detection and which of a
+//! viewer's payload types can carry a caster's stream unchanged.
+
+use str0m::format::{Codec, CodecSpec};
+use str0m::format::{
+    detect_av1_keyframe, detect_h264_keyframe, detect_h265_keyframe, detect_vp8_keyframe,
+    detect_vp9_keyframe,
+};
+
+/// Whether an RTP payload of `codec` starts a keyframe.
+pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Vp8 => detect_vp8_keyframe(payload),
+        Codec::Vp9 => detect_vp9_keyframe(payload),
+        Codec::H264 => detect_h264_keyframe(payload),
+        Codec::H265 => detect_h265_keyframe(payload),
+        Codec::Av1 => detect_av1_keyframe(payload),
+        _ => false,
+    }
+}
+
+/// Whether packets of `from` can be sent as-is on a payload type negotiated
+/// as `to`: same codec and clock, and for H264 the same packetization mode
+/// and profile (the level may differ: the decoder copes with a lower one).
+pub fn can_carry(from: &CodecSpec, to: &CodecSpec) -> bool {
+    if from.codec != to.codec || from.clock_rate != to.clock_rate {
+        return false;
+    }
+    let (a, b) = (&from.format, &to.format);
+    match from.codec {
+        Codec::H264 => {
+            a.packetization_mode.unwrap_or(0) == b.packetization_mode.unwrap_or(0)
+                && profile(a.profile_level_id) == profile(b.profile_level_id)
+        }
+        Codec::Vp9 => a.profile_id.unwrap_or(0) == b.profile_id.unwrap_or(0),
+        Codec::Av1 => a.profile.unwrap_or(0) == b.profile.unwrap_or(0),
+        _ => true,
+    }
+}
+
+/// profile_idc and constraint flags of an H264 profile-level-id.
+fn profile(profile_level_id: Option<u32>) -> u32 {
+    profile_level_id.unwrap_or(0x42001f) >> 8
+}
+
+#[cfg(test)]
+mod tests {
+    use str0m::format::FormatParams;
+    use str0m::media::Frequency;
+
+    use super::*;
+
+    fn h264(mode: u8, plid: u32) -> CodecSpec {
+        CodecSpec {
+            codec: Codec::H264,
+            clock_rate: Frequency::NINETY_KHZ,
+            channels: None,
+            format: FormatParams {
+                packetization_mode: Some(mode),
+                profile_level_id: Some(plid),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn h264_needs_same_mode_and_profile() {
+        assert!(can_carry(&h264(1, 0x42e01f), &h264(1, 0x42e01f)));
+        assert!(
+            can_carry(&h264(1, 0x42e01f), &h264(1, 0x42e034)),
+            "level may differ"
+        );
+        assert!(!can_carry(&h264(1, 0x42e01f), &h264(0, 0x42e01f)));
+        assert!(!can_carry(&h264(1, 0x42e01f), &h264(1, 0x64001f)));
+    }
+
+    #[test]
+    fn keyframes_are_recognised() {
+        assert!(starts_keyframe(Codec::Vp8, &[0x10, 0x00, 0x9d]));
+        assert!(!starts_keyframe(Codec::Vp8, &[0x10, 0x01, 0x9d]));
+        // H264 IDR slice (NAL type 5) and a non-IDR slice (type 1).
+        assert!(starts_keyframe(Codec::H264, &[0x65, 0x88]));
+        assert!(!starts_keyframe(Codec::H264, &[0x41, 0x9a]));
+        assert!(!starts_keyframe(Codec::Opus, &[0x10, 0x00]));
+    }
+}

@@ -1,0 +1,726 @@
+//! The SFU core, sans-IO: sessions, lives and forwarding as a plain state
+//! machine. It takes datagrams, commands and the current time, and hands back
+//! datagrams to send, events and the time it next wants to be woken. It owns
+//! no socket, thread or clock, so it is tested on simulated time and can be
+//! sharded: one `Sfu` per worker.
+
+pub mod codec;
+pub mod forward;
+pub mod keyframe;
+mod live;
+mod peer;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::ice::StunMessage;
+use str0m::media::{Direction, ExtensionValues, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RtpPacket;
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, RtcConfig};
+
+use forward::{MediaPacket, SourceId, Verdict};
+use live::Live;
+use peer::{Cast, Forward, OutTrack, Peer, PeerRole, Play};
+
+/// A session (one caster or viewer connection). Random and unguessable: it
+/// is the capability that lets a client end or patch its own session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub(crate) u128);
+
+impl PeerId {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl FromStr for PeerId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != 32 {
+            return Err(());
+        }
+        u128::from_str_radix(s, 16).map(PeerId).map_err(|_| ())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Cast,
+    Play,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Cast => "cast",
+            Role::Play => "play",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Addresses announced as ICE host candidates (the media port).
+    pub candidates: Vec<SocketAddr>,
+    /// Minimum spacing of keyframe requests to a caster.
+    pub keyframe_interval: Duration,
+    /// A session whose ICE/DTLS is not up by then is dropped.
+    pub connect_timeout: Duration,
+}
+
+impl SfuConfig {
+    pub fn new(candidates: Vec<SocketAddr>) -> Self {
+        Self {
+            candidates,
+            keyframe_interval: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The public state of a live, as the API and the pages show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveState {
+    pub live: String,
+    pub on_air: bool,
+    pub viewers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SfuEvent {
+    /// A live went on or off air, or its viewer count changed.
+    Live(LiveState),
+    /// A session ended (closed, replaced, timed out or failed).
+    SessionEnded {
+        peer: PeerId,
+        live: String,
+        role: Role,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub peer: PeerId,
+    pub answer: String,
+}
+
+/// Why an offer was refused. Nothing live is touched when this is returned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    #[error("malformed SDP offer: {0}")]
+    MalformedOffer(String),
+    #[error("the offer was refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    NoMedia(&'static str),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no such session")]
+pub struct NoSuchSession;
+
+pub struct Sfu {
+    config: SfuConfig,
+    peers: HashMap<PeerId, Peer>,
+    lives: HashMap<Arc<str>, Live>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    timers: BTreeSet<(Instant, PeerId)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SfuEvent>,
+}
+
+/// Work that polling one peer creates for others.
+#[derive(Default)]
+struct Effects {
+    forwards: Vec<Forward>,
+    keyframe_wanted: bool,
+    changed: bool,
+    dead: bool,
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Self {
+        Self {
+            config,
+            peers: HashMap::new(),
+            lives: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn live_state(&self, live: &str) -> Option<LiveState> {
+        self.lives.get(live).map(Live::state)
+    }
+
+    /// Accepts a caster's or viewer's SDP offer and returns the answer.
+    pub fn join(
+        &mut self,
+        live: &str,
+        role: Role,
+        offer: &str,
+        now: Instant,
+    ) -> Result<Joined, JoinError> {
+        let offer = SdpOffer::from_sdp_string(offer)
+            .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
+        let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
+        let id = PeerId::random();
+        let ufrag = format!("{:016x}", rand::random::<u64>());
+        let creds = IceCreds {
+            ufrag: ufrag.clone(),
+            pass: format!("{:032x}", rand::random::<u128>()),
+        };
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_stats_interval(None)
+            .set_local_ice_credentials(creds)
+            .build(now);
+        for addr in &self.config.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        // str0m may panic on SDP it does not expect; a client's offer must
+        // never take the server down.
+        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+            .map_err(|_| JoinError::Refused("the offer could not be negotiated".into()))?
+            .map_err(|e| JoinError::Refused(e.to_string()))?;
+
+        let rtc_timeout = loop {
+            match rtc.poll_output() {
+                Ok(Output::Event(_)) => {}
+                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Timeout(t)) => break t,
+                Err(e) => return Err(JoinError::Refused(e.to_string())),
+            }
+        };
+        // The negotiated m-lines, from our side's point of view.
+        let medias: Vec<(Mid, MediaKind, Direction)> = offered
+            .iter()
+            .filter_map(|mid| rtc.media(*mid))
+            .filter(|m| !m.disabled())
+            .map(|m| (m.mid(), m.kind(), m.direction()))
+            .collect();
+        let first = |kind: MediaKind, sending: bool| {
+            medias
+                .iter()
+                .find(|(_, k, dir)| {
+                    *k == kind
+                        && if sending {
+                            dir.is_sending()
+                        } else {
+                            dir.is_receiving()
+                        }
+                })
+                .map(|(mid, _, _)| *mid)
+        };
+        let peer_role = match role {
+            Role::Cast => {
+                if first(MediaKind::Audio, false).is_none()
+                    && first(MediaKind::Video, false).is_none()
+                {
+                    return Err(JoinError::NoMedia(
+                        "the offer sends no audio or video: a WHIP offer needs an m=audio or \
+                         m=video section with a=sendonly or a=sendrecv and a supported codec \
+                         (Opus, VP8, VP9, H264, AV1)",
+                    ));
+                }
+                PeerRole::Cast(Cast::default())
+            }
+            Role::Play => {
+                let mut track = |kind| {
+                    let mid = first(kind, true)?;
+                    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+                    Some(OutTrack::new(mid, ssrc, kind))
+                };
+                let play = Play {
+                    audio: track(MediaKind::Audio),
+                    video: track(MediaKind::Video),
+                };
+                if play.audio.is_none() && play.video.is_none() {
+                    return Err(JoinError::NoMedia(
+                        "the offer receives no audio or video: a WHEP offer needs an m=audio or \
+                         m=video section with a=recvonly or a=sendrecv and a supported codec \
+                         (Opus, VP8, VP9, H264, AV1)",
+                    ));
+                }
+                PeerRole::Play(play)
+            }
+        };
+
+        let live_name: Arc<str> = match self.lives.get_key_value(live) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(live),
+        };
+        let live_entry = self
+            .lives
+            .entry(live_name.clone())
+            .or_insert_with(|| Live::new(live_name.clone(), self.config.keyframe_interval));
+        let replaced = match role {
+            Role::Cast => live_entry.caster.replace(id),
+            Role::Play => {
+                live_entry.viewers.insert(id);
+                None
+            }
+        };
+        let peer = Peer {
+            id,
+            live: live_name.clone(),
+            rtc,
+            ufrag: ufrag.clone(),
+            addrs: Vec::new(),
+            connected: false,
+            connect_by: now + self.config.connect_timeout,
+            timer: None,
+            role: peer_role,
+        };
+        let timeout = peer.next_timeout(rtc_timeout);
+        self.peers.insert(id, peer);
+        self.by_ufrag.insert(ufrag, id);
+        self.set_timer(id, timeout);
+        if let Some(old) = replaced {
+            tracing::info!(live = %live_name, peer = %old, "caster replaced by a new session");
+            self.close_peer(old, now);
+        }
+        tracing::info!(live = %live_name, peer = %id, %role, "session created");
+        Ok(Joined {
+            peer: id,
+            answer: answer.to_sdp_string(),
+        })
+    }
+
+    /// Ends a session at the client's request.
+    pub fn leave(
+        &mut self,
+        live: &str,
+        role: Role,
+        peer: PeerId,
+        now: Instant,
+    ) -> Result<(), NoSuchSession> {
+        self.check(live, role, peer)?;
+        tracing::info!(live, peer = %peer, %role, "session ended by the client");
+        self.close_peer(peer, now);
+        Ok(())
+    }
+
+    /// Adds trickled remote candidates. ICE-lite does not need them (the
+    /// client's checks reveal its address), but they are kept for str0m.
+    pub fn add_remote_candidates(
+        &mut self,
+        live: &str,
+        role: Role,
+        peer: PeerId,
+        candidates: Vec<Candidate>,
+    ) -> Result<(), NoSuchSession> {
+        self.check(live, role, peer)?;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            for c in candidates {
+                p.rtc.add_remote_candidate(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, live: &str, role: Role, peer: PeerId) -> Result<(), NoSuchSession> {
+        match self.peers.get(&peer) {
+            Some(p) if &*p.live == live && p.role() == role => Ok(()),
+            _ => Err(NoSuchSession),
+        }
+    }
+
+    /// A datagram arrived on the media port.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        let Some(id) = self.route(source, contents) else {
+            return;
+        };
+        let Ok(contents) = contents.try_into() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(peer = %id, "input refused: {e}");
+        }
+        self.drive(id, now);
+    }
+
+    /// Finds the session a datagram belongs to: STUN by ICE username (which
+    /// also learns the address), everything else by remote address.
+    fn route(&mut self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
+        if let Ok(stun) = StunMessage::parse(contents) {
+            if let Some((local, _)) = stun.split_username() {
+                let id = *self.by_ufrag.get(local)?;
+                if self.by_addr.get(&source) != Some(&id) {
+                    if let Some(old) = self.by_addr.insert(source, id) {
+                        if let Some(p) = self.peers.get_mut(&old) {
+                            p.addrs.retain(|a| *a != source);
+                        }
+                    }
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.addrs.push(source);
+                    }
+                }
+                return Some(id);
+            }
+        }
+        self.by_addr.get(&source).copied()
+    }
+
+    /// Time moved on to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.timer = None;
+            if !peer.connected && now >= peer.connect_by {
+                tracing::info!(live = %peer.live, peer = %id, "session never connected; dropped");
+                self.close_peer(id, now);
+                continue;
+            }
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(peer = %id, "timeout refused: {e}");
+            }
+            self.drive(id, now);
+        }
+        let due: Vec<Arc<str>> = self
+            .lives
+            .values_mut()
+            .filter_map(|l| l.keyframes.handle_timeout(now).then(|| l.name.clone()))
+            .collect();
+        for live in due {
+            self.send_keyframe_request(&live, now);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Sfu::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let peers = self.timers.first().map(|(t, _)| *t);
+        let lives = self.lives.values().filter_map(Live::poll_timeout).min();
+        match (peers, lives) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn set_timer(&mut self, id: PeerId, at: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.timer == Some(at) {
+            return;
+        }
+        if let Some(old) = peer.timer.replace(at) {
+            self.timers.remove(&(old, id));
+        }
+        self.timers.insert((at, id));
+    }
+
+    /// Polls a peer until it has nothing more to say, then carries out what
+    /// it asked of others (forwarding, keyframe requests).
+    fn drive(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let mut fx = Effects::default();
+        let rtc_timeout = loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Timeout(t)) => break Some(t),
+                Ok(Output::Event(e)) => on_event(peer, e, &mut fx),
+                Err(e) => {
+                    tracing::warn!(live = %peer.live, peer = %id, "session failed: {e}");
+                    break None;
+                }
+            }
+        };
+        let live = peer.live.clone();
+        let role = peer.role();
+        let timeout = rtc_timeout.map(|t| peer.next_timeout(t));
+        match timeout {
+            Some(t) if !fx.dead && peer.rtc.is_alive() => self.set_timer(id, t),
+            _ => {
+                self.close_peer(id, now);
+                return;
+            }
+        }
+        if fx.changed {
+            self.recount(&live, role, id);
+        }
+        if !fx.forwards.is_empty() {
+            self.forward(&live, id, &fx.forwards, now);
+        }
+        if fx.keyframe_wanted {
+            self.want_keyframe(&live, now);
+        }
+    }
+
+    /// A peer connected: update the live's public state.
+    fn recount(&mut self, live: &str, role: Role, id: PeerId) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        match role {
+            Role::Cast if l.caster == Some(id) => l.on_air = true,
+            Role::Cast => return,
+            Role::Play => l.watching += 1,
+        }
+        self.events.push_back(SfuEvent::Live(l.state()));
+    }
+
+    fn forward(&mut self, live: &str, caster: PeerId, forwards: &[Forward], now: Instant) {
+        let Some(l) = self.lives.get(live) else {
+            return;
+        };
+        if l.caster != Some(caster) {
+            return;
+        }
+        let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
+        let mut need_keyframe = false;
+        for v in viewers {
+            let Some(peer) = self.peers.get_mut(&v) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            let PeerRole::Play(play) = &mut peer.role else {
+                continue;
+            };
+            for f in forwards {
+                if let Some(track) = play.track(f.kind) {
+                    need_keyframe |= track.send(&mut peer.rtc, f) == Verdict::NeedKeyframe;
+                }
+            }
+            self.drive(v, now);
+        }
+        if need_keyframe {
+            self.want_keyframe(live, now);
+        }
+    }
+
+    fn want_keyframe(&mut self, live: &str, now: Instant) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        if l.keyframes.request(now) {
+            self.send_keyframe_request(live, now);
+        }
+    }
+
+    fn send_keyframe_request(&mut self, live: &str, now: Instant) {
+        let Some(caster) = self.lives.get(live).and_then(|l| l.caster) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&caster) else {
+            return;
+        };
+        let PeerRole::Cast(cast) = &peer.role else {
+            return;
+        };
+        let Some(ssrc) = cast.video_source else {
+            return;
+        };
+        if let Some(rx) = peer.rtc.direct_api().stream_rx(&ssrc) {
+            tracing::debug!(live, peer = %caster, "keyframe requested");
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        self.drive(caster, now);
+    }
+
+    /// Removes a session and everything that points at it.
+    fn close_peer(&mut self, id: PeerId, now: Instant) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        // Let str0m say goodbye (DTLS close_notify) if it still can.
+        if peer.rtc.is_alive() {
+            let _ = peer.rtc.close();
+            while let Ok(out) = peer.rtc.poll_output() {
+                match out {
+                    Output::Transmit(t) => self.transmits.push_back(t),
+                    Output::Timeout(_) => break,
+                    Output::Event(_) => {}
+                }
+            }
+            peer.rtc.disconnect();
+        }
+        if let Some(t) = peer.timer {
+            self.timers.remove(&(t, id));
+        }
+        self.by_ufrag.remove(&peer.ufrag);
+        for a in &peer.addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        let role = peer.role();
+        if let Some(l) = self.lives.get_mut(&peer.live) {
+            let changed = match role {
+                Role::Cast if l.caster == Some(id) => {
+                    l.caster = None;
+                    std::mem::replace(&mut l.on_air, false)
+                }
+                // A replaced caster: the live carries on with the new one.
+                Role::Cast => false,
+                Role::Play => {
+                    l.viewers.remove(&id);
+                    if peer.connected {
+                        l.watching -= 1;
+                    }
+                    peer.connected
+                }
+            };
+            if changed {
+                self.events.push_back(SfuEvent::Live(l.state()));
+            }
+            if l.is_empty() {
+                self.lives.remove(&peer.live);
+            }
+        }
+        tracing::info!(live = %peer.live, peer = %id, %role, "session closed");
+        self.events.push_back(SfuEvent::SessionEnded {
+            peer: id,
+            live: peer.live.to_string(),
+            role,
+        });
+        let _ = now;
+    }
+}
+
+/// str0m's parse errors span lines and carry a memory address; keep the
+/// part a person can use.
+fn tidy_sdp_error(e: &str) -> String {
+    let parts: Vec<&str> = e
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
+        .collect();
+    if parts.is_empty() {
+        "not an SDP document".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Handles one str0m event of `peer`, noting what others must do.
+fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects) {
+    match event {
+        Event::Connected => {
+            peer.connected = true;
+            fx.changed = true;
+            // A new viewer needs a keyframe to start; a new caster is asked
+            // too, in case its first one was lost.
+            fx.keyframe_wanted = true;
+            tracing::info!(live = %peer.live, peer = %peer.id, role = %peer.role(), "connected");
+        }
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => fx.dead = true,
+        Event::Closed => fx.dead = true,
+        Event::KeyframeRequest(_) => fx.keyframe_wanted = true,
+        Event::RtpPacket(pkt) => {
+            if let Some(f) = prepare(peer, pkt) {
+                fx.forwards.push(f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Turns a caster's RTP packet into a [`Forward`], or `None` if it is not
+/// forwarded (padding, unknown stream, another simulcast layer).
+fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
+    let PeerRole::Cast(cast) = &mut peer.role else {
+        return None;
+    };
+    if pkt.payload.is_empty() {
+        return None; // padding / bandwidth probes
+    }
+    let ssrc = pkt.header.ssrc;
+    let (kind, _rid) = cast.stream(&mut peer.rtc, ssrc)?;
+    if kind == MediaKind::Video {
+        // One video stream is forwarded: the first one seen.
+        match cast.video_source {
+            Some(s) if s != ssrc => return None,
+            Some(_) => {}
+            None => cast.video_source = Some(ssrc),
+        }
+    }
+    let pt = pkt.header.payload_type;
+    let spec = cast.codec(&peer.rtc, pt)?;
+    let keyframe = kind == MediaKind::Video && codec::starts_keyframe(spec.codec, &pkt.payload);
+    let vp8 = (spec.codec == str0m::format::Codec::Vp8)
+        .then(|| str0m::rtp::Vp8Descriptor::parse(&pkt.payload).ok())
+        .flatten();
+    let mut exts = ExtensionValues::default();
+    exts.audio_level = pkt.header.ext_vals.audio_level;
+    exts.voice_activity = pkt.header.ext_vals.voice_activity;
+    exts.video_orientation = pkt.header.ext_vals.video_orientation;
+    Some(Forward {
+        kind,
+        media: MediaPacket {
+            source: SourceId {
+                peer: peer.id,
+                ssrc: *ssrc,
+            },
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            arrival: pkt.timestamp,
+            clock_rate: spec.clock_rate.get(),
+            keyframe,
+            vp8,
+        },
+        spec,
+        pt,
+        marker: pkt.header.marker,
+        exts,
+        payload: pkt.payload,
+    })
+}

@@ -1,0 +1,186 @@
+//! A peer: one WebRTC session (str0m `Rtc`) in the role of caster or viewer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::format::CodecSpec;
+use str0m::media::{ExtensionValues, MediaKind, Mid, Pt, Rid};
+use str0m::rtp::{RtpWrite, Ssrc};
+
+use super::PeerId;
+use super::codec::can_carry;
+use super::forward::{MediaPacket, TrackRewriter, Verdict};
+
+pub(super) struct Peer {
+    pub id: PeerId,
+    pub live: Arc<str>,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    /// Remote addresses seen for this peer, for demultiplexing.
+    pub addrs: Vec<SocketAddr>,
+    /// ICE + DTLS are up. Until then, `connect_by` bounds the wait.
+    pub connected: bool,
+    pub connect_by: Instant,
+    /// The key of this peer in the SFU's timer set.
+    pub timer: Option<Instant>,
+    pub role: PeerRole,
+}
+
+pub(super) enum PeerRole {
+    Cast(Cast),
+    Play(Play),
+}
+
+impl Peer {
+    pub fn role(&self) -> super::Role {
+        match self.role {
+            PeerRole::Cast(_) => super::Role::Cast,
+            PeerRole::Play(_) => super::Role::Play,
+        }
+    }
+
+    pub fn next_timeout(&self, rtc_timeout: Instant) -> Instant {
+        if self.connected {
+            rtc_timeout
+        } else {
+            rtc_timeout.min(self.connect_by)
+        }
+    }
+}
+
+/// What a caster sends.
+#[derive(Default)]
+pub(super) struct Cast {
+    /// Incoming streams seen so far, by SSRC.
+    streams: Vec<(Ssrc, MediaKind, Option<Rid>)>,
+    /// The caster's payload types resolved to codecs.
+    codecs: Vec<(Pt, Option<CodecSpec>)>,
+    /// The video stream forwarded to viewers (one layer for now).
+    pub video_source: Option<Ssrc>,
+}
+
+impl Cast {
+    /// Kind and rid of an incoming stream, looked up once per SSRC.
+    pub fn stream(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<(MediaKind, Option<Rid>)> {
+        if let Some((_, kind, rid)) = self.streams.iter().find(|(s, _, _)| *s == ssrc) {
+            return Some((*kind, *rid));
+        }
+        let (mid, rid) = {
+            let mut api = rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let kind = rtc.media(mid)?.kind();
+        self.streams.push((ssrc, kind, rid));
+        Some((kind, rid))
+    }
+
+    pub fn codec(&mut self, rtc: &Rtc, pt: Pt) -> Option<CodecSpec> {
+        if let Some((_, spec)) = self.codecs.iter().find(|(p, _)| *p == pt) {
+            return *spec;
+        }
+        let spec = rtc.codec_config().find(|p| p.pt() == pt).map(|p| p.spec());
+        self.codecs.push((pt, spec));
+        spec
+    }
+}
+
+/// What a viewer receives: at most one audio and one video track, which
+/// live as long as the viewer session, whoever casts.
+pub(super) struct Play {
+    pub audio: Option<OutTrack>,
+    pub video: Option<OutTrack>,
+}
+
+impl Play {
+    pub fn track(&mut self, kind: MediaKind) -> Option<&mut OutTrack> {
+        match kind {
+            MediaKind::Audio => self.audio.as_mut(),
+            MediaKind::Video => self.video.as_mut(),
+        }
+    }
+}
+
+/// One caster packet, prepared once and sent to every viewer.
+pub(super) struct Forward {
+    pub kind: MediaKind,
+    pub media: MediaPacket,
+    pub spec: CodecSpec,
+    pub pt: Pt,
+    pub marker: bool,
+    pub exts: ExtensionValues,
+    pub payload: Arc<[u8]>,
+}
+
+pub(super) struct OutTrack {
+    pub mid: Mid,
+    pub ssrc: Ssrc,
+    rewriter: TrackRewriter,
+    /// The viewer's payload type for a caster's, resolved once per caster.
+    pts: Vec<(PeerId, Pt, Option<Pt>)>,
+}
+
+impl OutTrack {
+    pub fn new(mid: Mid, ssrc: Ssrc, kind: MediaKind) -> Self {
+        let rewriter = match kind {
+            MediaKind::Audio => TrackRewriter::audio(),
+            MediaKind::Video => TrackRewriter::video(),
+        };
+        Self {
+            mid,
+            ssrc,
+            rewriter,
+            pts: Vec::new(),
+        }
+    }
+
+    /// Rewrites `f` for this viewer and queues it in the viewer's `Rtc`.
+    pub fn send(&mut self, rtc: &mut Rtc, f: &Forward) -> Verdict {
+        let Some(pt) = self.pt_for(rtc, f) else {
+            return Verdict::Drop;
+        };
+        let verdict = self.rewriter.rewrite(&f.media);
+        if let Verdict::Send(r) = verdict {
+            let mut write =
+                RtpWrite::new(pt, r.seq.into(), r.ts, f.media.arrival, f.payload.clone())
+                    .marker(f.marker)
+                    .ext_vals(f.exts.clone())
+                    .nackable(f.kind == MediaKind::Video);
+            if let Some(patch) = r.vp8_patch {
+                write = write.vp8_patch(patch);
+            }
+            if let Some(stream) = rtc.direct_api().stream_tx(&self.ssrc) {
+                stream.write_rtp(write);
+            }
+        }
+        verdict
+    }
+
+    fn pt_for(&mut self, rtc: &Rtc, f: &Forward) -> Option<Pt> {
+        let caster = f.media.source.peer;
+        if let Some((_, _, out)) = self
+            .pts
+            .iter()
+            .find(|(p, pt, _)| *p == caster && *pt == f.pt)
+        {
+            return *out;
+        }
+        // Forget the payload types of casters gone by.
+        self.pts.retain(|(p, _, _)| *p == caster);
+        let remote = rtc
+            .media(self.mid)
+            .map(|m| m.remote_pts().to_vec())
+            .unwrap_or_default();
+        let out = rtc
+            .codec_config()
+            .find(|p| remote.contains(&p.pt()) && can_carry(&f.spec, &p.spec()))
+            .map(|p| p.pt());
+        if out.is_none() {
+            tracing::warn!(codec = ?f.spec.codec, "viewer did not negotiate the caster's codec");
+        }
+        self.pts.push((caster, f.pt, out));
+        out
+    }
+}

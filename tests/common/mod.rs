@@ -1,0 +1,369 @@
+//! Test harness: the real `vessel` binary, and WHIP/WHEP clients built on
+//! str0m that cast synthetic VP8 and watch what comes back.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    pub fn start() -> Self {
+        let http = format!("127.0.0.1:{}", free_port());
+        let media = format!("127.0.0.1:{}", free_udp_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(["--http", &http, "--media", &media])
+            .env("RUST_LOG", "vessel=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vessel binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&http).is_err() {
+            assert!(Instant::now() < deadline, "vessel did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        str0m::crypto::from_feature_flags().install_process_default();
+        Server {
+            child,
+            base: format!("http://{http}"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- vessel log ---\n{}", self.log_text());
+        }
+    }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub kind: MediaKind,
+    pub ssrc: Ssrc,
+    pub seq: u64,
+    pub ts: u32,
+    pub payload: Vec<u8>,
+}
+
+/// A WHIP caster or WHEP viewer over real UDP on loopback.
+pub struct Client {
+    pub rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    pub location: String,
+    pub received: Vec<Received>,
+    pub connected: bool,
+    video: Option<Mid>,
+    audio: Option<Mid>,
+    // Caster state for synthetic VP8 + Opus.
+    seq: u64,
+    ts: u32,
+    audio_seq: u64,
+    picture_id: u16,
+    frame: u64,
+    keyframe_requested: bool,
+    pub keyframe_requests: usize,
+    next_frame: Instant,
+}
+
+impl Client {
+    /// Builds a client and its offer: a caster sends, a viewer receives.
+    fn offer(cast: bool) -> (Self, String, SdpPendingOffer) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut rtc = RtcConfig::new().set_rtp_mode(true).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let dir = if cast {
+            Direction::SendOnly
+        } else {
+            Direction::RecvOnly
+        };
+        let mut api = rtc.sdp_api();
+        let audio = api.add_media(MediaKind::Audio, dir, None, None, None);
+        let video = api.add_media(MediaKind::Video, dir, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let client = Client {
+            rtc,
+            socket,
+            local,
+            location: String::new(),
+            received: Vec::new(),
+            connected: false,
+            video: Some(video),
+            audio: Some(audio),
+            seq: 1000 + rand::random::<u16>() as u64,
+            ts: rand::random(),
+            audio_seq: 1,
+            picture_id: rand::random::<u16>() & 0x7fff,
+            frame: 0,
+            keyframe_requested: false,
+            keyframe_requests: 0,
+            next_frame: Instant::now(),
+        };
+        (client, offer.to_sdp_string(), pending)
+    }
+
+    /// POSTs the offer to `path` (`/whip/x` or `/whep/x`) and applies the answer.
+    pub fn connect(server: &Server, path: &str) -> Self {
+        let cast = path.starts_with("/whip/");
+        let (mut client, offer, pending) = Self::offer(cast);
+        let res = http()
+            .post(server.url(path))
+            .header("content-type", "application/sdp")
+            .body(offer)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 201, "POST {path}: {:?}", res.text());
+        client.location = res
+            .headers()
+            .get("location")
+            .expect("Location header")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(client.location.starts_with(path), "{}", client.location);
+        let answer = SdpAnswer::from_sdp_string(&res.text().unwrap()).unwrap();
+        client.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        client
+    }
+
+    fn pt(&self, mid: Mid, codec: Codec) -> Pt {
+        let remote = self.rtc.media(mid).unwrap().remote_pts().to_vec();
+        self.rtc
+            .codec_config()
+            .find(|p| remote.contains(&p.pt()) && p.spec().codec == codec)
+            .expect("negotiated codec")
+            .pt()
+    }
+
+    /// Caster: writes the media due by now (30 fps VP8, 50 pps Opus).
+    fn write_media(&mut self, now: Instant) {
+        if !self.connected || now < self.next_frame {
+            return;
+        }
+        self.next_frame = now + Duration::from_millis(33);
+        let video = self.video.unwrap();
+        let audio = self.audio.unwrap();
+        let key = self.frame.is_multiple_of(90) || std::mem::take(&mut self.keyframe_requested);
+        let (vpt, apt) = (self.pt(video, Codec::Vp8), self.pt(audio, Codec::Opus));
+        for part in 0..2u8 {
+            let mut payload = vec![
+                0x80 | if part == 0 { 0x10 } else { 0 },
+                0x80,
+                0x80 | (self.picture_id >> 8) as u8,
+                self.picture_id as u8,
+            ];
+            payload.push(if key { 0x00 } else { 0x01 });
+            payload.extend_from_slice(&[0x42; 200]);
+            let mut api = self.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(video, None).unwrap();
+            tx.write_rtp(
+                RtpWrite::new(vpt, self.seq.into(), self.ts, now, payload)
+                    .marker(part == 1)
+                    .nackable(true),
+            );
+            self.seq += 1;
+        }
+        self.ts = self.ts.wrapping_add(3000);
+        self.picture_id = (self.picture_id + 1) & 0x7fff;
+        self.frame += 1;
+        let mut api = self.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(audio, None).unwrap();
+        tx.write_rtp(RtpWrite::new(
+            apt,
+            self.audio_seq.into(),
+            (self.audio_seq * 960) as u32,
+            now,
+            vec![0xfc, 0xff, 0xfe],
+        ));
+        self.audio_seq += 1;
+    }
+
+    /// Runs the client's IO for `d`.
+    pub fn run(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.step(end);
+        }
+    }
+
+    /// Runs until `done(self)` or panics after `limit`.
+    pub fn run_until(&mut self, limit: Duration, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        let end = Instant::now() + limit;
+        while !done(self) {
+            assert!(Instant::now() < end, "timed out waiting for: {what}");
+            self.step(Instant::now() + Duration::from_millis(50));
+        }
+    }
+
+    fn step(&mut self, until: Instant) {
+        let now = Instant::now();
+        self.write_media(now);
+        let timeout = loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    self.socket.send_to(&t.contents, t.destination).unwrap();
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        };
+        let wait = timeout
+            .min(until)
+            .min(self.next_frame)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        self.socket.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 2000];
+        let input = match self.socket.recv_from(&mut buf) {
+            Ok((n, source)) => {
+                let contents = buf[..n].try_into().unwrap();
+                self.rtc.handle_input(Input::Receive(
+                    Instant::now(),
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: self.local,
+                        contents,
+                    },
+                ))
+            }
+            Err(_) => self.rtc.handle_input(Input::Timeout(Instant::now())),
+        };
+        input.unwrap();
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Connected => self.connected = true,
+            Event::KeyframeRequest(_) => {
+                self.keyframe_requested = true;
+                self.keyframe_requests += 1;
+            }
+            Event::RtpPacket(p) => {
+                let mid = self
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&p.header.ssrc)
+                    .map(|s| s.mid());
+                let kind = if mid == self.video {
+                    MediaKind::Video
+                } else {
+                    MediaKind::Audio
+                };
+                self.received.push(Received {
+                    kind,
+                    ssrc: p.header.ssrc,
+                    seq: *p.seq_no,
+                    ts: p.header.timestamp,
+                    payload: p.payload.to_vec(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    pub fn video(&self) -> Vec<&Received> {
+        self.received
+            .iter()
+            .filter(|r| r.kind == MediaKind::Video)
+            .collect()
+    }
+
+    pub fn audio(&self) -> Vec<&Received> {
+        self.received
+            .iter()
+            .filter(|r| r.kind == MediaKind::Audio)
+            .collect()
+    }
+}
+
+/// Runs several clients' IO together for `d`.
+pub fn run_all(clients: &mut [&mut Client], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for c in clients.iter_mut() {
+            c.step(Instant::now() + Duration::from_millis(2));
+        }
+    }
+}
+
+/// Runs several clients until `done` holds, or panics after `limit`.
+pub fn run_all_until(
+    clients: &mut [&mut Client],
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut(&[&mut Client]) -> bool,
+) {
+    let end = Instant::now() + limit;
+    while !done(clients) {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        for c in clients.iter_mut() {
+            c.step(Instant::now() + Duration::from_millis(2));
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The real binary, real UDP: WHIP casters and WHEP viewers built on str0m.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Server, http, run_all_until};
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+fn live_state(server: &Server, live: &str) -> serde_json::Value {
+    let body = http()
+        .get(server.url(&format!("/api/lives/{live}")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Sequence numbers of one SSRC, contiguous; timestamps never go back.
+fn assert_continuous(pkts: &[&common::Received]) {
+    let ssrc = pkts[0].ssrc;
+    assert!(
+        pkts.iter().all(|p| p.ssrc == ssrc),
+        "the viewer sees one SSRC"
+    );
+    let mut sorted: Vec<_> = pkts.to_vec();
+    sorted.sort_by_key(|p| p.seq);
+    for w in sorted.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "no gap in sequence numbers");
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(step < 90_000 * 5, "timestamp went back or jumped: {step}");
+    }
+}
+
+#[test]
+fn viewer_before_caster_plays_and_survives_caster_replacement() {
+    let server = Server::start();
+    // The viewer comes first: it gets its tracks at once.
+    let mut viewer = Client::connect(&server, "/whep/demo");
+    viewer.run_until(LIMIT, "viewer connects", |c| c.connected);
+    assert_eq!(live_state(&server, "demo")["onAir"], false);
+
+    let mut first = Client::connect(&server, "/whip/demo");
+    run_all_until(
+        &mut [&mut viewer, &mut first],
+        LIMIT,
+        "60 video packets from the first caster",
+        |c| c[0].video().len() >= 60 && c[0].audio().len() >= 20,
+    );
+    let state = live_state(&server, "demo");
+    assert_eq!(state["onAir"], true);
+    assert_eq!(state["viewers"], 1);
+
+    // The streamer reconnects: a new WHIP session replaces the old one,
+    // with entirely new SSRC, sequence numbers and timestamps.
+    let before = viewer.video().len();
+    let mut second = Client::connect(&server, "/whip/demo");
+    run_all_until(
+        &mut [&mut viewer, &mut second, &mut first],
+        LIMIT,
+        "60 more video packets from the second caster",
+        |c| c[0].video().len() >= before + 60,
+    );
+    assert_continuous(&viewer.video());
+    assert_continuous(&viewer.audio());
+    assert_eq!(live_state(&server, "demo")["onAir"], true);
+
+    // The old caster's session is gone.
+    let res = http().delete(server.url(&first.location)).send().unwrap();
+    assert_eq!(res.status(), 404, "the replaced session no longer exists");
+
+    // Ending the live turns it off air; the viewer stays.
+    let res = http().delete(server.url(&second.location)).send().unwrap();
+    assert_eq!(res.status(), 200);
+    viewer.run(Duration::from_millis(200));
+    let state = live_state(&server, "demo");
+    assert_eq!(state["onAir"], false);
+    assert_eq!(state["viewers"], 1);
+}
+
+#[test]
+fn a_joining_viewer_gets_a_keyframe_quickly() {
+    let server = Server::start();
+    let mut caster = Client::connect(&server, "/whip/kf");
+    caster.run_until(LIMIT, "caster connects", |c| c.connected);
+    // Let the caster's own first keyframe go by.
+    caster.run(Duration::from_millis(500));
+    let requests = caster.keyframe_requests;
+    let mut viewers: Vec<Client> = (0..3)
+        .map(|_| Client::connect(&server, "/whep/kf"))
+        .collect();
+    let mut all: Vec<&mut Client> = viewers.iter_mut().collect();
+    all.push(&mut caster);
+    run_all_until(
+        &mut all,
+        LIMIT,
+        "every viewer decodes from a keyframe",
+        |c| {
+            c[..3].iter().all(|v| {
+                v.video()
+                    .first()
+                    .is_some_and(|p| p.payload[0] & 0x10 != 0 && p.payload[4] & 1 == 0)
+            })
+        },
+    );
+    // Three joins inside the throttle interval: coalesced, not one each.
+    let asked = caster.keyframe_requests - requests;
+    assert!((1..=2).contains(&asked), "keyframe requests: {asked}");
+}
+
+#[test]
+fn lives_on_air_are_listed() {
+    let server = Server::start();
+    let mut caster = Client::connect(&server, "/whip/listed");
+    caster.run_until(LIMIT, "caster connects", |c| c.connected);
+    caster.run(Duration::from_millis(100));
+    let body: serde_json::Value = serde_json::from_str(
+        &http()
+            .get(server.url("/api/lives"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["lives"][0]["live"], "listed");
+    assert_eq!(body["lives"][0]["onAir"], true);
+}
