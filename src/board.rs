@@ -35,13 +35,11 @@ impl LiveBoard {
         }
         // Forget idle lives nobody watches, so arbitrary names cannot grow
         // the board without bound.
-        if !state.on_air && state.viewers == 0 {
-            if let Some(tx) = lives.get(&state.live) {
-                if tx.receiver_count() == 0 {
+        if !state.on_air && state.viewers == 0
+            && let Some(tx) = lives.get(&state.live)
+                && tx.receiver_count() == 0 {
                     lives.remove(&state.live);
                 }
-            }
-        }
     }
 
     pub fn get(&self, live: &str) -> LiveState {

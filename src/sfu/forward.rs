@@ -255,7 +255,7 @@ mod tests {
 
         /// The packets of the next frame, sent at `at`.
         fn frame(&mut self, at: Instant) -> Vec<MediaPacket> {
-            let key = self.frame % self.gop == 0;
+            let key = self.frame.is_multiple_of(self.gop);
             let mut out = vec![];
             for i in 0..3 {
                 let start = i == 0;

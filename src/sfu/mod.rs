@@ -9,6 +9,8 @@ pub mod forward;
 pub mod keyframe;
 mod live;
 mod peer;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -383,22 +385,20 @@ impl Sfu {
     /// Finds the session a datagram belongs to: STUN by ICE username (which
     /// also learns the address), everything else by remote address.
     fn route(&mut self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
-        if let Ok(stun) = StunMessage::parse(contents) {
-            if let Some((local, _)) = stun.split_username() {
+        if let Ok(stun) = StunMessage::parse(contents)
+            && let Some((local, _)) = stun.split_username() {
                 let id = *self.by_ufrag.get(local)?;
                 if self.by_addr.get(&source) != Some(&id) {
-                    if let Some(old) = self.by_addr.insert(source, id) {
-                        if let Some(p) = self.peers.get_mut(&old) {
+                    if let Some(old) = self.by_addr.insert(source, id)
+                        && let Some(p) = self.peers.get_mut(&old) {
                             p.addrs.retain(|a| *a != source);
                         }
-                    }
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.addrs.push(source);
                     }
                 }
                 return Some(id);
             }
-        }
         self.by_addr.get(&source).copied()
     }
 
@@ -551,7 +551,12 @@ impl Sfu {
         let Some(l) = self.lives.get_mut(live) else {
             return;
         };
-        if l.keyframes.request(now) {
+        // Until the caster's video is seen there is nobody to ask, and its
+        // first frame is a keyframe anyway.
+        let has_video = l.caster.and_then(|c| self.peers.get(&c)).is_some_and(
+            |p| matches!(&p.role, PeerRole::Cast(cast) if cast.video_source.is_some()),
+        );
+        if has_video && l.keyframes.request(now) {
             self.send_keyframe_request(live, now);
         }
     }
@@ -699,10 +704,14 @@ fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
     let vp8 = (spec.codec == str0m::format::Codec::Vp8)
         .then(|| str0m::rtp::Vp8Descriptor::parse(&pkt.payload).ok())
         .flatten();
-    let mut exts = ExtensionValues::default();
-    exts.audio_level = pkt.header.ext_vals.audio_level;
-    exts.voice_activity = pkt.header.ext_vals.voice_activity;
-    exts.video_orientation = pkt.header.ext_vals.video_orientation;
+    // Only what describes the media travels on; transport extensions
+    // (TWCC, abs-send-time, mid/rid) belong to each leg and str0m sets them.
+    let exts = ExtensionValues {
+        audio_level: pkt.header.ext_vals.audio_level,
+        voice_activity: pkt.header.ext_vals.voice_activity,
+        video_orientation: pkt.header.ext_vals.video_orientation,
+        ..Default::default()
+    };
     Some(Forward {
         kind,
         media: MediaPacket {
