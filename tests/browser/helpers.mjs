@@ -1,0 +1,343 @@
+// Test harness for Vessel's browser tests: runs the server binary and Debian's Chromium
+// (through playwright-core; no browser is ever downloaded), opens pages in separate windows,
+// and reads WebRTC stats. Everything talks to 127.0.0.1 only.
+
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const VESSEL_BIN = process.env.VESSEL_BIN ?? path.join(REPO, 'target/release/vessel');
+export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+
+export const CHROMIUM_ARGS = [
+  '--allow-loopback-in-peer-connection',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--no-sandbox',
+  '--headless',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  // Keep pages that are not in front running at full speed (Playwright adds these too).
+  '--disable-background-timer-throttling',
+  '--disable-backgrounding-occluded-windows',
+  '--disable-renderer-backgrounding',
+];
+
+/** Where helpers report what they measured (set by Harness.start). */
+let note = () => {};
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A free TCP port on 127.0.0.1. */
+export function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** A free UDP port on 127.0.0.1. */
+export function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4');
+    sock.once('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      const { port } = sock.address();
+      sock.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Polls `fn` until it returns a truthy value (returned), or throws after `timeoutMs`
+ * with the last value / error in the message.
+ */
+export async function waitFor(fn, timeoutMs = 15000, what = 'condition', intervalMs = 250) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  let lastError;
+  for (;;) {
+    try {
+      last = await fn();
+      lastError = undefined;
+      if (last) return last;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = lastError ? `last error: ${lastError.message}` : `last value: ${JSON.stringify(last)}`;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${detail})`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** Keeps the last lines of the server's and the pages' output, for failure reports. */
+class Log {
+  lines = [];
+  add(source, text) {
+    const stamp = new Date().toISOString().slice(11, 23);
+    for (const line of String(text).split('\n')) {
+      if (line.trim()) this.lines.push(`${stamp} [${source}] ${line}`);
+    }
+    if (this.lines.length > 4000) this.lines.splice(0, this.lines.length - 3000);
+  }
+  tail(n = 150) {
+    return this.lines.slice(-n).join('\n');
+  }
+}
+
+/** The Vessel server process. */
+export class VesselServer {
+  constructor(log) {
+    this.log = log;
+    this.proc = null;
+  }
+
+  /** Starts on free ports (or the given ones) and waits until `GET /api/lives` answers. */
+  async start({ httpPort, mediaPort } = {}) {
+    this.httpPort = httpPort ?? (await freeTcpPort());
+    this.mediaPort = mediaPort ?? (await freeUdpPort());
+    this.url = `http://127.0.0.1:${this.httpPort}`;
+    const args = ['--http', `127.0.0.1:${this.httpPort}`, '--media', `127.0.0.1:${this.mediaPort}`];
+    this.log.add('harness', `starting ${VESSEL_BIN} ${args.join(' ')}`);
+    const proc = spawn(VESSEL_BIN, args, {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc = proc;
+    let exited = null;
+    proc.stdout.on('data', (d) => this.log.add('server', d));
+    proc.stderr.on('data', (d) => this.log.add('server', d));
+    proc.on('error', (err) => {
+      exited = `spawn error: ${err.message}`;
+    });
+    proc.on('exit', (code, signal) => {
+      exited = `exited with ${signal ?? code}`;
+      this.log.add('harness', `server ${exited}`);
+    });
+    await waitFor(
+      async () => {
+        if (exited) throw new Error(`server ${exited}\n${this.log.tail(40)}`);
+        const res = await fetch(`${this.url}/api/lives`);
+        return res.ok;
+      },
+      15000,
+      `${VESSEL_BIN} to answer GET /api/lives`,
+      100,
+    ).catch((err) => {
+      if (exited) throw new Error(`server ${exited}\n${this.log.tail(40)}`);
+      throw err;
+    });
+    return this;
+  }
+
+  /** Stops the server (SIGTERM, then SIGKILL after 3 s). */
+  async stop(signal = 'SIGTERM') {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const gone = new Promise((r) => proc.once('exit', r));
+    proc.kill(signal);
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 3000);
+    await gone;
+    clearTimeout(timer);
+  }
+
+  /** Stops and starts again on the same ports. */
+  async restart(signal) {
+    await this.stop(signal);
+    await this.start({ httpPort: this.httpPort, mediaPort: this.mediaPort });
+  }
+}
+
+/**
+ * A running server + browser. `open(path)` gives a page in its own window (browser context):
+ * headless Chromium throttles background tabs, so caster and viewers never share a window.
+ */
+export class Harness {
+  static async start() {
+    const h = new Harness();
+    h.log = new Log();
+    h.server = await new VesselServer(h.log).start();
+    h.browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+    });
+    h.contexts = new Set();
+    note = (text) => h.note(text);
+    return h;
+  }
+
+  get url() {
+    return this.server.url;
+  }
+
+  /** Opens `pathname` on the server in a new window; `name` tags its console output. */
+  async open(pathname, name = pathname) {
+    const context = await this.browser.newContext({ viewport: { width: 960, height: 600 } });
+    this.contexts.add(context);
+    const page = await context.newPage();
+    page.on('console', (m) => this.log.add(name, `console.${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => this.log.add(name, `pageerror: ${e.message}`));
+    page.on('requestfailed', (r) => {
+      const failure = r.failure()?.errorText ?? '';
+      // A closed EventSource / page shows up as ERR_ABORTED: not worth reporting.
+      if (!failure.includes('ERR_ABORTED')) this.log.add(name, `request failed: ${r.method()} ${r.url()} ${failure}`);
+    });
+    page.on('response', (r) => {
+      if (r.status() >= 400) this.log.add(name, `HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
+    });
+    await page.goto(this.url + pathname, { waitUntil: "domcontentloaded" });
+    return page;
+  }
+
+  /** Closes a page's window. */
+  async closePage(page) {
+    const context = page.context();
+    this.contexts.delete(context);
+    await context.close().catch(() => {});
+  }
+
+  /** Adds a line to the log (shown on failure, and saved to $VESSEL_TEST_LOG if set). */
+  note(text) {
+    this.log.add('test', text);
+  }
+
+  async close() {
+    for (const c of this.contexts) await c.close().catch(() => {});
+    await this.browser?.close().catch(() => {});
+    await this.server?.stop();
+    if (process.env.VESSEL_TEST_LOG) {
+      fs.appendFileSync(process.env.VESSEL_TEST_LOG, `${this.log.lines.join('\n')}\n`);
+    }
+  }
+
+  /**
+   * Runs a test body; on failure, appends the server's and the pages' recent output to the error.
+   */
+  async diagnose(fn) {
+    try {
+      return await fn();
+    } catch (err) {
+      const report = `\n----- recent server / page output -----\n${this.log.tail()}\n-----`;
+      if (err && typeof err === 'object') {
+        try {
+          err.message += report;
+        } catch {
+          /* read-only message */
+        }
+      }
+      console.error(report);
+      throw err;
+    }
+  }
+}
+
+/**
+ * WebRTC stats of the RTCPeerConnection that `pcExpr` (a JS expression evaluated in the page,
+ * e.g. `window.vesselPlayer.pc`) names. `id` changes when the page replaced its connection.
+ */
+export async function rtcStats(page, pcExpr) {
+  return page.evaluate(async (expr) => {
+    // eslint-disable-next-line no-new-func
+    const pc = new Function(`return (${expr})`)();
+    if (!pc) return null;
+    pc.__testId ??= Math.random().toString(36).slice(2);
+    const out = {
+      id: pc.__testId,
+      connectionState: pc.connectionState,
+      video: null,
+      audio: null,
+      sent: { video: null, audio: null },
+    };
+    const report = await pc.getStats();
+    for (const s of report.values()) {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        out.video = {
+          framesDecoded: s.framesDecoded ?? 0,
+          packetsReceived: s.packetsReceived ?? 0,
+          frameWidth: s.frameWidth ?? 0,
+          frameHeight: s.frameHeight ?? 0,
+          keyFramesDecoded: s.keyFramesDecoded ?? 0,
+        };
+      } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        out.audio = {
+          packetsReceived: s.packetsReceived ?? 0,
+          totalSamplesReceived: s.totalSamplesReceived ?? 0,
+        };
+      } else if (s.type === 'outbound-rtp' && (s.kind === 'video' || s.kind === 'audio')) {
+        const prev = out.sent[s.kind] ?? { packetsSent: 0, framesEncoded: 0 };
+        out.sent[s.kind] = {
+          packetsSent: prev.packetsSent + (s.packetsSent ?? 0),
+          framesEncoded: prev.framesEncoded + (s.framesEncoded ?? 0),
+        };
+      }
+    }
+    return out;
+  }, pcExpr);
+}
+
+/**
+ * Waits until the page's connection decodes `frames` more video frames and receives
+ * audio (packets and samples rising) — measured from now. Brings the page to the front first.
+ * Returns the last stats.
+ */
+export async function waitForMedia(page, pcExpr, { frames = 20, audioPackets = 20, timeoutMs = 25000, what = pcExpr } = {}) {
+  await page.bringToFront();
+  let base = null;
+  let last = null;
+  try {
+    const result = await waitFor(
+      async () => {
+        const s = await rtcStats(page, pcExpr);
+        last = s;
+        if (!s) return false;
+        const zero = { framesDecoded: 0, packetsReceived: 0, totalSamplesReceived: 0 };
+        const video = s.video ?? zero;
+        const audio = s.audio ?? zero;
+        if (!base || base.id !== s.id) {
+          // First sample, or the page replaced its connection: count from here / from zero.
+          base = base ? { id: s.id, video: zero, audio: zero } : { id: s.id, video, audio };
+        }
+        return (
+          video.framesDecoded >= base.video.framesDecoded + frames &&
+          audio.packetsReceived >= base.audio.packetsReceived + audioPackets &&
+          audio.totalSamplesReceived > base.audio.totalSamplesReceived &&
+          s
+        );
+      },
+      timeoutMs,
+      `${what}: ${frames} more video frames decoded and ${audioPackets} more audio packets received`,
+      300,
+    );
+    note(`${what}: media flowing: ${JSON.stringify(result)} (from ${JSON.stringify(base)})`);
+    return result;
+  } catch (err) {
+    err.message += `\n  stats at start: ${JSON.stringify(base)}\n  stats at end:   ${JSON.stringify(last)}`;
+    throw err;
+  }
+}
+
+/** Evaluates `expr` in the page until it is truthy. */
+export function waitInPage(page, expr, timeoutMs = 15000, what = expr) {
+  return waitFor(() => page.evaluate((e) => new Function(`return (${e})`)(), expr), timeoutMs, what);
+}
+
+/** A live name unique to this run. */
+export function liveName(prefix) {
+  return `${prefix}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+}

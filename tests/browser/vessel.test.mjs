@@ -1,0 +1,328 @@
+// End-to-end tests: Vessel's pages and SDK in headless Chromium with fake camera + microphone,
+// against the real server binary. Assertions are on WebRTC stats (frames decoded, audio received).
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { Harness, liveName, rtcStats, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+
+const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
+const PUBLISHER_PC = 'window.vesselPublisher && window.vesselPublisher.pc';
+
+/** @type {Harness} */
+let h;
+
+before(async () => {
+  h = await Harness.start();
+});
+
+after(async () => {
+  await h?.close();
+});
+
+/** Opens /cast/{live} and waits until the camera is ready (Go live enabled). */
+async function openCaster(live) {
+  const page = await h.open(`/cast/${live}`, `cast ${live}`);
+  await waitInPage(page, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
+  return page;
+}
+
+/** Clicks Go live and waits for the publisher to be live. */
+async function goLive(caster) {
+  await caster.click('#golive');
+  await waitInPage(caster, `window.vesselPublisher && window.vesselPublisher.state === 'live'`, 20000, 'publisher state "live"');
+  await waitInPage(caster, `document.getElementById('state').dataset.state === 'live'`, 5000, '#state shows live');
+}
+
+async function playerState(page) {
+  return page.evaluate(() => ({
+    state: window.vesselPlayer?.state,
+    overlay: document.getElementById('overlay').dataset.state,
+    overlayHidden: document.getElementById('overlay').hidden,
+    overlayText: document.getElementById('overlay').textContent,
+  }));
+}
+
+async function waitPlayerState(page, state, timeoutMs = 15000) {
+  return waitFor(
+    async () => {
+      const s = await playerState(page);
+      return s.state === state && s.overlay === state && s;
+    },
+    timeoutMs,
+    `player state "${state}"`,
+  );
+}
+
+test('a: cast page publishes; three play pages decode video and receive audio; caster counts 3 viewers', { timeout: 120000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('a');
+    const caster = await openCaster(live);
+    await goLive(caster);
+
+    const viewers = [];
+    for (let i = 0; i < 3; i++) viewers.push(await h.open(`/play/${live}`, `play#${i + 1} ${live}`));
+    for (const [i, viewer] of viewers.entries()) {
+      const stats = await waitForMedia(viewer, PLAYER_PC, { what: `viewer ${i + 1}` });
+      assert.ok(stats.video.frameWidth > 0, 'decoded frames have a size');
+      const s = await waitPlayerState(viewer, 'playing');
+      assert.equal(s.overlayHidden, true, 'overlay hidden while playing');
+    }
+
+    await waitInPage(caster, `document.getElementById('viewers').dataset.viewers === '3'`, 15000, 'caster shows 3 viewers');
+    assert.equal(await caster.evaluate(() => window.vesselPublisher.viewers), 3);
+
+    const sent = await rtcStats(caster, PUBLISHER_PC);
+    assert.ok(sent.sent.video?.framesEncoded > 0, 'caster encodes video');
+    assert.ok(sent.sent.audio?.packetsSent > 0, 'caster sends audio');
+
+    // The viewers' count drops when one leaves (its page closes: pagehide → DELETE).
+    await h.closePage(viewers.pop());
+    await waitInPage(caster, `document.getElementById('viewers').dataset.viewers === '2'`, 15000, 'caster shows 2 viewers');
+
+    for (const v of viewers) await h.closePage(v);
+    await h.closePage(caster);
+  }),
+);
+
+test('b: a viewer opened before the caster waits, then plays once the live begins', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('b');
+    const viewer = await h.open(`/play/${live}`, `play ${live}`);
+    const waiting = await waitPlayerState(viewer, 'waiting');
+    assert.match(waiting.overlayText, /Waiting for the caster/);
+    assert.equal((await rtcStats(viewer, PLAYER_PC)).connectionState, 'connected');
+    const before = await rtcStats(viewer, PLAYER_PC);
+
+    const caster = await openCaster(live);
+    await goLive(caster);
+
+    await waitPlayerState(viewer, 'playing', 20000);
+    const stats = await waitForMedia(viewer, PLAYER_PC, { what: 'early viewer' });
+    assert.equal(stats.id, before.id, 'same RTCPeerConnection: no reconnection was needed');
+
+    await h.closePage(caster);
+    await h.closePage(viewer);
+  }),
+);
+
+test('c: the caster stops and comes back (Stop/Go live, then a reload): viewers show "ended" and resume without reload', { timeout: 150000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('c');
+    const caster = await openCaster(live);
+    await goLive(caster);
+    const viewers = [await h.open(`/play/${live}`, `play#1 ${live}`), await h.open(`/play/${live}`, `play#2 ${live}`)];
+    const ids = [];
+    for (const v of viewers) ids.push((await waitForMedia(v, PLAYER_PC)).id);
+
+    // 1. Stop → the viewers show the end; Go live again → they decode again on the same connection.
+    await caster.click('#stop');
+    await waitInPage(caster, `window.vesselPublisher.state === 'stopped'`, 10000, 'publisher stopped');
+    for (const v of viewers) {
+      const s = await waitPlayerState(v, 'ended');
+      assert.match(s.overlayText, /The live has ended/);
+    }
+    const atStop = await Promise.all(viewers.map((v) => rtcStats(v, PLAYER_PC)));
+
+    await goLive(caster);
+    for (const [i, v] of viewers.entries()) {
+      await waitPlayerState(v, 'playing', 20000);
+      const s = await waitForMedia(v, PLAYER_PC, { what: `viewer ${i + 1} after Stop/Go live` });
+      assert.equal(s.id, ids[i], 'resumed on the same RTCPeerConnection');
+      assert.ok(s.video.framesDecoded > atStop[i].video.framesDecoded, 'framesDecoded kept rising');
+    }
+
+    // 2. Reload the cast page (pagehide → DELETE), then Go live again.
+    await caster.reload();
+    await waitInPage(caster, `!document.getElementById('golive').disabled`, 15000, 'camera ready after reload');
+    await goLive(caster);
+    for (const [i, v] of viewers.entries()) {
+      await waitPlayerState(v, 'playing', 20000);
+      const s = await waitForMedia(v, PLAYER_PC, { what: `viewer ${i + 1} after cast page reload` });
+      assert.equal(s.id, ids[i], 'resumed on the same RTCPeerConnection');
+    }
+
+    for (const v of viewers) await h.closePage(v);
+    await h.closePage(caster);
+  }),
+);
+
+test('d: raw WHIP publish and raw WHEP play (whip-whep.html, no vessel.js) decode frames', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('d');
+    const publisher = await h.open(`/assets/whip-whep.html?mode=publish&live=${live}`, `whip ${live}`);
+    await waitInPage(publisher, `window.pc && window.pc.connectionState === 'connected'`, 20000, 'WHIP publisher connected');
+    assert.equal(await publisher.evaluate(() => typeof window.vesselPublisher), 'undefined');
+
+    const player = await h.open(`/assets/whip-whep.html?mode=play&live=${live}`, `whep ${live}`);
+    await waitInPage(player, `window.pc && window.pc.connectionState === 'connected'`, 20000, 'WHEP player connected');
+    const stats = await waitForMedia(player, 'window.pc', { what: 'raw WHEP player' });
+    assert.ok(stats.video.frameWidth > 0);
+
+    // DELETE on the session resource: the live goes off air.
+    await publisher.click('#stop');
+    await waitFor(
+      async () => !(await (await fetch(`${h.url}/api/lives/${live}`)).json()).onAir,
+      10000,
+      'live off air after DELETE',
+    );
+
+    await h.closePage(player);
+    await h.closePage(publisher);
+  }),
+);
+
+test('e: the home page lists the live while it is on air', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('e');
+    const home = await h.open('/', 'home');
+    await waitInPage(home, `!document.getElementById('empty').hidden || document.querySelectorAll('#lives li').length > 0`, 10000, 'list rendered');
+    assert.equal(await home.locator(`#lives a[data-live="${live}"]`).count(), 0);
+
+    const caster = await openCaster(live);
+    await goLive(caster);
+    const info = await (await fetch(`${h.url}/api/lives/${live}`)).json();
+    assert.deepEqual({ live: info.live, onAir: info.onAir }, { live, onAir: true });
+
+    await home.bringToFront();
+    await waitInPage(home, `document.querySelector('#lives a[data-live="${live}"]')`, 15000, `${live} listed on /`);
+    assert.equal(await home.getAttribute(`#lives a[data-live="${live}"]`, 'href'), `/play/${live}`);
+
+    // Following the link plays it.
+    await home.click(`#lives a[data-live="${live}"]`);
+    await home.waitForURL(`**/play/${live}`);
+    await waitForMedia(home, PLAYER_PC, { what: 'viewer opened from the list' });
+
+    // Off air → no longer listed.
+    await caster.click('#stop');
+    await waitFor(
+      async () => !(await (await fetch(`${h.url}/api/lives`)).json()).lives.some((l) => l.live === live),
+      10000,
+      `${live} gone from /api/lives`,
+    );
+
+    await h.closePage(home);
+    await h.closePage(caster);
+  }),
+);
+
+test('f: the home page form leads to the cast page', { timeout: 30000 }, () =>
+  h.diagnose(async () => {
+    const home = await h.open('/', 'home');
+    await home.fill('#livename', 'my_live-1');
+    await home.click('#cast');
+    await home.waitForURL('**/cast/my_live-1');
+    assert.equal(await home.textContent('#live'), 'my_live-1');
+    await h.closePage(home);
+  }),
+);
+
+test('g: after a server restart, the caster and the viewer reconnect by themselves', { timeout: 120000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('g');
+    const caster = await openCaster(live);
+    await goLive(caster);
+    const viewer = await h.open(`/play/${live}`, `play ${live}`);
+    const first = await waitForMedia(viewer, PLAYER_PC);
+
+    await caster.evaluate(() => {
+      window.pcBeforeRestart = window.vesselPublisher.pc;
+    });
+    await h.server.restart();
+
+    await waitInPage(
+      caster,
+      `window.vesselPublisher.pc !== window.pcBeforeRestart && window.vesselPublisher.state === 'live'`,
+      60000,
+      'publisher reconnected (new RTCPeerConnection, state live)',
+    );
+    const stats = await waitForMedia(viewer, PLAYER_PC, { timeoutMs: 60000, what: 'viewer after server restart' });
+    assert.notEqual(stats.id, first.id, 'the player made a new connection');
+    await waitPlayerState(viewer, 'playing', 15000);
+
+    await h.closePage(viewer);
+    await h.closePage(caster);
+  }),
+);
+
+test('h: a second caster replaces the first; viewers keep playing; the replaced caster stops instead of fighting back', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('h');
+    const first = await openCaster(live);
+    await goLive(first);
+    const viewer = await h.open(`/play/${live}`, `play ${live}`);
+    const before = await waitForMedia(viewer, PLAYER_PC, { what: 'viewer of the first caster' });
+
+    const second = await openCaster(live);
+    await goLive(second);
+
+    // The first one notices it was replaced and stops (it must not take the live back).
+    await waitInPage(first, `window.vesselPublisher.state === 'stopped'`, 30000, 'replaced publisher stopped');
+    assert.match(await first.textContent('#error'), /Another caster/);
+    const after = await waitForMedia(viewer, PLAYER_PC, { what: 'viewer of the second caster' });
+    assert.equal(after.id, before.id, 'same RTCPeerConnection');
+
+    // And the second stays live: give a fight-back a chance to happen, then check.
+    await waitFor(
+      async () => {
+        const s = await second.evaluate(() => window.vesselPublisher.state);
+        if (s !== 'live') throw new Error(`second caster is ${s}`);
+        return true;
+      },
+      5000,
+      'second caster live',
+    );
+    await waitForMedia(viewer, PLAYER_PC, { what: 'viewer, still' });
+    assert.equal(await second.evaluate(() => window.vesselPublisher.state), 'live');
+    assert.equal(await first.evaluate(() => window.vesselPublisher.state), 'stopped');
+
+    for (const p of [viewer, second, first]) await h.closePage(p);
+  }),
+);
+
+test('i: the viewer gets the camera\'s full 1280x720 with a small jitter buffer', { timeout: 120000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('i');
+    const caster = await openCaster(live);
+    const settings = await caster.evaluate(() => {
+      const t = document.getElementById('preview').srcObject.getVideoTracks()[0];
+      return t.getSettings();
+    });
+    assert.deepEqual([settings.width, settings.height], [1280, 720], 'cast page captures 1280x720');
+    await goLive(caster);
+    const viewer = await h.open(`/play/${live}`, `play ${live}`);
+    await waitForMedia(viewer, PLAYER_PC);
+
+    // Chromium starts low and raises the resolution as the bandwidth estimate grows: this needs
+    // working congestion-control feedback from the server.
+    const full = await waitFor(
+      async () => {
+        const s = await rtcStats(viewer, PLAYER_PC);
+        return s.video?.frameWidth >= 1280 && s;
+      },
+      60000,
+      'decoded frames of 1280 pixels wide',
+      1000,
+    );
+    h.note(`full resolution: ${JSON.stringify(full.video)}`);
+    const size = await viewer.evaluate(() => [document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]);
+    assert.deepEqual(size, [1280, 720], '<video> shows 1280x720');
+
+    // Video delay: the jitter buffer must stay small (wrong RTCP sender reports grow it).
+    const jitter = () =>
+      viewer.evaluate(async () => {
+        for (const s of (await window.vesselPlayer.pc.getStats()).values()) {
+          if (s.type === 'inbound-rtp' && s.kind === 'video') return [s.jitterBufferDelay, s.jitterBufferEmittedCount];
+        }
+        return null;
+      });
+    const [d1, n1] = await jitter();
+    await waitForMedia(viewer, PLAYER_PC, { frames: 60, what: 'viewer, 60 more frames' });
+    const [d2, n2] = await jitter();
+    const avgMs = ((d2 - d1) / (n2 - n1)) * 1000;
+    h.note(`video jitter buffer: ${avgMs.toFixed(1)} ms per frame`);
+    assert.ok(avgMs < 300, `video jitter buffer delay ${avgMs.toFixed(1)} ms`);
+
+    await h.closePage(viewer);
+    await h.closePage(caster);
+  }),
+);

@@ -1,0 +1,572 @@
+/**
+ * Vessel browser SDK — publish and play lives over standard WHIP / WHEP.
+ *
+ * ```js
+ * import { publish, play } from '/vessel.js';
+ *
+ * const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+ * const publisher = publish('demo', stream);
+ * publisher.on('state', (s) => console.log('caster', s));   // connecting → live
+ * publisher.on('viewers', (n) => console.log(n, 'watching'));
+ *
+ * const player = play('demo', { video: document.querySelector('video') });
+ * player.on('state', (s) => console.log('viewer', s));      // connecting → waiting → playing → ended …
+ * ```
+ *
+ * Both handles reconnect by themselves (new WHIP/WHEP POST, with backoff) when the
+ * connection or the server goes away, and release their server session on `stop()` and
+ * when the page is closed.
+ *
+ * @module vessel
+ */
+
+/** Delays (ms) between reconnection attempts; the last one repeats. */
+const RETRY_DELAYS = [500, 1000, 2000, 4000, 8000];
+/** How long an ICE `disconnected` state may last before we reconnect (ms). */
+const DISCONNECT_GRACE_MS = 4000;
+/** How long a new connection may take to reach `connected` (ms). */
+const CONNECT_TIMEOUT_MS = 15000;
+/** Timeout of one WHIP/WHEP POST (ms). */
+const POST_TIMEOUT_MS = 10000;
+/** Timeout of a DELETE (ms). */
+const DELETE_TIMEOUT_MS = 3000;
+
+/** Valid live names. */
+export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * @typedef {object} CommonOptions
+ * @property {string} [server] Base URL of the Vessel server (default: this page's origin).
+ * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests.
+ * @property {RTCIceServer[]} [iceServers] ICE servers for the RTCPeerConnection (default `[]`).
+ */
+
+/**
+ * @typedef {CommonOptions & {video?: VideoOptions}} PublishOptions
+ *
+ * @typedef {object} VideoOptions Encoding of the published video.
+ * @property {number} [maxBitrate] Bits per second.
+ * @property {number} [maxFramerate] Frames per second.
+ * @property {number} [scaleResolutionDownBy] e.g. 2 sends half the width and height.
+ * @property {string} [codec] Preferred codec, e.g. `'VP8'` or `'H264'`.
+ */
+
+/**
+ * @typedef {CommonOptions & {video?: HTMLVideoElement}} PlayOptions
+ * `video`: an element to attach the received stream to (it is started with `play()`).
+ */
+
+/** An error answered by the server (4xx / 5xx). */
+export class VesselHttpError extends Error {
+  /** @param {number} status @param {string} reason */
+  constructor(status, reason) {
+    super(`HTTP ${status}${reason ? `: ${reason}` : ''}`);
+    this.name = 'VesselHttpError';
+    /** HTTP status code. */
+    this.status = status;
+    /** The server's `text/plain` reason. */
+    this.reason = reason;
+  }
+
+  /** Whether trying again cannot help (bad request, unauthorized, …). */
+  get fatal() {
+    return this.status >= 400 && this.status < 500 && this.status !== 408 && this.status !== 429;
+  }
+}
+
+/** Minimal event emitter: `on(event, fn)`, `off(event, fn)`. */
+class Emitter {
+  #handlers = new Map();
+
+  /**
+   * Adds a listener.
+   * @param {string} event
+   * @param {(...args: any[]) => void} fn
+   * @returns {this}
+   */
+  on(event, fn) {
+    if (!this.#handlers.has(event)) this.#handlers.set(event, new Set());
+    this.#handlers.get(event).add(fn);
+    return this;
+  }
+
+  /**
+   * Removes a listener added with `on`.
+   * @param {string} event
+   * @param {(...args: any[]) => void} fn
+   * @returns {this}
+   */
+  off(event, fn) {
+    this.#handlers.get(event)?.delete(fn);
+    return this;
+  }
+
+  /** @protected */
+  emit(event, ...args) {
+    for (const fn of [...(this.#handlers.get(event) ?? [])]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error(`vessel: "${event}" listener threw`, err);
+      }
+    }
+  }
+}
+
+/**
+ * What Publisher and Player share: one WHIP/WHEP session at a time, reconnection with
+ * backoff, the live's event stream (on air, viewers) and clean-up on stop / page close.
+ * @abstract
+ */
+class Session extends Emitter {
+  /**
+   * @param {'whip'|'whep'} endpoint
+   * @param {string} live
+   * @param {CommonOptions} options
+   */
+  constructor(endpoint, live, options = {}) {
+    super();
+    if (!LIVE_NAME.test(live)) throw new TypeError(`invalid live name: ${JSON.stringify(live)}`);
+    /** The live's name. */
+    this.live = live;
+    /** @type {RTCPeerConnection|null} The current peer connection (replaced on reconnect). */
+    this.pc = null;
+    /** Current state (see the `state` event). */
+    this.state = 'connecting';
+    /** Viewers of the live, from the server's event stream. */
+    this.viewers = 0;
+    /** Whether the live is on air, from the server's event stream. */
+    this.onAir = false;
+
+    this._endpoint = endpoint;
+    this._options = options;
+    this._server = (options.server ?? globalThis.location.origin).replace(/\/+$/, '');
+    this._location = null; // URL of the current WHIP/WHEP session resource
+    this._connected = false;
+    this._stopped = false;
+    this._generation = 0; // bumps on every (re)connection, to ignore stale callbacks
+    this._attempt = 0;
+    this._timers = new Set();
+    this._events = null;
+    this._onPageHide = () => this._deleteSession(true);
+    globalThis.addEventListener?.('pagehide', this._onPageHide);
+
+    // Start on the next microtask, so listeners added right after construction see every event.
+    queueMicrotask(() => {
+      this._openEvents();
+      this._connect();
+    });
+  }
+
+  /**
+   * Stops: closes the connection and deletes the server session. Idempotent.
+   * @returns {Promise<void>} resolves once the server acknowledged the DELETE (or failed to).
+   */
+  stop() {
+    return this._finish('stopped').then(() => {});
+  }
+
+  // ---- subclass hooks ----
+
+  /** @protected @abstract Adds transceivers to a new peer connection. */
+  _preparePeer(_pc) {}
+
+  /** @protected @abstract Recomputes `state` from the connection and the live's state. */
+  _updateState() {}
+
+  // ---- internals ----
+
+  /** Ends the session for good, in state `stopped` or `failed`. */
+  _finish(state) {
+    if (this._stopped) return Promise.resolve();
+    this._stopped = true;
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    globalThis.removeEventListener?.('pagehide', this._onPageHide);
+    this._events?.close();
+    const deleted = this._closePeer();
+    this._setState(state);
+    return deleted;
+  }
+
+  /** @protected */
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  _headers(extra = {}) {
+    const headers = { ...extra };
+    if (this._options.token) headers.Authorization = `Bearer ${this._options.token}`;
+    return headers;
+  }
+
+  _later(fn, ms) {
+    const t = setTimeout(() => {
+      this._timers.delete(t);
+      fn();
+    }, ms);
+    this._timers.add(t);
+    return t;
+  }
+
+  _cancel(t) {
+    if (t == null) return;
+    clearTimeout(t);
+    this._timers.delete(t);
+  }
+
+  /** One connection attempt: offer → POST → answer. */
+  async _connect() {
+    if (this._stopped) return;
+    const generation = ++this._generation;
+    const stale = () => this._stopped || generation !== this._generation;
+
+    const pc = new RTCPeerConnection({ iceServers: this._options.iceServers ?? [] });
+    this.pc = pc;
+    pc.addEventListener('connectionstatechange', () => {
+      if (!stale()) this._onConnectionState(pc);
+    });
+    this._preparePeer(pc);
+    this._connectTimer = this._later(() => {
+      if (!stale() && !this._connected) this._reconnect(new Error('connection timed out'));
+    }, CONNECT_TIMEOUT_MS);
+
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      // The server is ICE-lite and answers with its candidates: no need to wait for ours.
+      const url = `${this._server}/${this._endpoint}/${encodeURIComponent(this.live)}`;
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: this._headers({ 'Content-Type': 'application/sdp' }),
+        body: pc.localDescription.sdp,
+        signal: AbortSignal.timeout(POST_TIMEOUT_MS),
+      });
+      const body = await res.text();
+      if (!res.ok) throw new VesselHttpError(res.status, body.trim());
+      const location = res.headers.get('Location');
+      if (location) {
+        const resource = new URL(location, res.url).href;
+        if (stale()) {
+          this._delete(resource, false);
+          return;
+        }
+        this._location = resource;
+      }
+      if (stale()) return;
+      await pc.setRemoteDescription({ type: 'answer', sdp: body });
+    } catch (err) {
+      if (stale()) return;
+      if (err instanceof VesselHttpError && err.fatal) {
+        this.emit('error', err);
+        this._finish('failed');
+        return;
+      }
+      this._reconnect(err);
+    }
+  }
+
+  _onConnectionState(pc) {
+    switch (pc.connectionState) {
+      case 'connected':
+        this._cancel(this._graceTimer);
+        this._cancel(this._connectTimer);
+        this._connected = true;
+        this._attempt = 0;
+        this._updateState();
+        break;
+      case 'disconnected':
+        // ICE may recover by itself; give it a few seconds.
+        this._connected = false;
+        this._setState('reconnecting');
+        this._cancel(this._graceTimer);
+        this._graceTimer = this._later(() => {
+          if (pc === this.pc && pc.connectionState !== 'connected') {
+            this._reconnect(new Error('connection lost'));
+          }
+        }, DISCONNECT_GRACE_MS);
+        break;
+      case 'failed':
+        this._reconnect(new Error('connection failed'));
+        break;
+    }
+  }
+
+  /** Drops the current connection and schedules a new one, with backoff. */
+  _reconnect(reason) {
+    if (this._stopped) return;
+    if (reason) this.emit('error', reason);
+    const generation = ++this._generation; // invalidate callbacks of the current attempt
+    this._connected = false;
+    this._cancel(this._graceTimer);
+    this._cancel(this._connectTimer);
+    this._cancel(this._retryTimer);
+    this._setState('reconnecting');
+    this._closePeer()
+      .then((deleteStatus) => this._mayReconnect(deleteStatus))
+      .then((resume) => {
+        if (!resume || this._stopped || generation !== this._generation) return;
+        const base = RETRY_DELAYS[Math.min(this._attempt, RETRY_DELAYS.length - 1)];
+        this._attempt++;
+        this._retryTimer = this._later(() => this._connect(), base * (0.75 + Math.random() * 0.5));
+      });
+  }
+
+  /**
+   * @protected Whether to reconnect after losing the connection, given the status of the
+   * DELETE of the lost session (`null`: there was none, `0`: network error).
+   * @returns {Promise<boolean>}
+   */
+  async _mayReconnect(_deleteStatus) {
+    return true;
+  }
+
+  /**
+   * Deletes the server session, then closes the peer connection (in this order, so that the
+   * server sees the DELETE rather than a dead connection).
+   * @returns {Promise<number|null>} the DELETE's status (null: no session, 0: network error)
+   */
+  _closePeer() {
+    this._connected = false;
+    const pc = this.pc;
+    const close = () => {
+      try {
+        pc?.close();
+      } catch {
+        /* already closed */
+      }
+    };
+    if (!this._location) {
+      close();
+      return Promise.resolve(null);
+    }
+    return this._deleteSession(false).then((status) => {
+      close();
+      return status;
+    });
+  }
+
+  _deleteSession(keepalive) {
+    const location = this._location;
+    this._location = null;
+    return location ? this._delete(location, keepalive) : Promise.resolve(null);
+  }
+
+  _delete(resource, keepalive) {
+    const signal = keepalive ? undefined : AbortSignal.timeout(DELETE_TIMEOUT_MS);
+    return fetch(resource, { method: 'DELETE', headers: this._headers(), keepalive, signal }).then(
+      (res) => res.status,
+      () => 0,
+    );
+  }
+
+  /** Follows the live's Server-Sent Events (`state`: onAir, viewers). */
+  _openEvents() {
+    if (this._stopped) return;
+    const url = `${this._server}/api/lives/${encodeURIComponent(this.live)}/events`;
+    const events = new EventSource(url);
+    this._events = events;
+    events.addEventListener('state', (e) => {
+      let info;
+      try {
+        info = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      this._onLiveInfo(info);
+    });
+    events.addEventListener('error', () => {
+      // EventSource retries by itself unless it gave up (non-200 answer): then we retry.
+      if (events.readyState === EventSource.CLOSED && !this._stopped && this._events === events) {
+        this._later(() => this._openEvents(), 2000);
+      }
+    });
+  }
+
+  /** @protected */
+  _onLiveInfo(info) {
+    const viewers = Number(info.viewers) || 0;
+    if (viewers !== this.viewers) {
+      this.viewers = viewers;
+      this.emit('viewers', viewers);
+    }
+    this.onAir = Boolean(info.onAir);
+    this._updateState();
+  }
+}
+
+/**
+ * A live being published (WHIP). Create it with {@link publish}.
+ *
+ * Events:
+ * - `state` (`'connecting' | 'live' | 'reconnecting' | 'stopped' | 'failed'`)
+ * - `viewers` (number)
+ * - `error` (Error) — also reported for errors it recovers from by reconnecting. When another
+ *   caster replaces this one (a newer WHIP POST to the same live), the publisher does not fight
+ *   back: it reports an error named `VesselReplacedError` and stops.
+ */
+export class Publisher extends Session {
+  /**
+   * @param {string} live
+   * @param {MediaStream} stream
+   * @param {PublishOptions} [options]
+   */
+  constructor(live, stream, options = {}) {
+    super('whip', live, options);
+    /** The published stream. */
+    this.stream = stream;
+  }
+
+  _preparePeer(pc) {
+    const video = this._options.video ?? {};
+    for (const kind of ['audio', 'video']) {
+      const track = this.stream.getTracks().find((t) => t.kind === kind);
+      const init = { direction: 'sendonly', streams: [this.stream] };
+      if (kind === 'video') {
+        const encoding = {};
+        for (const key of ['maxBitrate', 'maxFramerate', 'scaleResolutionDownBy']) {
+          if (video[key] != null) encoding[key] = video[key];
+        }
+        if (Object.keys(encoding).length) init.sendEncodings = [encoding];
+      }
+      // Always offer audio + video; a missing track just sends nothing.
+      const transceiver = pc.addTransceiver(track ?? kind, init);
+      if (kind === 'video' && video.codec) preferCodec(transceiver, 'video', video.codec);
+    }
+  }
+
+  _updateState() {
+    if (this._connected) this._setState('live');
+  }
+
+  /**
+   * A lost session that the server no longer knows (404) while the live is on air means that
+   * another caster replaced this one: stop, rather than take the live back from it.
+   */
+  async _mayReconnect(deleteStatus) {
+    if (deleteStatus !== 404) return true;
+    try {
+      const url = `${this._server}/api/lives/${encodeURIComponent(this.live)}`;
+      const res = await fetch(url, { cache: 'no-store', signal: AbortSignal.timeout(POST_TIMEOUT_MS) });
+      if (!res.ok || !(await res.json()).onAir) return true;
+    } catch {
+      return true;
+    }
+    if (this._stopped) return false;
+    const err = new Error('another caster took over this live');
+    err.name = 'VesselReplacedError';
+    this.emit('error', err);
+    this._finish('stopped');
+    return false;
+  }
+}
+
+/**
+ * A live being watched (WHEP). Create it with {@link play}.
+ *
+ * Events:
+ * - `state` (`'connecting' | 'waiting' | 'playing' | 'ended' | 'reconnecting' | 'stopped' | 'failed'`):
+ *   `waiting` = connected but the live is not on air yet; `ended` = it was on air and went off.
+ *   The connection is kept in both, and playback resumes by itself when the caster comes back.
+ * - `stream` (MediaStream) — a new stream after each (re)connection.
+ * - `viewers` (number)
+ * - `error` (Error)
+ */
+export class Player extends Session {
+  /**
+   * @param {string} live
+   * @param {PlayOptions} [options]
+   */
+  constructor(live, options = {}) {
+    super('whep', live, options);
+    /** @type {MediaStream|null} The received audio + video. */
+    this.stream = null;
+    /** @type {HTMLVideoElement|null} */
+    this.video = options.video ?? null;
+    this._wasOnAir = false;
+  }
+
+  _preparePeer(pc) {
+    const audio = pc.addTransceiver('audio', { direction: 'recvonly' });
+    const video = pc.addTransceiver('video', { direction: 'recvonly' });
+    // The receivers' tracks exist already; media flows once the caster is on air.
+    this.stream = new MediaStream([audio.receiver.track, video.receiver.track]);
+    if (this.video) {
+      this.video.srcObject = this.stream;
+      this.video.play().catch(() => {
+        /* autoplay policy: the page shows its own controls */
+      });
+    }
+    this.emit('stream', this.stream);
+  }
+
+  _onLiveInfo(info) {
+    if (info.onAir) this._wasOnAir = true;
+    super._onLiveInfo(info);
+  }
+
+  _updateState() {
+    if (!this._connected || this._stopped) return;
+    if (this.onAir) this._setState('playing');
+    else this._setState(this._wasOnAir ? 'ended' : 'waiting');
+  }
+
+  stop() {
+    const done = super.stop();
+    if (this.video && this.video.srcObject === this.stream) this.video.srcObject = null;
+    return done;
+  }
+}
+
+/**
+ * Publishes `stream` as the live `live` (replacing its current caster, if any).
+ * Returns at once; follow `state` events for the outcome.
+ * @param {string} live
+ * @param {MediaStream} stream
+ * @param {PublishOptions} [options]
+ * @returns {Publisher}
+ */
+export function publish(live, stream, options) {
+  return new Publisher(live, stream, options);
+}
+
+/**
+ * Plays the live `live`. It may be opened before the live starts: it then waits for it.
+ * @param {string} live
+ * @param {PlayOptions} [options]
+ * @returns {Player}
+ */
+export function play(live, options) {
+  return new Player(live, options);
+}
+
+/**
+ * The live name in this page's path (`/cast/{live}`, `/play/{live}`) or in `?live=`.
+ * @returns {string|null}
+ */
+export function liveFromLocation(loc = globalThis.location) {
+  const fromPath = loc.pathname.match(/^\/(?:cast|play)\/([^/]+)\/?$/);
+  let name = fromPath ? fromPath[1] : new URLSearchParams(loc.search).get('live');
+  try {
+    name = name && decodeURIComponent(name);
+  } catch {
+    return null;
+  }
+  return name && LIVE_NAME.test(name) ? name : null;
+}
+
+function preferCodec(transceiver, kind, codec) {
+  const codecs = globalThis.RTCRtpReceiver?.getCapabilities?.(kind)?.codecs;
+  if (!codecs || !transceiver.setCodecPreferences) return;
+  const wanted = `${kind}/${codec}`.toLowerCase();
+  const sorted = [
+    ...codecs.filter((c) => c.mimeType.toLowerCase() === wanted),
+    ...codecs.filter((c) => c.mimeType.toLowerCase() !== wanted),
+  ];
+  try {
+    transceiver.setCodecPreferences(sorted);
+  } catch {
+    /* unsupported: keep the browser's order */
+  }
+}
