@@ -35,11 +35,13 @@ impl LiveBoard {
         }
         // Forget idle lives nobody watches, so arbitrary names cannot grow
         // the board without bound.
-        if !state.on_air && state.viewers == 0
+        if !state.on_air
+            && state.viewers == 0
             && let Some(tx) = lives.get(&state.live)
-                && tx.receiver_count() == 0 {
-                    lives.remove(&state.live);
-                }
+            && tx.receiver_count() == 0
+        {
+            lives.remove(&state.live);
+        }
     }
 
     pub fn get(&self, live: &str) -> LiveState {

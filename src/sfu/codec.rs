@@ -1,7 +1,8 @@
 //! Codec facts the forwarder needs: keyframe detection and which of a
 //! viewer's payload types can carry a caster's stream unchanged.
 
-use str0m::format::{Codec, CodecSpec};
+use str0m::change::SdpOffer;
+use str0m::format::{Codec, CodecConfig, CodecSpec};
 use str0m::format::{
     detect_av1_keyframe, detect_h264_keyframe, detect_h265_keyframe, detect_vp8_keyframe,
     detect_vp9_keyframe,
@@ -21,7 +22,9 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
 
 /// Whether packets of `from` can be sent as-is on a payload type negotiated
 /// as `to`: same codec and clock, and for H264 the same packetization mode
-/// and profile (the level may differ: the decoder copes with a lower one).
+/// and profile_idc (constraint flags and level may differ: encoders that
+/// WebRTC meets stay within constrained baseline, and decoders handle any
+/// level).
 pub fn can_carry(from: &CodecSpec, to: &CodecSpec) -> bool {
     if from.codec != to.codec || from.clock_rate != to.clock_rate {
         return false;
@@ -38,9 +41,34 @@ pub fn can_carry(from: &CodecSpec, to: &CodecSpec) -> bool {
     }
 }
 
-/// profile_idc and constraint flags of an H264 profile-level-id.
+/// Orders `config` by the offer's preference, so the answer's first codec is
+/// the one the caster asked for (str0m answers in its own config's order).
+pub fn prefer_offered(config: &mut CodecConfig, offer: &SdpOffer) {
+    let offered: Vec<CodecSpec> = offer
+        .media_lines
+        .iter()
+        .flat_map(|m| {
+            let params = m.rtp_params();
+            m.pts
+                .iter()
+                .filter_map(|pt| params.iter().find(|p| p.pt() == *pt).map(|p| p.spec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut params = config.params().to_vec();
+    // Stable: codecs the offer does not name keep their relative order.
+    params.sort_by_key(|p| {
+        offered
+            .iter()
+            .position(|o| can_carry(o, &p.spec()))
+            .unwrap_or(usize::MAX)
+    });
+    *config = CodecConfig::new_from_payload_params(params);
+}
+
+/// profile_idc of an H264 profile-level-id.
 fn profile(profile_level_id: Option<u32>) -> u32 {
-    profile_level_id.unwrap_or(0x42001f) >> 8
+    profile_level_id.unwrap_or(0x42001f) >> 16
 }
 
 #[cfg(test)]
@@ -72,6 +100,38 @@ mod tests {
         );
         assert!(!can_carry(&h264(1, 0x42e01f), &h264(0, 0x42e01f)));
         assert!(!can_carry(&h264(1, 0x42e01f), &h264(1, 0x64001f)));
+    }
+
+    #[test]
+    fn the_casters_preferred_codec_comes_first() {
+        use std::time::Instant;
+        use str0m::RtcConfig;
+        use str0m::media::{Direction, MediaKind};
+
+        let mut caster = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .build(Instant::now());
+        let mut api = caster.sdp_api();
+        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, _) = api.apply().unwrap();
+
+        let mut config = RtcConfig::new();
+        let first_video = |c: &mut RtcConfig| {
+            c.codec_config()
+                .params()
+                .iter()
+                .map(|p| p.spec().codec)
+                .find(|c| *c != Codec::Opus)
+        };
+        assert_eq!(
+            first_video(&mut config),
+            Some(Codec::Vp8),
+            "str0m's default"
+        );
+        prefer_offered(config.codec_config(), &offer);
+        assert_eq!(first_video(&mut config), Some(Codec::H264));
     }
 
     #[test]

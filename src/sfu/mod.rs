@@ -190,12 +190,15 @@ impl Sfu {
             ufrag: ufrag.clone(),
             pass: format!("{:032x}", rand::random::<u128>()),
         };
-        let mut rtc = RtcConfig::new()
+        let mut rtc_config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_stats_interval(None)
-            .set_local_ice_credentials(creds)
-            .build(now);
+            .set_local_ice_credentials(creds);
+        if role == Role::Cast {
+            codec::prefer_offered(rtc_config.codec_config(), &offer);
+        }
+        let mut rtc = rtc_config.build(now);
         for addr in &self.config.candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
                 rtc.add_local_candidate(c);
@@ -386,19 +389,21 @@ impl Sfu {
     /// also learns the address), everything else by remote address.
     fn route(&mut self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
         if let Ok(stun) = StunMessage::parse(contents)
-            && let Some((local, _)) = stun.split_username() {
-                let id = *self.by_ufrag.get(local)?;
-                if self.by_addr.get(&source) != Some(&id) {
-                    if let Some(old) = self.by_addr.insert(source, id)
-                        && let Some(p) = self.peers.get_mut(&old) {
-                            p.addrs.retain(|a| *a != source);
-                        }
-                    if let Some(p) = self.peers.get_mut(&id) {
-                        p.addrs.push(source);
-                    }
+            && let Some((local, _)) = stun.split_username()
+        {
+            let id = *self.by_ufrag.get(local)?;
+            if self.by_addr.get(&source) != Some(&id) {
+                if let Some(old) = self.by_addr.insert(source, id)
+                    && let Some(p) = self.peers.get_mut(&old)
+                {
+                    p.addrs.retain(|a| *a != source);
                 }
-                return Some(id);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.addrs.push(source);
+                }
             }
+            return Some(id);
+        }
         self.by_addr.get(&source).copied()
     }
 
