@@ -128,3 +128,27 @@ fn lives_on_air_are_listed() {
     assert_eq!(body["lives"][0]["live"], "listed");
     assert_eq!(body["lives"][0]["onAir"], true);
 }
+
+#[test]
+fn answers_suit_non_trickle_and_ssrc_routing_clients() {
+    let server = Server::start();
+    let viewer = Client::connect(&server, "/whep/sdp");
+    let caster = Client::connect(&server, "/whip/sdp");
+    for (who, answer) in [("WHEP", &viewer.answer), ("WHIP", &caster.answer)] {
+        // Clients that never PATCH (OBS, FFmpeg) need the server's
+        // candidates in the answer.
+        assert!(
+            answer.contains("a=candidate:"),
+            "{who} answer has candidates:\n{answer}"
+        );
+        assert!(answer.contains("a=ice-lite"), "{who} answer says ice-lite");
+    }
+    // libdatachannel-based players route by SSRC: every m-line Vessel sends
+    // on must announce its SSRCs.
+    let sections: Vec<&str> = viewer.answer.split("\r\nm=").skip(1).collect();
+    assert_eq!(sections.len(), 2, "audio and video");
+    for m in sections {
+        assert!(m.contains("a=sendonly"), "viewer tracks are sendonly:\n{m}");
+        assert!(m.contains("a=ssrc:"), "SSRC announced:\n{m}");
+    }
+}

@@ -179,6 +179,7 @@ export class Harness {
     });
     h.contexts = new Set();
     note = (text) => h.note(text);
+    await h.checkEmbeddedWeb();
     return h;
   }
 
@@ -210,6 +211,25 @@ export class Harness {
     const context = page.context();
     this.contexts.delete(context);
     await context.close().catch(() => {});
+  }
+
+  /**
+   * The server embeds web/ at build time: warn when the binary serves other files than the
+   * working tree's (it needs `cargo build --release` after web/ changed).
+   */
+  async checkEmbeddedWeb() {
+    const files = { '/vessel.js': 'vessel.js', '/play/x': 'play.html', '/cast/x': 'cast.html', '/': 'index.html' };
+    const stale = [];
+    for (const [route, file] of Object.entries(files)) {
+      const served = await (await fetch(this.url + route)).text().catch(() => '');
+      const disk = fs.readFileSync(path.join(REPO, 'web', file), 'utf8');
+      if (served !== disk) stale.push(file);
+    }
+    if (stale.length) {
+      const msg = `WARNING: ${VESSEL_BIN} serves other versions of web/${stale.join(', web/')} than the working tree: rebuild it (cargo build --release) to test the current pages`;
+      console.error(msg);
+      this.log.add('harness', msg);
+    }
   }
 
   /** Adds a line to the log (shown on failure, and saved to $VESSEL_TEST_LOG if set). */

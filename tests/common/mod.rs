@@ -117,6 +117,8 @@ pub struct Client {
     pub location: String,
     pub received: Vec<Received>,
     pub connected: bool,
+    /// The server's SDP answer, as received.
+    pub answer: String,
     video: Option<Mid>,
     audio: Option<Mid>,
     // Caster state for synthetic VP8 + Opus.
@@ -153,6 +155,7 @@ impl Client {
             location: String::new(),
             received: Vec::new(),
             connected: false,
+            answer: String::new(),
             video: Some(video),
             audio: Some(audio),
             seq: 1000 + rand::random::<u16>() as u64,
@@ -186,7 +189,8 @@ impl Client {
             .unwrap()
             .to_string();
         assert!(client.location.starts_with(path), "{}", client.location);
-        let answer = SdpAnswer::from_sdp_string(&res.text().unwrap()).unwrap();
+        client.answer = res.text().unwrap();
+        let answer = SdpAnswer::from_sdp_string(&client.answer).unwrap();
         client.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         client
     }
