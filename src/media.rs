@@ -55,29 +55,27 @@ pub struct MediaHandle {
 
 impl MediaHandle {
     pub async fn join(&self, live: &str, role: Role, offer: String) -> Result<Joined, MediaError> {
-        let (reply, rx) = oneshot::channel();
         let live = live.to_string();
-        self.send(Command::Join {
-            live,
-            role,
-            offer,
-            reply,
-        })
-        .await?;
-        Ok(rx.await.map_err(|_| MediaError::Down)??)
+        Ok(self
+            .request(|reply| Command::Join {
+                live,
+                role,
+                offer,
+                reply,
+            })
+            .await??)
     }
 
     pub async fn leave(&self, live: &str, role: Role, peer: PeerId) -> Result<(), MediaError> {
-        let (reply, rx) = oneshot::channel();
         let live = live.to_string();
-        self.send(Command::Leave {
-            live,
-            role,
-            peer,
-            reply,
-        })
-        .await?;
-        Ok(rx.await.map_err(|_| MediaError::Down)??)
+        Ok(self
+            .request(|reply| Command::Leave {
+                live,
+                role,
+                peer,
+                reply,
+            })
+            .await??)
     }
 
     pub async fn trickle(
@@ -87,21 +85,29 @@ impl MediaHandle {
         peer: PeerId,
         candidates: Vec<Candidate>,
     ) -> Result<(), MediaError> {
-        let (reply, rx) = oneshot::channel();
         let live = live.to_string();
-        self.send(Command::Trickle {
-            live,
-            role,
-            peer,
-            candidates,
-            reply,
-        })
-        .await?;
-        Ok(rx.await.map_err(|_| MediaError::Down)??)
+        Ok(self
+            .request(|reply| Command::Trickle {
+                live,
+                role,
+                peer,
+                candidates,
+                reply,
+            })
+            .await??)
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), MediaError> {
-        self.tx.send(cmd).await.map_err(|_| MediaError::Down)
+    /// Sends a command and waits for the media thread's reply.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(command(reply))
+            .await
+            .map_err(|_| MediaError::Down)?;
+        rx.await.map_err(|_| MediaError::Down)
     }
 }
 

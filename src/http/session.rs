@@ -15,15 +15,22 @@ use crate::sfu::{PeerId, Role};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/whip/{live}", post(cast))
+        .merge(routes_for(Role::Cast))
+        .merge(routes_for(Role::Play))
+}
+
+/// `/whip/...` for casters, `/whep/...` for viewers: the same protocol.
+fn routes_for(role: Role) -> Router<AppState> {
+    let p = prefix(role);
+    Router::new()
         .route(
-            "/whip/{live}/{session}",
-            patch(cast_patch).delete(cast_delete),
+            &format!("/{p}/{{live}}"),
+            post(move |s, live, h, body| offer(s, live, h, body, role)),
         )
-        .route("/whep/{live}", post(play))
         .route(
-            "/whep/{live}/{session}",
-            patch(play_patch).delete(play_delete),
+            &format!("/{p}/{{live}}/{{session}}"),
+            patch(move |s, path, h, body| trickle(s, path, h, body, role))
+                .delete(move |s, path| end(s, path, role)),
         )
 }
 
@@ -32,35 +39,6 @@ fn prefix(role: Role) -> &'static str {
         Role::Cast => "whip",
         Role::Play => "whep",
     }
-}
-
-async fn cast(s: State<AppState>, live: Path<String>, h: HeaderMap, body: Bytes) -> Response {
-    offer(s, live, h, body, Role::Cast).await
-}
-async fn play(s: State<AppState>, live: Path<String>, h: HeaderMap, body: Bytes) -> Response {
-    offer(s, live, h, body, Role::Play).await
-}
-async fn cast_patch(
-    s: State<AppState>,
-    p: Path<(String, String)>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    trickle(s, p, h, body, Role::Cast).await
-}
-async fn play_patch(
-    s: State<AppState>,
-    p: Path<(String, String)>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    trickle(s, p, h, body, Role::Play).await
-}
-async fn cast_delete(s: State<AppState>, p: Path<(String, String)>) -> Response {
-    end(s, p, Role::Cast).await
-}
-async fn play_delete(s: State<AppState>, p: Path<(String, String)>) -> Response {
-    end(s, p, Role::Play).await
 }
 
 fn check_live(live: &str) -> Result<(), ApiError> {
