@@ -1,4 +1,6 @@
+use std::io::IsTerminal;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -17,6 +19,8 @@ async fn main() {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("vessel=info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     if let Err(e) = run(config).await {
         tracing::error!("{e}");
@@ -27,8 +31,7 @@ async fn main() {
 async fn run(config: Config) -> Result<(), String> {
     str0m::crypto::from_feature_flags().install_process_default();
 
-    let announced = config.announced_media_addrs();
-    let sockets = media::bind(config.media, &announced).map_err(|e| {
+    let (sockets, announced) = media::bind(config.media, &config.announced_media_addrs()).map_err(|e| {
         format!(
             "cannot bind the media port {}: {e} (is another Vessel running? choose another with --media)",
             config.media
@@ -45,7 +48,16 @@ async fn run(config: Config) -> Result<(), String> {
             config.http
         )
     })?;
-    let app = router(AppState { media, board }, &config.cors_origin);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_rx_for_timeout = shutdown_rx.clone();
+    let app = router(
+        AppState {
+            media,
+            board,
+            shutdown: shutdown_rx,
+        },
+        &config.cors_origin,
+    );
     let base = format!("http://{}", config.http);
     tracing::info!(
         "Vessel is running: open {base}/cast/demo to go live and {base}/play/demo to watch \
@@ -56,10 +68,24 @@ async fn run(config: Config) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(|e| format!("HTTP server failed: {e}"))
+    let stopping = async move {
+        shutdown().await;
+        let _ = shutdown_tx.send(true);
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
+    let serve = std::pin::pin!(serve.into_future());
+    // Requests in flight get a few seconds to finish once shutdown starts.
+    tokio::select! {
+        r = serve => r.map_err(|e| format!("HTTP server failed: {e}")),
+        _ = async {
+            let mut rx = shutdown_rx_for_timeout;
+            let _ = rx.wait_for(|down| *down).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => {
+            tracing::warn!("requests still open after 5 s; exiting anyway");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown() {

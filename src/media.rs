@@ -120,36 +120,54 @@ pub struct MediaSocket {
 
 /// Binds the media sockets: `--media` itself, or, for an unspecified
 /// address, one socket per announced interface address, so every datagram's
-/// destination is known without IP_PKTINFO.
-pub fn bind(media: SocketAddr, announced: &[SocketAddr]) -> io::Result<Vec<MediaSocket>> {
+/// destination is known without IP_PKTINFO. Returns the sockets and the
+/// addresses to announce, with the port actually bound (for `--media :0`).
+pub fn bind(
+    media: SocketAddr,
+    announced: &[SocketAddr],
+) -> io::Result<(Vec<MediaSocket>, Vec<SocketAddr>)> {
     let same_family = |a: &&SocketAddr| a.is_ipv4() == media.is_ipv4();
-    let first = announced.iter().find(same_family).copied().unwrap_or(media);
-    if !media.ip().is_unspecified() || announced.iter().any(|a| a.ip().is_unspecified()) {
+    let per_interface = media.ip().is_unspecified()
+        && !announced.iter().any(|a| a.ip().is_unspecified())
+        && announced.iter().filter(same_family).all(|a| {
+            // Only if the announced addresses are ours (not --public-ip
+            // behind a NAT): probe by binding.
+            UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok()
+        });
+    if !per_interface {
         let socket = UdpSocket::bind(media)?;
-        return Ok(vec![MediaSocket {
-            socket,
-            announced: first,
-        }]);
+        let port = socket.local_addr()?.port();
+        let announced: Vec<SocketAddr> = announced
+            .iter()
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .collect();
+        let first = announced
+            .iter()
+            .find(same_family)
+            .copied()
+            .unwrap_or(socket.local_addr()?);
+        return Ok((
+            vec![MediaSocket {
+                socket,
+                announced: first,
+            }],
+            announced,
+        ));
     }
-    // 0.0.0.0 with interface addresses announced: one socket each, unless
-    // the announced addresses are not ours (--public-ip behind NAT).
+    let mut port = media.port();
     let mut sockets = Vec::new();
     for a in announced.iter().filter(same_family) {
-        match UdpSocket::bind(SocketAddr::new(a.ip(), media.port())) {
-            Ok(socket) => sockets.push(MediaSocket {
-                socket,
-                announced: *a,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
-                return Ok(vec![MediaSocket {
-                    socket: UdpSocket::bind(media)?,
-                    announced: first,
-                }]);
-            }
-            Err(e) => return Err(e),
-        }
+        let socket = UdpSocket::bind(SocketAddr::new(a.ip(), port))?;
+        let local = socket.local_addr()?;
+        // With port 0, the first socket picks the port for all.
+        port = local.port();
+        sockets.push(MediaSocket {
+            socket,
+            announced: local,
+        });
     }
-    Ok(sockets)
+    let announced = sockets.iter().map(|s| s.announced).collect();
+    Ok((sockets, announced))
 }
 
 /// Starts the media runtime on its own thread.

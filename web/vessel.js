@@ -31,13 +31,21 @@ const POST_TIMEOUT_MS = 10000;
 /** Timeout of a DELETE (ms). */
 const DELETE_TIMEOUT_MS = 3000;
 
+/**
+ * The server this module was loaded from: Vessel serves it at `/vessel.js` (behind a reverse
+ * proxy at `https://host/prefix/vessel.js`, the base is `https://host/prefix`).
+ */
+const DEFAULT_SERVER = new URL('.', import.meta.url).href;
+
 /** Valid live names. */
 export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 /**
  * @typedef {object} CommonOptions
- * @property {string} [server] Base URL of the Vessel server (default: this page's origin).
- * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests.
+ * @property {string} [server] Base URL of the Vessel server (default: where this module was
+ *   loaded from, so `import … from 'https://vessel.example/vessel.js'` needs no `server`).
+ * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests
+ *   (not on the live's event stream: EventSource cannot send headers).
  * @property {RTCIceServer[]} [iceServers] ICE servers for the RTCPeerConnection (default `[]`).
  */
 
@@ -140,7 +148,7 @@ class Session extends Emitter {
 
     this._endpoint = endpoint;
     this._options = options;
-    this._server = (options.server ?? globalThis.location.origin).replace(/\/+$/, '');
+    this._server = (options.server ?? DEFAULT_SERVER).replace(/\/+$/, '');
     this._location = null; // URL of the current WHIP/WHEP session resource
     this._connected = false;
     this._stopped = false;
@@ -491,14 +499,20 @@ export class Player extends Session {
     const audio = pc.addTransceiver('audio', { direction: 'recvonly' });
     const video = pc.addTransceiver('video', { direction: 'recvonly' });
     // The receivers' tracks exist already; media flows once the caster is on air.
-    this.stream = new MediaStream([audio.receiver.track, video.receiver.track]);
+    const stream = new MediaStream([audio.receiver.track, video.receiver.track]);
+    this.stream = stream;
     if (this.video) {
-      this.video.srcObject = this.stream;
-      this.video.play().catch(() => {
-        /* autoplay policy: the page shows its own controls */
+      // A <video> delays the page's load event until its first frame: attach after `load`,
+      // or the tab shows "loading" for as long as the live is not on air.
+      afterLoad(() => {
+        if (this.stream !== stream || !this.video) return;
+        this.video.srcObject = stream;
+        this.video.play().catch(() => {
+          /* autoplay policy: the page shows its own controls */
+        });
       });
     }
-    this.emit('stream', this.stream);
+    this.emit('stream', stream);
   }
 
   _onLiveInfo(info) {
@@ -554,6 +568,11 @@ export function liveFromLocation(loc = globalThis.location) {
     return null;
   }
   return name && LIVE_NAME.test(name) ? name : null;
+}
+
+function afterLoad(fn) {
+  if (!globalThis.document || document.readyState === 'complete') fn();
+  else globalThis.addEventListener('load', fn, { once: true });
 }
 
 function preferCodec(transceiver, kind, codec) {

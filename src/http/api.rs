@@ -47,6 +47,7 @@ async fn events(State(state): State<AppState>, Path(live): Path<String>) -> Resp
     if let Err(e) = check(&live) {
         return e.into_response();
     }
+    let mut shutdown = state.shutdown.clone();
     let stream = WatchStream::new(state.board.subscribe(&live)).map(|s| {
         Ok::<_, Infallible>(
             Event::default()
@@ -54,6 +55,9 @@ async fn events(State(state): State<AppState>, Path(live): Path<String>) -> Resp
                 .json_data(s)
                 .unwrap_or_default(),
         )
+    });
+    let stream = stream.take_until(async move {
+        let _ = shutdown.wait_for(|down| *down).await;
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -24,15 +24,20 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub media: MediaHandle,
     pub board: Arc<LiveBoard>,
+    /// Turns true when the server is shutting down: long-lived responses
+    /// (event streams) end so that the graceful shutdown can finish.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     Router::new()
         .merge(session::routes())
         .merge(api::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(cors(cors_origins))
         .merge(pages::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Everything, /vessel.js included: a player embedded on another
+        // site imports the SDK from here.
+        .layer(cors(cors_origins))
         .with_state(state)
 }
 

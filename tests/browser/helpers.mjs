@@ -218,9 +218,11 @@ export class Harness {
    * working tree's (it needs `cargo build --release` after web/ changed).
    */
   async checkEmbeddedWeb() {
-    const files = { '/vessel.js': 'vessel.js', '/play/x': 'play.html', '/cast/x': 'cast.html', '/': 'index.html' };
+    const routes = { 'index.html': '/', 'cast.html': '/cast/x', 'play.html': '/play/x', 'vessel.js': '/vessel.js' };
     const stale = [];
-    for (const [route, file] of Object.entries(files)) {
+    for (const file of fs.readdirSync(path.join(REPO, 'web'))) {
+      if (file.startsWith('.') || !fs.statSync(path.join(REPO, 'web', file)).isFile()) continue;
+      const route = routes[file] ?? `/assets/${file}`;
       const served = await (await fetch(this.url + route)).text().catch(() => '');
       const disk = fs.readFileSync(path.join(REPO, 'web', file), 'utf8');
       if (served !== disk) stale.push(file);
@@ -293,6 +295,7 @@ export async function rtcStats(page, pcExpr) {
           frameWidth: s.frameWidth ?? 0,
           frameHeight: s.frameHeight ?? 0,
           keyFramesDecoded: s.keyFramesDecoded ?? 0,
+          codec: report.get(s.codecId)?.mimeType,
         };
       } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
         out.audio = {

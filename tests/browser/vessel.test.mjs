@@ -2,8 +2,11 @@
 // against the real server binary. Assertions are on WebRTC stats (frames decoded, audio received).
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { Harness, liveName, rtcStats, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+import { Harness, REPO, liveName, rtcStats, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
 const PUBLISHER_PC = 'window.vesselPublisher && window.vesselPublisher.pc';
@@ -20,8 +23,8 @@ after(async () => {
 });
 
 /** Opens /cast/{live} and waits until the camera is ready (Go live enabled). */
-async function openCaster(live) {
-  const page = await h.open(`/cast/${live}`, `cast ${live}`);
+async function openCaster(live, query = '') {
+  const page = await h.open(`/cast/${live}${query}`, `cast ${live}`);
   await waitInPage(page, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
   return page;
 }
@@ -75,9 +78,11 @@ test('a: cast page publishes; three play pages decode video and receive audio; c
     assert.ok(sent.sent.video?.framesEncoded > 0, 'caster encodes video');
     assert.ok(sent.sent.audio?.packetsSent > 0, 'caster sends audio');
 
-    // The viewers' count drops when one leaves (its page closes: pagehide → DELETE).
-    await h.closePage(viewers.pop());
+    // The viewers' count drops when one leaves (it navigates away: pagehide → DELETE).
+    const leaving = viewers.pop();
+    await leaving.goto('about:blank');
     await waitInPage(caster, `document.getElementById('viewers').dataset.viewers === '2'`, 15000, 'caster shows 2 viewers');
+    await h.closePage(leaving);
 
     for (const v of viewers) await h.closePage(v);
     await h.closePage(caster);
@@ -90,6 +95,8 @@ test('b: a viewer opened before the caster waits, then plays once the live begin
     const viewer = await h.open(`/play/${live}`, `play ${live}`);
     const waiting = await waitPlayerState(viewer, 'waiting');
     assert.match(waiting.overlayText, /Waiting for the caster/);
+    // The page finished loading (a <video> without frames must not hold the load event back).
+    await waitInPage(viewer, `document.readyState === 'complete'`, 10000, 'page load event while waiting');
     assert.equal((await rtcStats(viewer, PLAYER_PC)).connectionState, 'connected');
     const before = await rtcStats(viewer, PLAYER_PC);
 
@@ -324,5 +331,165 @@ test('i: the viewer gets the camera\'s full 1280x720 with a small jitter buffer'
 
     await h.closePage(viewer);
     await h.closePage(caster);
+  }),
+);
+
+test('j: an H264 caster (/cast/{live}?codec=H264) reaches viewers as H264', { timeout: 60000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('j');
+    const caster = await openCaster(live, '?codec=H264');
+    await goLive(caster);
+    const viewer = await h.open(`/play/${live}`, `play ${live}`);
+    const stats = await waitForMedia(viewer, PLAYER_PC, { what: 'H264 viewer' });
+    assert.equal(stats.video.codec, 'video/H264');
+
+    await h.closePage(viewer);
+    await h.closePage(caster);
+  }),
+);
+
+test('k: vessel.js API: events, stop() deletes the session, bad names and 4xx answers fail cleanly', { timeout: 60000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('k');
+    const page = await h.open('/', 'sdk');
+    const result = await page.evaluate(async (live) => {
+      const { play, publish, LIVE_NAME } = await import('/vessel.js');
+      const out = {};
+      try {
+        play('bad name!');
+      } catch (err) {
+        out.badName = err.name;
+      }
+      out.nameRule = LIVE_NAME.test('a'.repeat(64)) && !LIVE_NAME.test('a'.repeat(65));
+
+      // A 4xx answer (here: a server path that does not exist) is final: state "failed".
+      const lost = play(live, { server: `${location.origin}/no-such-prefix` });
+      out.failed = await new Promise((resolve) => {
+        const errors = [];
+        lost.on('error', (e) => errors.push(e.status));
+        lost.on('state', (s) => s === 'failed' && resolve({ state: s, statuses: errors }));
+        setTimeout(() => resolve({ state: lost.state, statuses: errors }), 10000);
+      });
+
+      // Events in order, viewers counted, stop() resolves after the DELETE.
+      const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+      const states = [];
+      const publisher = publish(live, stream);
+      publisher.on('state', (s) => states.push(`publisher:${s}`));
+      await new Promise((r) => publisher.on('state', (s) => s === 'live' && r()));
+      const player = play(live);
+      player.on('state', (s) => states.push(`player:${s}`));
+      const gotStream = new Promise((r) => player.on('stream', r));
+      await new Promise((r) => player.on('viewers', (n) => n === 1 && r()));
+      await new Promise((r) => (player.state === 'playing' ? r() : player.on('state', (s) => s === 'playing' && r())));
+      out.streamTracks = (await gotStream).getTracks().map((t) => t.kind).sort();
+      out.publisherViewers = await new Promise((r) => (publisher.viewers === 1 ? r(1) : publisher.on('viewers', r)));
+      await player.stop();
+      out.afterPlayerStop = await (await fetch(`/api/lives/${live}`)).json();
+      await publisher.stop();
+      out.afterPublisherStop = await (await fetch(`/api/lives/${live}`)).json();
+      out.states = states;
+      out.finalStates = [publisher.state, player.state];
+      stream.getTracks().forEach((t) => t.stop());
+      return out;
+    }, live);
+    h.note(`sdk: ${JSON.stringify(result)}`);
+
+    assert.equal(result.badName, 'TypeError');
+    assert.equal(result.nameRule, true);
+    assert.equal(result.failed.state, 'failed');
+    assert.ok(result.failed.statuses.every((s) => s >= 400 && s < 500) && result.failed.statuses.length > 0);
+    assert.deepEqual(result.streamTracks, ['audio', 'video']);
+    assert.equal(result.publisherViewers, 1);
+    assert.deepEqual(result.afterPlayerStop, { live, onAir: true, viewers: 0 });
+    assert.deepEqual(result.afterPublisherStop, { live, onAir: false, viewers: 0 });
+    assert.deepEqual(result.states, ['publisher:live', 'player:playing', 'player:stopped', 'publisher:stopped']);
+    assert.deepEqual(result.finalStates, ['stopped', 'stopped']);
+
+    await h.closePage(page);
+  }),
+);
+
+/**
+ * Serves, on another origin (same loopback address, another port), a page that imports the SDK
+ * from `sdkUrl` ('/sdk.js' is web/vessel.js served by this other origin) as `window.vessel`.
+ */
+async function otherOrigin(sdkUrl) {
+  const server = http.createServer((req, res) => {
+    if (req.url === '/sdk.js') {
+      res.writeHead(200, { 'Content-Type': 'text/javascript' });
+      res.end(fs.readFileSync(path.join(REPO, 'web/vessel.js')));
+      return;
+    }
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end(`<!doctype html><title>embed</title><video id="video" autoplay muted playsinline></video>
+      <script type="module">
+        import * as vessel from '${sdkUrl}';
+        window.vessel = vessel;
+      </script>`);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+}
+
+/** Publishes and plays `live` from `page` (window.vessel), with extra options. */
+async function publishAndPlay(page, live, options) {
+  await page.evaluate(
+    ({ live, options }) =>
+      navigator.mediaDevices.getUserMedia({ video: true, audio: true }).then((stream) => {
+        window.vesselPublisher = window.vessel.publish(live, stream, options);
+        window.vesselPlayer = window.vessel.play(live, { ...options, video: document.getElementById('video') });
+      }),
+    { live, options },
+  );
+  await waitForMedia(page, PLAYER_PC, { what: 'cross-origin player' });
+  assert.equal(await page.evaluate(() => window.vesselPublisher.state), 'live');
+  await waitInPage(page, 'window.vesselPlayer.viewers === 1 && window.vesselPublisher.viewers === 1', 10000, 'viewer counts through cross-origin SSE');
+}
+
+test('l: an app on another origin uses WHIP/WHEP/SSE cross-origin (CORS, Location exposed)', { timeout: 60000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('l');
+    const other = await otherOrigin('/sdk.js');
+    try {
+      const page = await h.open('/', 'embed');
+      await page.goto(other.url);
+      await waitInPage(page, 'window.vessel', 10000, 'SDK loaded');
+      const raw = await page.evaluate(async ({ server, live }) => {
+        const pc = new RTCPeerConnection();
+        pc.addTransceiver('audio', { direction: 'recvonly' });
+        pc.addTransceiver('video', { direction: 'recvonly' });
+        await pc.setLocalDescription(await pc.createOffer());
+        const res = await fetch(`${server}/whep/${live}`, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+        const location = res.headers.get('Location');
+        const del = location ? (await fetch(new URL(location, server), { method: 'DELETE' })).status : null;
+        pc.close();
+        return { status: res.status, location, del };
+      }, { server: h.url, live });
+      assert.equal(raw.status, 201);
+      assert.match(raw.location ?? '', new RegExp(`^(${h.url})?/whep/${live}/.+`), 'Location readable cross-origin (Access-Control-Expose-Headers)');
+      assert.equal(raw.del, 200, 'cross-origin DELETE allowed');
+
+      await publishAndPlay(page, live, { server: h.url });
+      await h.closePage(page);
+    } finally {
+      other.close();
+    }
+  }),
+);
+
+test('m: a page on another origin imports vessel.js from the server itself (no `server` option needed)', { timeout: 60000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('m');
+    const other = await otherOrigin(`${h.url}/vessel.js`);
+    try {
+      const page = await h.open('/', 'embed');
+      await page.goto(other.url);
+      await waitInPage(page, 'window.vessel', 10000, `import of ${h.url}/vessel.js from ${other.url} (needs Access-Control-Allow-Origin on /vessel.js)`);
+      await publishAndPlay(page, live, {});
+      await h.closePage(page);
+    } finally {
+      other.close();
+    }
   }),
 );

@@ -39,10 +39,13 @@ fn free_udp_port() -> u16 {
 
 impl Server {
     pub fn start() -> Self {
+        Self::start_with_media(&format!("127.0.0.1:{}", free_udp_port()))
+    }
+
+    pub fn start_with_media(media: &str) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
-        let media = format!("127.0.0.1:{}", free_udp_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-            .args(["--http", &http, "--media", &media])
+            .args(["--http", &http, "--media", media])
             .env("RUST_LOG", "vessel=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -80,6 +83,21 @@ impl Server {
 
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 
