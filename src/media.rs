@@ -13,6 +13,7 @@ use str0m::net::Protocol;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
+use crate::sfu::layer::Preference;
 use crate::sfu::{JoinError, Joined, NoSuchSession, PeerId, Role, Sfu, SfuEvent};
 
 enum Command {
@@ -33,6 +34,12 @@ enum Command {
         role: Role,
         peer: PeerId,
         candidates: Vec<Candidate>,
+        reply: oneshot::Sender<Result<(), NoSuchSession>>,
+    },
+    Layer {
+        live: String,
+        peer: PeerId,
+        preference: Preference,
         reply: oneshot::Sender<Result<(), NoSuchSession>>,
     },
 }
@@ -92,6 +99,24 @@ impl MediaHandle {
                 role,
                 peer,
                 candidates,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Caps the video layer viewer `peer` gets.
+    pub async fn set_layer(
+        &self,
+        live: &str,
+        peer: PeerId,
+        preference: Preference,
+    ) -> Result<(), MediaError> {
+        let live = live.to_string();
+        Ok(self
+            .request(|reply| Command::Layer {
+                live,
+                peer,
+                preference,
                 reply,
             })
             .await??)
@@ -284,6 +309,14 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
             reply,
         } => {
             let _ = reply.send(sfu.add_remote_candidates(&live, role, peer, candidates));
+        }
+        Command::Layer {
+            live,
+            peer,
+            preference,
+            reply,
+        } => {
+            let _ = reply.send(sfu.set_preference(&live, peer, preference, now));
         }
     }
 }

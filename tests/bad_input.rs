@@ -65,6 +65,7 @@ fn bad_requests_are_refused_with_a_reason_and_the_live_goes_on() {
 
     let sdp = Some("application/sdp");
     let frag = Some("application/trickle-ice-sdpfrag");
+    let _json = Some("application/json");
     let unknown = "/whip/onair/0123456789abcdef0123456789abcdef";
     let viewer_session = viewer.location.clone();
     let cases = [
@@ -222,6 +223,20 @@ fn bad_requests_are_refused_with_a_reason_and_the_live_goes_on() {
             "bad candidate",
         ),
     ];
+    let layer = format!("{viewer_session}/layer");
+    let json = Some("application/json");
+    #[rustfmt::skip]
+    let more = [
+        case("layer: unknown value", "POST", &layer, json, r#"{"layer":"ultra"}"#, 400, "expected"),
+        case("layer: not JSON", "POST", &layer, json, "low", 400, "expected"),
+        case("layer: wrong content type", "POST", &layer, Some("text/plain"), r#"{"layer":"low"}"#, 415, "application/json"),
+        case("layer: unknown session", "POST", "/whep/onair/0123456789abcdef0123456789abcdef/layer", json, r#"{"layer":"low"}"#, 404, "no such session"),
+        case("layer: a caster's session", "POST", &format!("{}/layer", caster.location), json, r#"{"layer":"low"}"#, 404, "nothing at"),
+        case("unknown path", "GET", "/nope", None, "", 404, "nothing at /nope"),
+        case("unsupported method", "PUT", "/whip/onair", sdp, "v=0", 405, "PUT is not supported"),
+    ];
+    let cases: Vec<Case> = cases.into_iter().chain(more).collect();
+    assert_eq!(cases.len(), 24, "every case above is run");
 
     let client = http();
     for c in &cases {

@@ -152,3 +152,26 @@ fn answers_suit_non_trickle_and_ssrc_routing_clients() {
         assert!(m.contains("a=ssrc:"), "SSRC announced:\n{m}");
     }
 }
+
+#[test]
+fn a_viewer_caps_its_layer_through_the_whep_layer_extension() {
+    let server = Server::start();
+    let viewer = Client::connect(&server, "/whep/layers");
+    let layer_url = format!("{}/layer", viewer.location);
+    let link = format!("<{layer_url}>; rel=\"urn:ietf:params:whep:ext:core:layer\"");
+    assert!(viewer.links.contains(&link), "{:?}", viewer.links);
+    for layer in ["low", "medium", "high", "auto"] {
+        let res = http()
+            .post(server.url(&layer_url))
+            .header("content-type", "application/json")
+            .body(format!("{{\"layer\":\"{layer}\"}}"))
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 204, "{layer}");
+    }
+    let caster = Client::connect(&server, "/whip/layers");
+    assert!(
+        caster.links.iter().all(|l| !l.contains("layer")),
+        "casters have no layer URL"
+    );
+}

@@ -34,11 +34,27 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .merge(session::routes())
         .merge(api::routes())
         .merge(pages::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Everything, /vessel.js included: a player embedded on another
         // site imports the SDK from here.
         .layer(cors(cors_origins))
         .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("nothing at {}: see / for the lives on air", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not supported on {}", uri.path()),
+    )
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -11,6 +11,7 @@ use str0m::Candidate;
 use tracing::Instrument;
 
 use super::{ApiError, AppState, valid_live_name};
+use crate::sfu::layer::Preference;
 use crate::sfu::{PeerId, Role};
 
 pub fn routes() -> Router<AppState> {
@@ -22,7 +23,11 @@ pub fn routes() -> Router<AppState> {
 /// `/whip/...` for casters, `/whep/...` for viewers: the same protocol.
 fn routes_for(role: Role) -> Router<AppState> {
     let p = prefix(role);
-    Router::new()
+    let router = match role {
+        Role::Play => Router::new().route("/whep/{live}/{session}/layer", post(layer)),
+        Role::Cast => Router::new(),
+    };
+    router
         .route(
             &format!("/{p}/{{live}}"),
             post(move |s, live, h, body| offer(s, live, h, body, role)),
@@ -39,6 +44,39 @@ fn prefix(role: Role) -> &'static str {
         Role::Cast => "whip",
         Role::Play => "whep",
     }
+}
+
+/// The WHEP draft's layer-selection extension.
+const LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerRequest {
+    layer: Preference,
+}
+
+/// `POST /whep/{live}/{session}/layer` with `{"layer": "auto"|"high"|"medium"|"low"}`.
+async fn layer(
+    State(state): State<AppState>,
+    Path((live, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        check_live(&live)?;
+        let peer = session_id(&session)?;
+        check_content_type(&headers, "application/json")?;
+        let request: LayerRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"layer\": \"auto\"|\"high\"|\"medium\"|\"low\"}}: {e}"),
+            )
+        })?;
+        state.media.set_layer(&live, peer, request.layer).await?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn check_live(live: &str) -> Result<(), ApiError> {
@@ -96,22 +134,31 @@ async fn offer(
         }
         let joined = state.media.join(&live, role, offer.to_string()).await?;
         let location = format!("/{}/{}/{}", prefix(role), live, joined.peer);
-        Ok::<_, ApiError>(
-            (
-                StatusCode::CREATED,
-                [
-                    (header::CONTENT_TYPE, "application/sdp".to_string()),
-                    (header::LOCATION, location),
-                    (header::ETAG, format!("\"{}\"", joined.peer)),
-                    (
-                        header::HeaderName::from_static("accept-patch"),
-                        "application/trickle-ice-sdpfrag".to_string(),
-                    ),
-                ],
-                joined.answer,
-            )
-                .into_response(),
+        let mut response = (
+            StatusCode::CREATED,
+            [
+                (header::CONTENT_TYPE, "application/sdp".to_string()),
+                (header::ETAG, format!("\"{}\"", joined.peer)),
+                (
+                    header::HeaderName::from_static("accept-patch"),
+                    "application/trickle-ice-sdpfrag".to_string(),
+                ),
+            ],
+            joined.answer,
         )
+            .into_response();
+        let headers = response.headers_mut();
+        if role == Role::Play {
+            // The WHEP layer extension: where the viewer caps its layer.
+            let link = format!("<{location}/layer>; rel=\"{LAYER_REL}\"");
+            if let Ok(v) = header::HeaderValue::from_str(&link) {
+                headers.append(header::LINK, v);
+            }
+        }
+        if let Ok(v) = header::HeaderValue::from_str(&location) {
+            headers.insert(header::LOCATION, v);
+        }
+        Ok::<_, ApiError>(response)
     }
     .instrument(span)
     .await

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::keyframe::KeyframeGate;
 use super::{LiveState, PeerId};
 
 #[derive(Debug)]
@@ -18,18 +17,24 @@ pub(super) struct Live {
     pub viewers: BTreeSet<PeerId>,
     /// Viewers whose connection is up: the figure shown to people.
     pub watching: usize,
-    pub keyframes: KeyframeGate,
+    /// When the caster's layers are next measured and every viewer's layer
+    /// chosen again; none while there is no caster.
+    pub next_layer_check: Option<Instant>,
 }
 
+/// How often layers are re-measured and re-chosen: often enough to follow
+/// the selector's hold times, rare enough to cost nothing per packet.
+pub(super) const LAYER_CHECK: Duration = Duration::from_millis(250);
+
 impl Live {
-    pub fn new(name: Arc<str>, keyframe_interval: Duration) -> Self {
+    pub fn new(name: Arc<str>) -> Self {
         Self {
             name,
             caster: None,
             on_air: false,
             viewers: BTreeSet::new(),
             watching: 0,
-            keyframes: KeyframeGate::new(keyframe_interval),
+            next_layer_check: None,
         }
     }
 
@@ -47,6 +52,6 @@ impl Live {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.keyframes.poll_timeout()
+        self.next_layer_check
     }
 }

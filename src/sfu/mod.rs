@@ -5,10 +5,13 @@
 //! sharded: one `Sfu` per worker.
 
 pub mod codec;
+mod fanout;
 pub mod forward;
 pub mod keyframe;
+pub mod layer;
 mod live;
 mod peer;
+pub mod simulcast;
 #[cfg(test)]
 mod tests;
 
@@ -20,16 +23,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, ExtensionValues, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::RtpPacket;
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, RtcConfig};
+use str0m::{Candidate, IceCreds, Input, Output, RtcConfig};
 
-use forward::{MediaPacket, SourceId, Verdict};
+use layer::Preference;
 use live::Live;
-use peer::{Cast, Forward, OutTrack, Peer, PeerRole, Play};
+use peer::{Cast, OutTrack, Peer, PeerRole, Play};
 
 /// A session (one caster or viewer connection). Random and unguessable: it
 /// is the capability that lets a client end or patch its own session.
@@ -81,6 +84,9 @@ pub struct SfuConfig {
     pub keyframe_interval: Duration,
     /// A session whose ICE/DTLS is not up by then is dropped.
     pub connect_timeout: Duration,
+    /// Bandwidth assumed towards a new viewer until its estimate comes in
+    /// (bits per second): enough for the top layer of a usual simulcast.
+    pub initial_estimate: u64,
 }
 
 impl SfuConfig {
@@ -89,6 +95,7 @@ impl SfuConfig {
             candidates,
             keyframe_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(20),
+            initial_estimate: 1_000_000,
         }
     }
 }
@@ -146,15 +153,6 @@ pub struct Sfu {
     events: VecDeque<SfuEvent>,
 }
 
-/// Work that polling one peer creates for others.
-#[derive(Default)]
-struct Effects {
-    forwards: Vec<Forward>,
-    keyframe_wanted: bool,
-    changed: bool,
-    dead: bool,
-}
-
 impl Sfu {
     pub fn new(config: SfuConfig) -> Self {
         Self {
@@ -195,8 +193,12 @@ impl Sfu {
             .set_rtp_mode(true)
             .set_stats_interval(None)
             .set_local_ice_credentials(creds);
-        if role == Role::Cast {
-            codec::prefer_offered(rtc_config.codec_config(), &offer);
+        match role {
+            Role::Cast => codec::prefer_offered(rtc_config.codec_config(), &offer),
+            // The send-side estimate towards each viewer picks its layer.
+            Role::Play => {
+                rtc_config = rtc_config.enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)))
+            }
         }
         let mut rtc = rtc_config.build(now);
         for addr in &self.config.candidates {
@@ -249,7 +251,7 @@ impl Sfu {
                          (Opus, VP8, VP9, H264, AV1)",
                     ));
                 }
-                PeerRole::Cast(Cast::default())
+                PeerRole::Cast(Cast::new(self.config.keyframe_interval))
             }
             Role::Play => {
                 let mut track = |kind| {
@@ -279,7 +281,7 @@ impl Sfu {
         let live_entry = self
             .lives
             .entry(live_name.clone())
-            .or_insert_with(|| Live::new(live_name.clone(), self.config.keyframe_interval));
+            .or_insert_with(|| Live::new(live_name.clone()));
         let replaced = match role {
             Role::Cast => live_entry.caster.replace(id),
             Role::Play => {
@@ -342,6 +344,25 @@ impl Sfu {
                 p.rtc.add_remote_candidate(c);
             }
         }
+        Ok(())
+    }
+
+    /// Caps the video layer a viewer gets.
+    pub fn set_preference(
+        &mut self,
+        live: &str,
+        peer: PeerId,
+        preference: Preference,
+        now: Instant,
+    ) -> Result<(), NoSuchSession> {
+        self.check(live, Role::Play, peer)?;
+        if let Some(PeerRole::Play(play)) = self.peers.get_mut(&peer).map(|p| &mut p.role)
+            && let Some(video) = play.video.as_mut()
+        {
+            video.selector.set_preference(preference);
+        }
+        let layers = self.caster_layers(live, now);
+        self.choose_layer(peer, &layers, None, now);
         Ok(())
     }
 
@@ -409,15 +430,23 @@ impl Sfu {
 
     /// Time moved on to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Collect first: a peer whose next timeout is `now` again (str0m's
+        // pacer does that) is handled once per call, never in a loop.
+        let mut due = Vec::new();
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.timer = None;
+                due.push(id);
+            }
+        }
+        for id in due {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            peer.timer = None;
             if !peer.connected && now >= peer.connect_by {
                 tracing::info!(live = %peer.live, peer = %id, "session never connected; dropped");
                 self.close_peer(id, now);
@@ -430,12 +459,14 @@ impl Sfu {
         }
         let due: Vec<Arc<str>> = self
             .lives
-            .values_mut()
-            .filter_map(|l| l.keyframes.handle_timeout(now).then(|| l.name.clone()))
+            .values()
+            .filter(|l| l.next_layer_check.is_some_and(|t| t <= now))
+            .map(|l| l.name.clone())
             .collect();
         for live in due {
-            self.send_keyframe_request(&live, now);
+            self.check_layers(&live, now);
         }
+        self.keyframe_timeouts(now);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -449,11 +480,22 @@ impl Sfu {
     /// When [`Sfu::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.timers.first().map(|(t, _)| *t);
-        let lives = self.lives.values().filter_map(Live::poll_timeout).min();
-        match (peers, lives) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let lives = self.lives.values().filter_map(Live::poll_timeout);
+        let keyframes = self
+            .casters()
+            .flat_map(|c| c.video.iter().filter_map(|l| l.keyframes.poll_timeout()));
+        peers.into_iter().chain(lives).chain(keyframes).min()
+    }
+
+    /// The casters of every live.
+    fn casters(&self) -> impl Iterator<Item = &Cast> {
+        self.lives
+            .values()
+            .filter_map(|l| self.peers.get(&l.caster?))
+            .filter_map(|p| match &p.role {
+                PeerRole::Cast(c) => Some(c),
+                PeerRole::Play(_) => None,
+            })
     }
 
     fn set_timer(&mut self, id: PeerId, at: Instant) {
@@ -467,123 +509,6 @@ impl Sfu {
             self.timers.remove(&(old, id));
         }
         self.timers.insert((at, id));
-    }
-
-    /// Polls a peer until it has nothing more to say, then carries out what
-    /// it asked of others (forwarding, keyframe requests).
-    fn drive(&mut self, id: PeerId, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        let mut fx = Effects::default();
-        let rtc_timeout = loop {
-            match peer.rtc.poll_output() {
-                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
-                Ok(Output::Timeout(t)) => break Some(t),
-                Ok(Output::Event(e)) => on_event(peer, e, &mut fx),
-                Err(e) => {
-                    tracing::warn!(live = %peer.live, peer = %id, "session failed: {e}");
-                    break None;
-                }
-            }
-        };
-        let live = peer.live.clone();
-        let role = peer.role();
-        let timeout = rtc_timeout.map(|t| peer.next_timeout(t));
-        match timeout {
-            Some(t) if !fx.dead && peer.rtc.is_alive() => self.set_timer(id, t),
-            _ => {
-                self.close_peer(id, now);
-                return;
-            }
-        }
-        if fx.changed {
-            self.recount(&live, role, id);
-        }
-        if !fx.forwards.is_empty() {
-            self.forward(&live, id, &fx.forwards, now);
-        }
-        if fx.keyframe_wanted {
-            self.want_keyframe(&live, now);
-        }
-    }
-
-    /// A peer connected: update the live's public state.
-    fn recount(&mut self, live: &str, role: Role, id: PeerId) {
-        let Some(l) = self.lives.get_mut(live) else {
-            return;
-        };
-        match role {
-            Role::Cast if l.caster == Some(id) => l.on_air = true,
-            Role::Cast => return,
-            Role::Play => l.watching += 1,
-        }
-        self.events.push_back(SfuEvent::Live(l.state()));
-    }
-
-    fn forward(&mut self, live: &str, caster: PeerId, forwards: &[Forward], now: Instant) {
-        let Some(l) = self.lives.get(live) else {
-            return;
-        };
-        if l.caster != Some(caster) {
-            return;
-        }
-        let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
-        let mut need_keyframe = false;
-        for v in viewers {
-            let Some(peer) = self.peers.get_mut(&v) else {
-                continue;
-            };
-            if !peer.connected {
-                continue;
-            }
-            let PeerRole::Play(play) = &mut peer.role else {
-                continue;
-            };
-            for f in forwards {
-                if let Some(track) = play.track(f.kind) {
-                    need_keyframe |= track.send(&mut peer.rtc, f) == Verdict::NeedKeyframe;
-                }
-            }
-            self.drive(v, now);
-        }
-        if need_keyframe {
-            self.want_keyframe(live, now);
-        }
-    }
-
-    fn want_keyframe(&mut self, live: &str, now: Instant) {
-        let Some(l) = self.lives.get_mut(live) else {
-            return;
-        };
-        // Until the caster's video is seen there is nobody to ask, and its
-        // first frame is a keyframe anyway.
-        let has_video = l.caster.and_then(|c| self.peers.get(&c)).is_some_and(
-            |p| matches!(&p.role, PeerRole::Cast(cast) if cast.video_source.is_some()),
-        );
-        if has_video && l.keyframes.request(now) {
-            self.send_keyframe_request(live, now);
-        }
-    }
-
-    fn send_keyframe_request(&mut self, live: &str, now: Instant) {
-        let Some(caster) = self.lives.get(live).and_then(|l| l.caster) else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&caster) else {
-            return;
-        };
-        let PeerRole::Cast(cast) = &peer.role else {
-            return;
-        };
-        let Some(ssrc) = cast.video_source else {
-            return;
-        };
-        if let Some(rx) = peer.rtc.direct_api().stream_rx(&ssrc) {
-            tracing::debug!(live, peer = %caster, "keyframe requested");
-            rx.request_keyframe(KeyframeRequestKind::Pli);
-        }
-        self.drive(caster, now);
     }
 
     /// Removes a session and everything that points at it.
@@ -617,6 +542,7 @@ impl Sfu {
             let changed = match role {
                 Role::Cast if l.caster == Some(id) => {
                     l.caster = None;
+                    l.next_layer_check = None;
                     std::mem::replace(&mut l.on_air, false)
                 }
                 // A replaced caster: the live carries on with the new one.
@@ -659,82 +585,4 @@ fn tidy_sdp_error(e: &str) -> String {
     } else {
         parts.join("; ")
     }
-}
-
-/// Handles one str0m event of `peer`, noting what others must do.
-fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects) {
-    match event {
-        Event::Connected => {
-            peer.connected = true;
-            fx.changed = true;
-            // A new viewer needs a keyframe to start; a new caster is asked
-            // too, in case its first one was lost.
-            fx.keyframe_wanted = true;
-            tracing::info!(live = %peer.live, peer = %peer.id, role = %peer.role(), "connected");
-        }
-        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => fx.dead = true,
-        Event::Closed => fx.dead = true,
-        Event::KeyframeRequest(_) => fx.keyframe_wanted = true,
-        Event::RtpPacket(pkt) => {
-            if let Some(f) = prepare(peer, pkt) {
-                fx.forwards.push(f);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Turns a caster's RTP packet into a [`Forward`], or `None` if it is not
-/// forwarded (padding, unknown stream, another simulcast layer).
-fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
-    let PeerRole::Cast(cast) = &mut peer.role else {
-        return None;
-    };
-    if pkt.payload.is_empty() {
-        return None; // padding / bandwidth probes
-    }
-    let ssrc = pkt.header.ssrc;
-    let (kind, _rid) = cast.stream(&mut peer.rtc, ssrc)?;
-    if kind == MediaKind::Video {
-        // One video stream is forwarded: the first one seen.
-        match cast.video_source {
-            Some(s) if s != ssrc => return None,
-            Some(_) => {}
-            None => cast.video_source = Some(ssrc),
-        }
-    }
-    let pt = pkt.header.payload_type;
-    let spec = cast.codec(&peer.rtc, pt)?;
-    let keyframe = kind == MediaKind::Video && codec::starts_keyframe(spec.codec, &pkt.payload);
-    let vp8 = (spec.codec == str0m::format::Codec::Vp8)
-        .then(|| str0m::rtp::Vp8Descriptor::parse(&pkt.payload).ok())
-        .flatten();
-    // Only what describes the media travels on; transport extensions
-    // (TWCC, abs-send-time, mid/rid) belong to each leg and str0m sets them.
-    let exts = ExtensionValues {
-        audio_level: pkt.header.ext_vals.audio_level,
-        voice_activity: pkt.header.ext_vals.voice_activity,
-        video_orientation: pkt.header.ext_vals.video_orientation,
-        ..Default::default()
-    };
-    Some(Forward {
-        kind,
-        media: MediaPacket {
-            source: SourceId {
-                peer: peer.id,
-                ssrc: *ssrc,
-            },
-            seq: *pkt.seq_no,
-            ts: pkt.header.timestamp,
-            arrival: pkt.timestamp,
-            clock_rate: spec.clock_rate.get(),
-            keyframe,
-            vp8,
-        },
-        spec,
-        pt,
-        marker: pkt.header.marker,
-        exts,
-        payload: pkt.payload,
-    })
 }

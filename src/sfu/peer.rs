@@ -12,6 +12,8 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use super::PeerId;
 use super::codec::can_carry;
 use super::forward::{MediaPacket, TrackRewriter, Verdict};
+use super::layer::LayerSelector;
+use super::simulcast::Layers;
 
 pub(super) struct Peer {
     pub id: PeerId,
@@ -54,17 +56,24 @@ impl Peer {
 }
 
 /// What a caster sends.
-#[derive(Default)]
 pub(super) struct Cast {
     /// Incoming streams seen so far, by SSRC.
     streams: Vec<(Ssrc, MediaKind, Option<Rid>)>,
     /// The caster's payload types resolved to codecs.
     codecs: Vec<(Pt, Option<CodecSpec>)>,
-    /// The video stream forwarded to viewers (one layer for now).
-    pub video_source: Option<Ssrc>,
+    /// Its video layers (one without simulcast).
+    pub video: Layers,
 }
 
 impl Cast {
+    pub fn new(keyframe_interval: std::time::Duration) -> Self {
+        Self {
+            streams: Vec::new(),
+            codecs: Vec::new(),
+            video: Layers::new(keyframe_interval),
+        }
+    }
+
     /// Kind and rid of an incoming stream, looked up once per SSRC.
     pub fn stream(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<(MediaKind, Option<Rid>)> {
         if let Some((_, kind, rid)) = self.streams.iter().find(|(s, _, _)| *s == ssrc) {
@@ -121,6 +130,12 @@ pub(super) struct OutTrack {
     pub mid: Mid,
     pub ssrc: Ssrc,
     rewriter: TrackRewriter,
+    /// Video: which caster layer this viewer should get.
+    pub selector: LayerSelector,
+    /// Video: the layer (SSRC) chosen; spliced in at its next keyframe.
+    pub target: Option<u32>,
+    /// Video: the (minimum, desired) bitrates last given to str0m's BWE.
+    pub bwe: (u64, u64),
     /// The viewer's payload type for a caster's, resolved once per caster.
     pts: Vec<(PeerId, Pt, Option<Pt>)>,
 }
@@ -135,12 +150,28 @@ impl OutTrack {
             mid,
             ssrc,
             rewriter,
+            selector: LayerSelector::default(),
+            target: None,
+            bwe: (0, 0),
             pts: Vec::new(),
         }
     }
 
+    /// The caster stream this track is fed from now.
+    pub fn source(&self) -> Option<super::forward::SourceId> {
+        self.rewriter.source()
+    }
+
     /// Rewrites `f` for this viewer and queues it in the viewer's `Rtc`.
     pub fn send(&mut self, rtc: &mut Rtc, f: &Forward) -> Verdict {
+        // Video comes in layers: the current one flows until the chosen one
+        // can be spliced in; any other is not for this viewer.
+        if f.kind == MediaKind::Video
+            && self.rewriter.source() != Some(f.media.source)
+            && self.target != Some(f.media.source.ssrc)
+        {
+            return Verdict::Drop;
+        }
         let Some(pt) = self.pt_for(rtc, f) else {
             return Verdict::Drop;
         };

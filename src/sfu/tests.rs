@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -21,11 +21,25 @@ struct Client {
     peer: PeerId,
     connected: bool,
     video: Mid,
-    received: Vec<(u64, u32)>,
-    seq: u64,
+    received: Vec<Got>,
+    /// Caster: its layers (one `None` without simulcast), each with its
+    /// next sequence number and whether a keyframe was asked for.
+    layers: Vec<(Option<Rid>, u64, bool)>,
     ts: u32,
     keyframe_requests: usize,
 }
+
+/// A video packet as a viewer got it.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    seq: u64,
+    ts: u32,
+    /// Which caster layer it came from (index, lowest first).
+    layer: u8,
+    starts_keyframe: bool,
+}
+
+const RIDS: [&str; 3] = ["q", "h", "f"];
 
 struct Net {
     sfu: Sfu,
@@ -50,6 +64,15 @@ impl Net {
     }
 
     fn offer(&self, cast: bool, port: u16) -> (Rtc, Mid, String, SdpPendingOffer, SocketAddr) {
+        self.offer_layers(cast, false, port)
+    }
+
+    fn offer_layers(
+        &self,
+        cast: bool,
+        simulcast: bool,
+        port: u16,
+    ) -> (Rtc, Mid, String, SdpPendingOffer, SocketAddr) {
         let addr: SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
         let mut rtc = RtcConfig::new().set_rtp_mode(true).build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
@@ -60,15 +83,24 @@ impl Net {
         };
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, dir, None, None, None);
-        let video = api.add_media(MediaKind::Video, dir, None, None, None);
+        let layers = simulcast.then(|| Simulcast {
+            send: RIDS.iter().map(|r| SimulcastLayer::new(r)).collect(),
+            recv: vec![],
+        });
+        let video = api.add_media(MediaKind::Video, dir, None, None, layers);
         let (offer, pending) = api.apply().unwrap();
         (rtc, video, offer.to_sdp_string(), pending, addr)
     }
 
     /// Joins a client and returns its index.
     fn join(&mut self, live: &str, role: Role) -> usize {
+        self.join_with(live, role, false)
+    }
+
+    fn join_with(&mut self, live: &str, role: Role, simulcast: bool) -> usize {
         let port = 6000 + self.clients.len() as u16;
-        let (mut rtc, video, offer, pending, addr) = self.offer(role == Role::Cast, port);
+        let (mut rtc, video, offer, pending, addr) =
+            self.offer_layers(role == Role::Cast, simulcast, port);
         let joined = self.sfu.join(live, role, &offer, self.now).unwrap();
         let answer = SdpAnswer::from_sdp_string(&joined.answer).unwrap();
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
@@ -79,7 +111,13 @@ impl Net {
             connected: false,
             video,
             received: Vec::new(),
-            seq: 100,
+            layers: if simulcast {
+                RIDS.iter()
+                    .map(|r| (Some(Rid::from(*r)), 100, true))
+                    .collect()
+            } else {
+                vec![(None, 100, true)]
+            },
             ts: 0,
             keyframe_requests: 0,
         });
@@ -173,6 +211,8 @@ impl Net {
     }
 }
 
+/// One 2-packet VP8 frame on every layer; layer `i` is 3^i times larger, so
+/// measured bitrates order them. Byte 2 of the payload names the layer.
 fn write_frame(c: &mut Client, now: Instant) {
     let remote = c.rtc.media(c.video).unwrap().remote_pts().to_vec();
     let pt = c
@@ -181,17 +221,24 @@ fn write_frame(c: &mut Client, now: Instant) {
         .find(|p| remote.contains(&p.pt()) && p.spec().codec == Codec::Vp8)
         .unwrap()
         .pt();
-    let key = c.seq == 100 || std::mem::take(&mut c.keyframe_requests) > 0;
-    for part in 0..2u8 {
-        let payload = vec![
-            if part == 0 { 0x10 } else { 0x00 },
-            if key { 0x00 } else { 0x01 },
-            0x42,
-        ];
-        let mut api = c.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(c.video, None).unwrap();
-        tx.write_rtp(RtpWrite::new(pt, c.seq.into(), c.ts, now, payload).marker(part == 1));
-        c.seq += 1;
+    for (i, (rid, seq, key)) in c.layers.iter_mut().enumerate() {
+        let key = std::mem::take(key);
+        for part in 0..2u8 {
+            let mut payload = vec![
+                if part == 0 { 0x10 } else { 0x00 },
+                if key { 0x00 } else { 0x01 },
+                i as u8,
+            ];
+            payload.resize(20 * 3usize.pow(i as u32), 0x42);
+            let mut api = c.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(c.video, *rid).unwrap();
+            tx.write_rtp(
+                RtpWrite::new(pt, (*seq).into(), c.ts, now, payload)
+                    .marker(part == 1)
+                    .nackable(true),
+            );
+            *seq += 1;
+        }
     }
     c.ts = c.ts.wrapping_add(3000);
 }
@@ -199,11 +246,33 @@ fn write_frame(c: &mut Client, now: Instant) {
 fn on_event(c: &mut Client, e: Event) {
     match e {
         Event::Connected => c.connected = true,
-        Event::KeyframeRequest(_) => c.keyframe_requests += 1,
-        Event::RtpPacket(p) if p.payload.len() == 3 => {
-            c.received.push((*p.seq_no, p.header.timestamp))
+        Event::KeyframeRequest(r) => {
+            c.keyframe_requests += 1;
+            for layer in c.layers.iter_mut().filter(|l| l.0 == r.rid) {
+                layer.2 = true;
+            }
         }
+        Event::RtpPacket(p) if p.payload.len() >= 3 && p.payload[2] < 3 => c.received.push(Got {
+            seq: *p.seq_no,
+            ts: p.header.timestamp,
+            layer: p.payload[2],
+            starts_keyframe: p.payload[0] & 0x10 != 0 && p.payload[1] & 1 == 0,
+        }),
         _ => {}
+    }
+}
+
+/// Sequence numbers contiguous, timestamps moving forward (by less than 2 s:
+/// a splice advances them by the wall time that passed), and every change
+/// of layer at a keyframe.
+fn assert_one_stream(got: &[Got]) {
+    for w in got.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "contiguous sequence numbers");
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(step < 2 * 90_000, "timestamps move forward: {w:?}");
+        if w[1].layer != w[0].layer {
+            assert!(w[1].starts_keyframe, "layer switch at a keyframe: {w:?}");
+        }
     }
 }
 
@@ -257,7 +326,7 @@ fn a_new_caster_replaces_the_old_without_going_off_air() {
     assert!(before > 0);
 
     let new = net.join("show", Role::Cast);
-    net.clients[new].seq = 50_000;
+    net.clients[new].layers[0] = (None, 50_000, false);
     net.clients[new].ts = 123_456;
     net.pump();
     assert!(net.ended(net.clients[old].peer), "the old caster is closed");
@@ -271,13 +340,7 @@ fn a_new_caster_replaces_the_old_without_going_off_air() {
     net.run(Duration::from_millis(500));
     let got = &net.clients[viewer].received;
     assert!(got.len() > before + 10, "the viewer keeps receiving");
-    for w in got.windows(2) {
-        assert_eq!(w[1].0, w[0].0 + 1, "contiguous sequence numbers");
-        assert!(
-            w[1].1.wrapping_sub(w[0].1) < 90_000,
-            "timestamps move forward"
-        );
-    }
+    assert_one_stream(got);
 }
 
 #[test]
@@ -323,4 +386,82 @@ fn refused_offers_leave_no_trace() {
     ));
     assert_eq!(net.sfu.live_state("show"), None);
     assert_eq!(net.sfu.poll_timeout(), None);
+}
+
+#[test]
+fn simulcast_viewers_get_the_top_layer_and_can_cap_it() {
+    let mut net = Net::new();
+    net.join_with("show", Role::Cast, true);
+    let a = net.join("show", Role::Play);
+    let b = net.join("show", Role::Play);
+    net.run(Duration::from_millis(1500));
+    let top = |c: &Client| c.received.last().map(|g| g.layer);
+    assert_eq!(
+        top(&net.clients[a]),
+        Some(2),
+        "unconstrained: the top layer"
+    );
+    assert_eq!(top(&net.clients[b]), Some(2));
+
+    // Viewer a asks for the lowest layer: it moves at the next keyframe of
+    // that layer; viewer b is not disturbed.
+    let peer = net.clients[a].peer;
+    net.sfu
+        .set_preference("show", peer, Preference::Low, net.now)
+        .unwrap();
+    net.run(Duration::from_millis(500));
+    assert_eq!(top(&net.clients[a]), Some(0));
+    assert_eq!(top(&net.clients[b]), Some(2));
+
+    // Back to auto: up again once the up hold has passed.
+    net.sfu
+        .set_preference("show", peer, Preference::Auto, net.now)
+        .unwrap();
+    net.run(Duration::from_millis(3000));
+    assert_eq!(top(&net.clients[a]), Some(2));
+    assert_one_stream(&net.clients[a].received);
+    assert_one_stream(&net.clients[b].received);
+    assert!(
+        net.clients[b].received.iter().all(|g| g.layer == 2),
+        "b never left the top layer"
+    );
+}
+
+#[test]
+fn a_layer_the_caster_drops_moves_its_viewers_down() {
+    let mut net = Net::new();
+    let caster = net.join_with("show", Role::Cast, true);
+    let viewer = net.join("show", Role::Play);
+    net.run(Duration::from_millis(1500));
+    assert_eq!(
+        net.clients[viewer].received.last().map(|g| g.layer),
+        Some(2)
+    );
+    // The browser stops sending the top layer (CPU or bandwidth pressure).
+    net.clients[caster].layers.truncate(2);
+    let before = net.clients[viewer].received.len();
+    net.run(Duration::from_millis(2000));
+    let got = &net.clients[viewer].received;
+    assert_eq!(got.last().map(|g| g.layer), Some(1));
+    let gap = got[before].ts.wrapping_sub(got[before - 1].ts);
+    assert!(gap < 90_000, "moved within a second: {gap} ticks");
+    assert_one_stream(&net.clients[viewer].received);
+}
+
+#[test]
+fn setting_the_layer_of_an_unknown_session_fails() {
+    let mut net = Net::new();
+    let caster = net.join("show", Role::Cast);
+    let peer = net.clients[caster].peer;
+    assert_eq!(
+        net.sfu
+            .set_preference("show", peer, Preference::Low, net.now),
+        Err(NoSuchSession),
+        "a caster has no layer preference"
+    );
+    assert_eq!(
+        net.sfu
+            .set_preference("show", PeerId(7), Preference::Low, net.now),
+        Err(NoSuchSession)
+    );
 }

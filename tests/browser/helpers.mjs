@@ -107,12 +107,18 @@ export class VesselServer {
     this.proc = null;
   }
 
-  /** Starts on free ports (or the given ones) and waits until `GET /api/lives` answers. */
-  async start({ httpPort, mediaPort } = {}) {
+  /**
+   * Starts on free ports (or the given ones) and waits until `GET /api/lives` answers.
+   * `bind`: the address to listen on (default 127.0.0.1); `publicIps`: `--public-ip` values.
+   */
+  async start({ httpPort, mediaPort, bind, publicIps } = {}) {
+    this.bind = bind ?? this.bind ?? '127.0.0.1';
+    this.publicIps = publicIps ?? this.publicIps ?? [];
     this.httpPort = httpPort ?? (await freeTcpPort());
     this.mediaPort = mediaPort ?? (await freeUdpPort());
     this.url = `http://127.0.0.1:${this.httpPort}`;
-    const args = ['--http', `127.0.0.1:${this.httpPort}`, '--media', `127.0.0.1:${this.mediaPort}`];
+    const args = ['--http', `${this.bind}:${this.httpPort}`, '--media', `${this.bind}:${this.mediaPort}`];
+    for (const ip of this.publicIps) args.push('--public-ip', ip);
     this.log.add('harness', `starting ${VESSEL_BIN} ${args.join(' ')}`);
     const proc = spawn(VESSEL_BIN, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' },
@@ -168,16 +174,18 @@ export class VesselServer {
  * headless Chromium throttles background tabs, so caster and viewers never share a window.
  */
 export class Harness {
-  static async start() {
+  /** `server`: options of VesselServer.start (bind address, public IPs). */
+  static async start({ server } = {}) {
     const h = new Harness();
     h.log = new Log();
-    h.server = await new VesselServer(h.log).start();
+    h.server = await new VesselServer(h.log).start(server);
     h.browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
       args: CHROMIUM_ARGS,
     });
     h.contexts = new Set();
+    h.browsers = [];
     note = (text) => h.note(text);
     await h.checkEmbeddedWeb();
     return h;
@@ -187,9 +195,22 @@ export class Harness {
     return this.server.url;
   }
 
-  /** Opens `pathname` on the server in a new window; `name` tags its console output. */
-  async open(pathname, name = pathname) {
-    const context = await this.browser.newContext({ viewport: { width: 960, height: 600 } });
+  /**
+   * Another Chromium (e.g. through a wrapper that runs it in another network namespace),
+   * closed with the harness.
+   */
+  async launchBrowser(executablePath, extraArgs = []) {
+    const browser = await chromium.launch({ executablePath, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
+    this.browsers.push(browser);
+    return browser;
+  }
+
+  /**
+   * Opens `pathname` on the server in a new window; `name` tags its console output.
+   * `browser`: another browser (default the harness's); `base`: another server URL.
+   */
+  async open(pathname, name = pathname, { browser = this.browser, base = this.url } = {}) {
+    const context = await browser.newContext({ viewport: { width: 960, height: 600 } });
     this.contexts.add(context);
     const page = await context.newPage();
     page.on('console', (m) => this.log.add(name, `console.${m.type()}: ${m.text()}`));
@@ -202,7 +223,7 @@ export class Harness {
     page.on('response', (r) => {
       if (r.status() >= 400) this.log.add(name, `HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
     });
-    await page.goto(this.url + pathname, { waitUntil: "domcontentloaded" });
+    await page.goto(base + pathname, { waitUntil: "domcontentloaded" });
     return page;
   }
 
@@ -241,6 +262,7 @@ export class Harness {
 
   async close() {
     for (const c of this.contexts) await c.close().catch(() => {});
+    for (const b of this.browsers ?? []) await b.close().catch(() => {});
     await this.browser?.close().catch(() => {});
     await this.server?.stop();
     if (process.env.VESSEL_TEST_LOG) {
@@ -296,6 +318,18 @@ export async function rtcStats(page, pcExpr) {
           frameHeight: s.frameHeight ?? 0,
           keyFramesDecoded: s.keyFramesDecoded ?? 0,
           codec: report.get(s.codecId)?.mimeType,
+          timestamp: s.timestamp,
+          bytesReceived: s.bytesReceived ?? 0,
+          packetsLost: s.packetsLost ?? 0,
+          nackCount: s.nackCount ?? 0,
+          pliCount: s.pliCount ?? 0,
+          firCount: s.firCount ?? 0,
+          retransmittedPacketsReceived: s.retransmittedPacketsReceived ?? null,
+          retransmittedBytesReceived: s.retransmittedBytesReceived ?? null,
+          freezeCount: s.freezeCount ?? 0,
+          totalFreezesDuration: s.totalFreezesDuration ?? 0,
+          framesDropped: s.framesDropped ?? 0,
+          totalInterFrameDelay: s.totalInterFrameDelay ?? 0,
         };
       } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
         out.audio = {
@@ -303,10 +337,27 @@ export async function rtcStats(page, pcExpr) {
           totalSamplesReceived: s.totalSamplesReceived ?? 0,
         };
       } else if (s.type === 'outbound-rtp' && (s.kind === 'video' || s.kind === 'audio')) {
-        const prev = out.sent[s.kind] ?? { packetsSent: 0, framesEncoded: 0 };
+        const prev = out.sent[s.kind] ?? { packetsSent: 0, framesEncoded: 0, layers: [] };
         out.sent[s.kind] = {
           packetsSent: prev.packetsSent + (s.packetsSent ?? 0),
           framesEncoded: prev.framesEncoded + (s.framesEncoded ?? 0),
+          // One per simulcast encoding (rid), lowest first.
+          layers: [
+            ...prev.layers,
+            {
+              rid: s.rid ?? null,
+              frameWidth: s.frameWidth ?? 0,
+              frameHeight: s.frameHeight ?? 0,
+              bytesSent: s.bytesSent ?? 0,
+              framesEncoded: s.framesEncoded ?? 0,
+              active: s.active ?? true,
+              qualityLimitationReason: s.qualityLimitationReason ?? null,
+              retransmittedPacketsSent: s.retransmittedPacketsSent ?? 0,
+              nackCount: s.nackCount ?? 0,
+              codec: report.get(s.codecId)?.mimeType,
+              timestamp: s.timestamp,
+            },
+          ].sort((a, b) => a.frameWidth - b.frameWidth),
         };
       }
     }

@@ -137,6 +137,8 @@ pub struct Client {
     pub connected: bool,
     /// The server's SDP answer, as received.
     pub answer: String,
+    /// The `Link` headers of the answer.
+    pub links: Vec<String>,
     video: Option<Mid>,
     audio: Option<Mid>,
     // Caster state for synthetic VP8 + Opus.
@@ -174,6 +176,7 @@ impl Client {
             received: Vec::new(),
             connected: false,
             answer: String::new(),
+            links: Vec::new(),
             video: Some(video),
             audio: Some(audio),
             seq: 1000 + rand::random::<u16>() as u64,
@@ -207,6 +210,12 @@ impl Client {
             .unwrap()
             .to_string();
         assert!(client.location.starts_with(path), "{}", client.location);
+        client.links = res
+            .headers()
+            .get_all("link")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
         client.answer = res.text().unwrap();
         let answer = SdpAnswer::from_sdp_string(&client.answer).unwrap();
         client.rtc.sdp_api().accept_answer(pending, answer).unwrap();

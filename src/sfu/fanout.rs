@@ -1,0 +1,344 @@
+//! Media between peers: a caster's packets fanned out to its viewers,
+//! keyframe requests back to the caster, and each viewer's layer choice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::format::Codec;
+use str0m::media::{ExtensionValues, KeyframeRequestKind, MediaKind};
+use str0m::rtp::{RtpPacket, Vp8Descriptor};
+use str0m::{Event, IceConnectionState, Output};
+
+use super::forward::{MediaPacket, SourceId, Verdict};
+use super::layer::LayerInfo;
+use super::live::LAYER_CHECK;
+use super::peer::{Forward, Peer, PeerRole};
+use super::{PeerId, Role, Sfu, SfuEvent, codec};
+
+/// What polling one peer asks of the others.
+#[derive(Default)]
+struct Effects {
+    forwards: Vec<Forward>,
+    connected: bool,
+    /// A viewer asked for a keyframe (PLI/FIR) of what it is being sent.
+    keyframe_request: bool,
+    estimate: Option<u64>,
+    dead: bool,
+}
+
+impl Sfu {
+    /// Polls a peer until it has nothing more to say, then carries out what
+    /// it asked of others.
+    pub(super) fn drive(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let mut fx = Effects::default();
+        let rtc_timeout = loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Timeout(t)) => break Some(t),
+                Ok(Output::Event(e)) => on_event(peer, e, &mut fx),
+                Err(e) => {
+                    tracing::warn!(live = %peer.live, peer = %id, "session failed: {e}");
+                    break None;
+                }
+            }
+        };
+        let live = peer.live.clone();
+        let role = peer.role();
+        match rtc_timeout.map(|t| peer.next_timeout(t)) {
+            Some(t) if !fx.dead && peer.rtc.is_alive() => self.set_timer(id, t),
+            _ => {
+                self.close_peer(id, now);
+                return;
+            }
+        }
+        if fx.connected {
+            self.on_connected(&live, role, id, now);
+        }
+        if !fx.forwards.is_empty() {
+            self.forward(&live, id, &fx.forwards, now);
+        }
+        if fx.estimate.is_some() {
+            let layers = self.caster_layers(&live, now);
+            self.choose_layer(id, &layers, fx.estimate, now);
+        }
+        if fx.keyframe_request
+            && let Some(layer) = self.layer_sent_to(id)
+        {
+            self.want_keyframe(&live, layer, now);
+        }
+    }
+
+    fn on_connected(&mut self, live: &str, role: Role, id: PeerId, now: Instant) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        match role {
+            Role::Cast if l.caster == Some(id) => {
+                l.on_air = true;
+                l.next_layer_check = Some(now + LAYER_CHECK);
+            }
+            Role::Cast => return,
+            Role::Play => l.watching += 1,
+        }
+        self.events.push_back(SfuEvent::Live(l.state()));
+        if role == Role::Play {
+            let layers = self.caster_layers(live, now);
+            self.choose_layer(id, &layers, None, now);
+        }
+    }
+
+    /// The current caster's video layers, lowest first.
+    pub(super) fn caster_layers(&self, live: &str, now: Instant) -> Vec<LayerInfo> {
+        let caster = self.lives.get(live).and_then(|l| l.caster);
+        match caster.and_then(|c| self.peers.get(&c)).map(|p| &p.role) {
+            Some(PeerRole::Cast(cast)) => cast.video.infos(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Chooses viewer `id`'s video layer, and lets its bandwidth estimate
+    /// reach for the next layer up.
+    pub(super) fn choose_layer(
+        &mut self,
+        id: PeerId,
+        layers: &[LayerInfo],
+        estimate: Option<u64>,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let PeerRole::Play(play) = &mut peer.role else {
+            return;
+        };
+        let Some(track) = play.video.as_mut() else {
+            return;
+        };
+        if let Some(e) = estimate {
+            track.selector.set_estimate(e);
+        }
+        if layers.is_empty() {
+            return;
+        }
+        let target = track.selector.select(layers, now);
+        if target != track.target {
+            tracing::debug!(live = %peer.live, peer = %id, ?target, "video layer chosen");
+            track.target = target;
+        }
+        if let Some(desired) = track.selector.desired_bitrate(layers) {
+            // Padding up to the next layer's rate (capped by the estimate
+            // inside str0m) lets the estimate grow into it.
+            let next = desired * 4 / 5;
+            if track.bwe != (next, desired) {
+                track.bwe = (next, desired);
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(next), Bitrate::bps(desired));
+            }
+        }
+    }
+
+    /// The caster layer viewer `id` is being sent (or about to be).
+    fn layer_sent_to(&self, id: PeerId) -> Option<u32> {
+        let peer = self.peers.get(&id)?;
+        let PeerRole::Play(play) = &peer.role else {
+            return None;
+        };
+        let track = play.video.as_ref()?;
+        let caster = self.lives.get(&peer.live)?.caster?;
+        match track.source() {
+            Some(src) if src.peer == caster => Some(src.ssrc),
+            _ => track.target,
+        }
+    }
+
+    /// The periodic look at a live's layers: re-measure, re-choose.
+    pub(super) fn check_layers(&mut self, live: &Arc<str>, now: Instant) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        l.next_layer_check = l.caster.map(|_| now + LAYER_CHECK);
+        let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
+        if let Some(PeerRole::Cast(cast)) = l
+            .caster
+            .and_then(|c| self.peers.get_mut(&c))
+            .map(|p| &mut p.role)
+            && cast.video.refresh(now)
+        {
+            tracing::debug!(%live, layers = ?cast.video.infos(now), "caster layers changed");
+        }
+        let layers = self.caster_layers(live, now);
+        for v in viewers {
+            self.choose_layer(v, &layers, None, now);
+        }
+    }
+
+    fn forward(&mut self, live: &str, caster: PeerId, forwards: &[Forward], now: Instant) {
+        let Some(l) = self.lives.get(live) else {
+            return;
+        };
+        if l.caster != Some(caster) {
+            return;
+        }
+        let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
+        let mut need_keyframe: Vec<u32> = Vec::new();
+        for v in viewers {
+            let Some(peer) = self.peers.get_mut(&v) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            let PeerRole::Play(play) = &mut peer.role else {
+                continue;
+            };
+            for f in forwards {
+                if let Some(track) = play.track(f.kind)
+                    && track.send(&mut peer.rtc, f) == Verdict::NeedKeyframe
+                {
+                    need_keyframe.push(f.media.source.ssrc);
+                }
+            }
+            self.drive(v, now);
+        }
+        need_keyframe.sort_unstable();
+        need_keyframe.dedup();
+        for layer in need_keyframe {
+            self.want_keyframe(live, layer, now);
+        }
+    }
+
+    /// Someone needs a keyframe of `layer`: ask the caster, through the
+    /// layer's gate.
+    fn want_keyframe(&mut self, live: &str, layer: u32, now: Instant) {
+        let Some(caster) = self.lives.get(live).and_then(|l| l.caster) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&caster) else {
+            return;
+        };
+        let PeerRole::Cast(cast) = &mut peer.role else {
+            return;
+        };
+        let Some(gate) = cast.video.get_mut(layer).map(|l| &mut l.keyframes) else {
+            return;
+        };
+        if gate.request(now) {
+            request_keyframe(peer, layer);
+            self.drive(caster, now);
+        }
+    }
+
+    /// Sends the deferred keyframe requests that are due.
+    pub(super) fn keyframe_timeouts(&mut self, now: Instant) {
+        let casters: Vec<PeerId> = self.lives.values().filter_map(|l| l.caster).collect();
+        for id in casters {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let PeerRole::Cast(cast) = &mut peer.role else {
+                continue;
+            };
+            let due: Vec<u32> = cast
+                .video
+                .iter_mut()
+                .filter_map(|l| l.keyframes.handle_timeout(now).then_some(*l.ssrc))
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            for layer in due {
+                request_keyframe(peer, layer);
+            }
+            self.drive(id, now);
+        }
+    }
+}
+
+fn request_keyframe(peer: &mut Peer, layer: u32) {
+    if let Some(rx) = peer.rtc.direct_api().stream_rx(&layer.into()) {
+        tracing::debug!(live = %peer.live, peer = %peer.id, layer, "keyframe requested");
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+    }
+}
+
+/// Handles one str0m event of `peer`, noting what others must do.
+fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects) {
+    match event {
+        Event::Connected => {
+            peer.connected = true;
+            fx.connected = true;
+            tracing::info!(live = %peer.live, peer = %peer.id, role = %peer.role(), "connected");
+        }
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => fx.dead = true,
+        Event::Closed => fx.dead = true,
+        Event::KeyframeRequest(_) => fx.keyframe_request = true,
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            fx.estimate = Some(estimate.as_u64());
+        }
+        Event::RtpPacket(pkt) => {
+            if let Some(f) = prepare(peer, pkt) {
+                fx.forwards.push(f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Turns a caster's RTP packet into a [`Forward`], or `None` if it is not
+/// forwarded (padding, unknown stream).
+fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
+    let PeerRole::Cast(cast) = &mut peer.role else {
+        return None;
+    };
+    if pkt.payload.is_empty() {
+        return None; // padding / bandwidth probes
+    }
+    let ssrc = pkt.header.ssrc;
+    let (kind, rid) = cast.stream(&mut peer.rtc, ssrc)?;
+    let pt = pkt.header.payload_type;
+    let spec = cast.codec(&peer.rtc, pt)?;
+    let keyframe = kind == MediaKind::Video && codec::starts_keyframe(spec.codec, &pkt.payload);
+    if kind == MediaKind::Video {
+        cast.video
+            .on_packet(ssrc, rid, pkt.payload.len(), pkt.timestamp);
+        if keyframe && let Some(layer) = cast.video.get_mut(*ssrc) {
+            layer.keyframes.keyframe_seen();
+        }
+    }
+    let vp8 = (spec.codec == Codec::Vp8)
+        .then(|| Vp8Descriptor::parse(&pkt.payload).ok())
+        .flatten();
+    // Only what describes the media travels on; transport extensions
+    // (TWCC, abs-send-time, mid/rid) belong to each leg and str0m sets them.
+    let exts = ExtensionValues {
+        audio_level: pkt.header.ext_vals.audio_level,
+        voice_activity: pkt.header.ext_vals.voice_activity,
+        video_orientation: pkt.header.ext_vals.video_orientation,
+        ..Default::default()
+    };
+    Some(Forward {
+        kind,
+        media: MediaPacket {
+            source: SourceId {
+                peer: peer.id,
+                ssrc: *ssrc,
+            },
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            arrival: pkt.timestamp,
+            clock_rate: spec.clock_rate.get(),
+            keyframe,
+            vp8,
+        },
+        spec,
+        pt,
+        marker: pkt.header.marker,
+        exts,
+        payload: pkt.payload,
+    })
+}

@@ -1,0 +1,339 @@
+//! Simulcast layer choice for one viewer: the best layer its link carries,
+//! by the send-side bandwidth estimate, with hysteresis so that a noisy
+//! estimate does not make the picture flap.
+//!
+//! The selector only names a layer. Switching happens at the next keyframe
+//! of that layer (see `forward.rs`), so the viewer's decoder never sees a
+//! delta frame from a stream it has not started.
+
+use std::time::{Duration, Instant};
+
+/// A layer as the selector sees it. Layers are passed lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// Stable across reorderings (the layer's SSRC).
+    pub id: u32,
+    /// Bits per second the caster sends on this layer.
+    pub bitrate: u64,
+    /// The caster is sending it (browsers drop layers under CPU or
+    /// bandwidth pressure).
+    pub active: bool,
+}
+
+/// The highest layer a viewer wants. `Auto` lets the link decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preference {
+    #[default]
+    Auto,
+    High,
+    Medium,
+    Low,
+}
+
+impl Preference {
+    /// The index of the highest layer allowed out of `n`.
+    fn cap(self, n: usize) -> usize {
+        let top = n.saturating_sub(1);
+        match self {
+            Preference::Auto | Preference::High => top,
+            Preference::Medium => top.saturating_sub(1),
+            Preference::Low => 0,
+        }
+    }
+}
+
+/// The estimate must exceed a higher layer's bitrate by this much, for
+/// `UP_HOLD`, before moving up: audio, headers and retransmissions need room.
+const UP_HEADROOM: f64 = 1.25;
+const UP_HOLD: Duration = Duration::from_secs(2);
+/// The estimate must stay below the current layer's bitrate this long
+/// before moving down: short dips are noise, long ones congestion.
+const DOWN_HOLD: Duration = Duration::from_millis(600);
+
+#[derive(Debug, Default)]
+pub struct LayerSelector {
+    preference: Preference,
+    estimate: Option<u64>,
+    /// The id of the layer chosen last.
+    current: Option<u32>,
+    up_since: Option<Instant>,
+    down_since: Option<Instant>,
+}
+
+impl LayerSelector {
+    pub fn preference(&self) -> Preference {
+        self.preference
+    }
+
+    pub fn set_preference(&mut self, p: Preference) {
+        self.preference = p;
+        self.up_since = None;
+    }
+
+    /// The latest send-side bandwidth estimate towards this viewer.
+    pub fn set_estimate(&mut self, bps: u64) {
+        self.estimate = Some(bps);
+    }
+
+    /// The id of the layer chosen last.
+    pub fn current(&self) -> Option<u32> {
+        self.current
+    }
+
+    /// Chooses the layer to send now out of `layers` (lowest first) and
+    /// returns its id.
+    pub fn select(&mut self, layers: &[LayerInfo], now: Instant) -> Option<u32> {
+        let current = self
+            .current
+            .and_then(|id| layers.iter().position(|l| l.id == id));
+        let choice = self.choose(layers, current, now)?;
+        let id = layers[choice].id;
+        if self.current != Some(id) {
+            self.up_since = None;
+            self.down_since = None;
+            self.current = Some(id);
+        }
+        Some(id)
+    }
+
+    fn choose(
+        &mut self,
+        layers: &[LayerInfo],
+        current: Option<usize>,
+        now: Instant,
+    ) -> Option<usize> {
+        let cap = self.preference.cap(layers.len());
+        let usable: Vec<usize> = (0..layers.len())
+            .filter(|&i| layers[i].active && i <= cap)
+            .collect();
+        let Some(&lowest) = usable.first() else {
+            // Nothing allowed is being sent: keep what we had, if it exists.
+            return current;
+        };
+        let fits = |i: usize, headroom: f64| {
+            self.estimate
+                .is_none_or(|e| e as f64 >= layers[i].bitrate as f64 * headroom)
+        };
+        // The best layer the estimate carries right now.
+        let best_fit = usable
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| fits(i, 1.0))
+            .unwrap_or(lowest);
+
+        let choice = match current {
+            // First choice, or the current layer is gone or not allowed:
+            // move at once.
+            None => best_fit,
+            Some(c) if !usable.contains(&c) => best_fit,
+            Some(c) if !fits(c, 1.0) => {
+                self.up_since = None;
+                let since = *self.down_since.get_or_insert(now);
+                if now.duration_since(since) >= DOWN_HOLD {
+                    best_fit.min(c)
+                } else {
+                    c
+                }
+            }
+            Some(c) => {
+                self.down_since = None;
+                // The highest layer above that the estimate carries with room.
+                let higher = usable
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&i| i > c && fits(i, UP_HEADROOM));
+                match higher {
+                    Some(h) => {
+                        let since = *self.up_since.get_or_insert(now);
+                        if now.duration_since(since) >= UP_HOLD {
+                            h
+                        } else {
+                            c
+                        }
+                    }
+                    _ => {
+                        self.up_since = None;
+                        c
+                    }
+                }
+            }
+        };
+        Some(choice)
+    }
+
+    /// The bitrate worth probing for: enough for the next layer up, so the
+    /// estimate can grow into it.
+    pub fn desired_bitrate(&self, layers: &[LayerInfo]) -> Option<u64> {
+        let c = layers.iter().position(|l| Some(l.id) == self.current)?;
+        let cap = self.preference.cap(layers.len());
+        let next = (c + 1..=cap).find(|&i| layers.get(i).is_some_and(|l| l.active));
+        let layer = layers.get(next.unwrap_or(c))?;
+        Some((layer.bitrate as f64 * UP_HEADROOM) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn layers() -> Vec<LayerInfo> {
+        // Ids equal positions here, to keep the assertions readable.
+        [100_000, 300_000, 900_000]
+            .into_iter()
+            .enumerate()
+            .map(|(id, bitrate)| LayerInfo {
+                id: id as u32,
+                bitrate,
+                active: true,
+            })
+            .collect()
+    }
+
+    /// Feeds `estimate` every 100 ms for `d`, returning the choices.
+    fn run(
+        s: &mut LayerSelector,
+        l: &[LayerInfo],
+        t: &mut Instant,
+        estimate: u64,
+        d: Duration,
+    ) -> Vec<u32> {
+        let mut out = vec![];
+        let end = *t + d;
+        while *t < end {
+            *t += 100 * MS;
+            s.set_estimate(estimate);
+            out.push(s.select(l, *t).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn starts_on_the_best_layer_the_estimate_carries() {
+        let mut s = LayerSelector::default();
+        s.set_estimate(400_000);
+        assert_eq!(s.select(&layers(), Instant::now()), Some(1));
+        let mut s = LayerSelector::default();
+        assert_eq!(
+            s.select(&layers(), Instant::now()),
+            Some(2),
+            "no estimate yet: top"
+        );
+    }
+
+    #[test]
+    fn moves_down_after_a_sustained_drop_and_up_after_a_longer_rise() {
+        let l = layers();
+        let mut t = Instant::now();
+        let mut s = LayerSelector::default();
+        assert_eq!(
+            run(&mut s, &l, &mut t, 2_000_000, 500 * MS).last(),
+            Some(&2)
+        );
+
+        let down = run(&mut s, &l, &mut t, 350_000, 2000 * MS);
+        let at = down.iter().position(|&c| c != 2).unwrap();
+        assert_eq!(down[at], 1, "drops to the layer that fits");
+        assert!((5..=7).contains(&at), "after ~600 ms, not at once: {at}");
+
+        let up = run(&mut s, &l, &mut t, 2_000_000, 4000 * MS);
+        let at = up.iter().position(|&c| c != 1).unwrap();
+        assert_eq!(up[at], 2);
+        assert!((19..=21).contains(&at), "after ~2 s: {at}");
+    }
+
+    #[test]
+    fn a_noisy_estimate_does_not_flap() {
+        let l = layers();
+        let mut t = Instant::now();
+        let mut s = LayerSelector::default();
+        s.set_estimate(1_300_000);
+        s.select(&l, t);
+        // Around the top layer's bitrate, dipping below it for 300 ms at a time.
+        let mut switches = 0;
+        let mut last = s.current();
+        for i in 0..200 {
+            t += 100 * MS;
+            let e = if (i / 3) % 2 == 0 { 1_100_000 } else { 700_000 };
+            s.set_estimate(e);
+            let c = s.select(&l, t);
+            if c != last {
+                switches += 1;
+                last = c;
+            }
+        }
+        assert_eq!(switches, 0, "brief dips under 600 ms never switch");
+    }
+
+    #[test]
+    fn a_layer_the_caster_stops_sending_is_left_at_once() {
+        let mut l = layers();
+        let t = Instant::now();
+        let mut s = LayerSelector::default();
+        s.set_estimate(5_000_000);
+        assert_eq!(s.select(&l, t), Some(2));
+        l[2].active = false;
+        assert_eq!(s.select(&l, t), Some(1));
+        l[2].active = true;
+        assert_eq!(
+            s.select(&l, t),
+            Some(1),
+            "coming back waits for the up hold"
+        );
+        assert_eq!(s.select(&l, t + UP_HOLD), Some(2));
+    }
+
+    #[test]
+    fn the_viewer_can_cap_the_layer() {
+        let l = layers();
+        let t = Instant::now();
+        let mut s = LayerSelector::default();
+        s.set_estimate(5_000_000);
+        for (p, want) in [
+            (Preference::Low, 0u32),
+            (Preference::Medium, 1),
+            (Preference::High, 2),
+        ] {
+            s.set_preference(p);
+            // Lowering is immediate; raising waits for the up hold.
+            s.select(&l, t);
+            assert_eq!(s.select(&l, t + UP_HOLD * 2), Some(want), "{p:?}");
+        }
+        // Two layers: medium is the lower one.
+        s.set_preference(Preference::Medium);
+        assert_eq!(s.select(&l[..2], t), Some(0));
+    }
+
+    #[test]
+    fn follows_its_layer_when_the_order_changes() {
+        let mut l = layers();
+        let t = Instant::now();
+        let mut s = LayerSelector::default();
+        s.set_estimate(400_000);
+        assert_eq!(s.select(&l, t), Some(1));
+        // Measurements reorder the layers: the chosen one is now first.
+        l.swap(0, 1);
+        l[0].bitrate = 100_000;
+        l[1].bitrate = 300_000;
+        assert_eq!(s.select(&l, t), Some(1), "still the same layer, by id");
+    }
+
+    #[test]
+    fn probes_for_the_next_layer_up() {
+        let l = layers();
+        let mut s = LayerSelector::default();
+        s.set_estimate(400_000);
+        s.select(&l, Instant::now());
+        assert_eq!(s.desired_bitrate(&l), Some(1_125_000));
+        s.set_preference(Preference::Medium);
+        assert_eq!(
+            s.desired_bitrate(&l),
+            Some(375_000),
+            "no probing past the cap"
+        );
+    }
+}
