@@ -7,7 +7,7 @@ use std::time::Instant;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
 use str0m::media::{ExtensionValues, KeyframeRequestKind, MediaKind};
-use str0m::rtp::{RtpPacket, Vp8Descriptor};
+use str0m::rtp::{RedDecoder, RtpPacket, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Output};
 
 use super::forward::{MediaPacket, SourceId, Verdict};
@@ -301,7 +301,7 @@ fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
     let ssrc = pkt.header.ssrc;
     let (kind, rid) = cast.stream(&mut peer.rtc, ssrc)?;
     let pt = pkt.header.payload_type;
-    let spec = cast.codec(&peer.rtc, pt)?;
+    let (spec, red) = cast.codec(&peer.rtc, pt)?;
     let keyframe = kind == MediaKind::Video && codec::starts_keyframe(spec.codec, &pkt.payload);
     if kind == MediaKind::Video {
         cast.video
@@ -321,7 +321,14 @@ fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
         video_orientation: pkt.header.ext_vals.video_orientation,
         ..Default::default()
     };
+    let primary = red
+        .then(|| RedDecoder::decode(&pkt.payload).ok())
+        .flatten()
+        .and_then(|blocks| blocks.into_iter().find(|b| b.is_primary))
+        .map(|b| Arc::<[u8]>::from(b.payload));
     Some(Forward {
+        red,
+        primary,
         kind,
         media: MediaPacket {
             source: SourceId {

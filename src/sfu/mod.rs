@@ -193,6 +193,9 @@ impl Sfu {
             .set_rtp_mode(true)
             .set_stats_interval(None)
             .set_local_ice_credentials(creds);
+        // RED (RFC 2198) for audio when the client offers it: a lost Opus
+        // packet is rebuilt from the next one, with no retransmission.
+        rtc_config.codec_config().enable_opus(true, true);
         match role {
             Role::Cast => codec::prefer_offered(rtc_config.codec_config(), &offer),
             // The send-side estimate towards each viewer picks its layer.

@@ -59,8 +59,9 @@ impl Peer {
 pub(super) struct Cast {
     /// Incoming streams seen so far, by SSRC.
     streams: Vec<(Ssrc, MediaKind, Option<Rid>)>,
-    /// The caster's payload types resolved to codecs.
-    codecs: Vec<(Pt, Option<CodecSpec>)>,
+    /// The caster's payload types resolved to codecs (and whether the
+    /// payload type is the codec's RED wrapping).
+    codecs: Vec<(Pt, Option<(CodecSpec, bool)>)>,
     /// Its video layers (one without simulcast).
     pub video: Layers,
 }
@@ -89,11 +90,20 @@ impl Cast {
         Some((kind, rid))
     }
 
-    pub fn codec(&mut self, rtc: &Rtc, pt: Pt) -> Option<CodecSpec> {
+    /// The codec of payload type `pt`, and whether it is RED-wrapped.
+    pub fn codec(&mut self, rtc: &Rtc, pt: Pt) -> Option<(CodecSpec, bool)> {
         if let Some((_, spec)) = self.codecs.iter().find(|(p, _)| *p == pt) {
             return *spec;
         }
-        let spec = rtc.codec_config().find(|p| p.pt() == pt).map(|p| p.spec());
+        let spec = rtc.codec_config().params().iter().find_map(|p| {
+            if p.pt() == pt {
+                Some((p.spec(), false))
+            } else if p.red() == Some(pt) {
+                Some((p.spec(), true))
+            } else {
+                None
+            }
+        });
         self.codecs.push((pt, spec));
         spec
     }
@@ -124,6 +134,11 @@ pub(super) struct Forward {
     pub marker: bool,
     pub exts: ExtensionValues,
     pub payload: Arc<[u8]>,
+    /// The payload is RED-wrapped (RFC 2198).
+    pub red: bool,
+    /// For a RED-wrapped packet, its primary block: what a viewer without
+    /// RED gets.
+    pub primary: Option<Arc<[u8]>>,
 }
 
 pub(super) struct OutTrack {
@@ -137,7 +152,7 @@ pub(super) struct OutTrack {
     /// Video: the (minimum, desired) bitrates last given to str0m's BWE.
     pub bwe: (u64, u64),
     /// The viewer's payload type for a caster's, resolved once per caster.
-    pts: Vec<(PeerId, Pt, Option<Pt>)>,
+    pts: Vec<(PeerId, Pt, Option<OutPt>)>,
 }
 
 impl OutTrack {
@@ -172,16 +187,20 @@ impl OutTrack {
         {
             return Verdict::Drop;
         }
-        let Some(pt) = self.pt_for(rtc, f) else {
+        let Some(out) = self.pt_for(rtc, f) else {
             return Verdict::Drop;
+        };
+        let payload = match (out.unwrap_red, &f.primary) {
+            (false, _) => f.payload.clone(),
+            (true, Some(primary)) => primary.clone(),
+            (true, None) => return Verdict::Drop,
         };
         let verdict = self.rewriter.rewrite(&f.media);
         if let Verdict::Send(r) = verdict {
-            let mut write =
-                RtpWrite::new(pt, r.seq.into(), r.ts, f.media.arrival, f.payload.clone())
-                    .marker(f.marker)
-                    .ext_vals(f.exts.clone())
-                    .nackable(f.kind == MediaKind::Video);
+            let mut write = RtpWrite::new(out.pt, r.seq.into(), r.ts, f.media.arrival, payload)
+                .marker(f.marker)
+                .ext_vals(f.exts.clone())
+                .nackable(f.kind == MediaKind::Video);
             if let Some(patch) = r.vp8_patch {
                 write = write.vp8_patch(patch);
             }
@@ -192,7 +211,7 @@ impl OutTrack {
         verdict
     }
 
-    fn pt_for(&mut self, rtc: &Rtc, f: &Forward) -> Option<Pt> {
+    fn pt_for(&mut self, rtc: &Rtc, f: &Forward) -> Option<OutPt> {
         let caster = f.media.source.peer;
         if let Some((_, _, out)) = self
             .pts
@@ -207,14 +226,29 @@ impl OutTrack {
             .media(self.mid)
             .map(|m| m.remote_pts().to_vec())
             .unwrap_or_default();
-        let out = rtc
+        let params = rtc
             .codec_config()
-            .find(|p| remote.contains(&p.pt()) && can_carry(&f.spec, &p.spec()))
-            .map(|p| p.pt());
+            .find(|p| remote.contains(&p.pt()) && can_carry(&f.spec, &p.spec()));
+        let out = params.map(|p| {
+            let red = (f.red).then(|| p.red()).flatten();
+            OutPt {
+                pt: red.unwrap_or(p.pt()),
+                unwrap_red: f.red && red.is_none(),
+            }
+        });
         if out.is_none() {
             tracing::warn!(codec = ?f.spec.codec, "viewer did not negotiate the caster's codec");
         }
         self.pts.push((caster, f.pt, out));
         out
     }
+}
+
+/// The payload type a viewer gets a caster's packets on.
+#[derive(Debug, Clone, Copy)]
+struct OutPt {
+    pt: Pt,
+    /// The caster sends RED but this viewer did not negotiate it: send the
+    /// primary block alone.
+    unwrap_red: bool,
 }

@@ -20,6 +20,9 @@ struct Client {
     addr: SocketAddr,
     peer: PeerId,
     connected: bool,
+    audio: Mid,
+    /// Audio packets received: (payload type, payload).
+    audio_got: Vec<(u8, Vec<u8>)>,
     video: Mid,
     received: Vec<Got>,
     /// Caster: its layers (one `None` without simulcast), each with its
@@ -64,17 +67,22 @@ impl Net {
     }
 
     fn offer(&self, cast: bool, port: u16) -> (Rtc, Mid, String, SdpPendingOffer, SocketAddr) {
-        self.offer_layers(cast, false, port)
+        let (rtc, _, video, offer, pending, addr) = self.offer_full(cast, false, false, port);
+        (rtc, video, offer, pending, addr)
     }
 
-    fn offer_layers(
+    #[allow(clippy::type_complexity)]
+    fn offer_full(
         &self,
         cast: bool,
         simulcast: bool,
+        red: bool,
         port: u16,
-    ) -> (Rtc, Mid, String, SdpPendingOffer, SocketAddr) {
+    ) -> (Rtc, Mid, Mid, String, SdpPendingOffer, SocketAddr) {
         let addr: SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
-        let mut rtc = RtcConfig::new().set_rtp_mode(true).build(self.now);
+        let mut config = RtcConfig::new().set_rtp_mode(true);
+        config.codec_config().enable_opus(true, red);
+        let mut rtc = config.build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let dir = if cast {
             Direction::SendOnly
@@ -82,14 +90,14 @@ impl Net {
             Direction::RecvOnly
         };
         let mut api = rtc.sdp_api();
-        api.add_media(MediaKind::Audio, dir, None, None, None);
+        let audio = api.add_media(MediaKind::Audio, dir, None, None, None);
         let layers = simulcast.then(|| Simulcast {
             send: RIDS.iter().map(|r| SimulcastLayer::new(r)).collect(),
             recv: vec![],
         });
         let video = api.add_media(MediaKind::Video, dir, None, None, layers);
         let (offer, pending) = api.apply().unwrap();
-        (rtc, video, offer.to_sdp_string(), pending, addr)
+        (rtc, audio, video, offer.to_sdp_string(), pending, addr)
     }
 
     /// Joins a client and returns its index.
@@ -98,9 +106,13 @@ impl Net {
     }
 
     fn join_with(&mut self, live: &str, role: Role, simulcast: bool) -> usize {
+        self.join_full(live, role, simulcast, false)
+    }
+
+    fn join_full(&mut self, live: &str, role: Role, simulcast: bool, red: bool) -> usize {
         let port = 6000 + self.clients.len() as u16;
-        let (mut rtc, video, offer, pending, addr) =
-            self.offer_layers(role == Role::Cast, simulcast, port);
+        let (mut rtc, audio, video, offer, pending, addr) =
+            self.offer_full(role == Role::Cast, simulcast, red, port);
         let joined = self.sfu.join(live, role, &offer, self.now).unwrap();
         let answer = SdpAnswer::from_sdp_string(&joined.answer).unwrap();
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
@@ -109,6 +121,8 @@ impl Net {
             addr,
             peer: joined.peer,
             connected: false,
+            audio,
+            audio_got: Vec::new(),
             video,
             received: Vec::new(),
             layers: if simulcast {
@@ -251,6 +265,16 @@ fn on_event(c: &mut Client, e: Event) {
             for layer in c.layers.iter_mut().filter(|l| l.0 == r.rid) {
                 layer.2 = true;
             }
+        }
+        Event::RtpPacket(p)
+            if c.rtc
+                .direct_api()
+                .stream_rx(&p.header.ssrc)
+                .map(|s| s.mid())
+                == Some(c.audio) =>
+        {
+            c.audio_got
+                .push((*p.header.payload_type, p.payload.to_vec()))
         }
         Event::RtpPacket(p) if p.payload.len() >= 3 && p.payload[2] < 3 => c.received.push(Got {
             seq: *p.seq_no,
@@ -464,4 +488,75 @@ fn setting_the_layer_of_an_unknown_session_fails() {
             .set_preference("show", PeerId(7), Preference::Low, net.now),
         Err(NoSuchSession)
     );
+}
+
+#[test]
+fn red_audio_reaches_viewers_with_and_without_red() {
+    use str0m::rtp::{RedEncoder, RedundantBlock};
+
+    let mut net = Net::new();
+    let caster = net.join_full("show", Role::Cast, false, true);
+    let with_red = net.join_full("show", Role::Play, false, true);
+    let without = net.join_full("show", Role::Play, false, false);
+    net.run(Duration::from_millis(300));
+
+    let c = &mut net.clients[caster];
+    let opus = c
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == Codec::Opus)
+        .unwrap()
+        .clone();
+    let red_pt = opus.red().expect("RED negotiated with the caster");
+    for i in 0..20u8 {
+        let redundant = RedundantBlock {
+            pt: *opus.pt(),
+            timestamp_offset: 960,
+            payload: vec![i.wrapping_sub(1); 3],
+        };
+        let payload = RedEncoder::encode(*opus.pt(), &[i; 5], &[redundant]);
+        let now = net.now;
+        let mut api = c.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(c.audio, None).unwrap();
+        tx.write_rtp(RtpWrite::new(
+            red_pt,
+            (1000 + i as u64).into(),
+            i as u32 * 960,
+            now,
+            payload,
+        ));
+    }
+    net.run(Duration::from_millis(300));
+
+    let viewer_pts = |i: usize| {
+        let p = net.clients[i]
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+            .clone();
+        (*p.pt(), p.red().map(|r| *r))
+    };
+    let (_, Some(red)) = viewer_pts(with_red) else {
+        panic!("the RED viewer negotiated RED");
+    };
+    let got = &net.clients[with_red].audio_got;
+    assert_eq!(got.len(), 20);
+    assert!(
+        got.iter().all(|(pt, p)| *pt == red && p.len() > 5),
+        "RED as sent"
+    );
+
+    let (opus_pt, no_red) = viewer_pts(without);
+    assert_eq!(no_red, None);
+    let got = &net.clients[without].audio_got;
+    assert_eq!(got.len(), 20);
+    for (i, (pt, p)) in got.iter().enumerate() {
+        assert_eq!(*pt, opus_pt, "plain Opus payload type");
+        assert_eq!(p, &vec![i as u8; 5], "the primary block alone");
+    }
 }
