@@ -501,14 +501,13 @@ fn red_audio_reaches_viewers_with_and_without_red() {
     net.run(Duration::from_millis(300));
 
     let c = &mut net.clients[caster];
-    let opus = c
+    let opus = *c
         .rtc
         .codec_config()
         .params()
         .iter()
         .find(|p| p.spec().codec == Codec::Opus)
-        .unwrap()
-        .clone();
+        .unwrap();
     let red_pt = opus.red().expect("RED negotiated with the caster");
     for i in 0..20u8 {
         let redundant = RedundantBlock {
@@ -531,14 +530,13 @@ fn red_audio_reaches_viewers_with_and_without_red() {
     net.run(Duration::from_millis(300));
 
     let viewer_pts = |i: usize| {
-        let p = net.clients[i]
+        let p = *net.clients[i]
             .rtc
             .codec_config()
             .params()
             .iter()
             .find(|p| p.spec().codec == Codec::Opus)
-            .unwrap()
-            .clone();
+            .unwrap();
         (*p.pt(), p.red().map(|r| *r))
     };
     let (_, Some(red)) = viewer_pts(with_red) else {
