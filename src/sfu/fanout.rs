@@ -24,6 +24,8 @@ struct Effects {
     /// A viewer asked for a keyframe (PLI/FIR) of what it is being sent.
     keyframe_request: bool,
     estimate: Option<u64>,
+    /// A caster started sending a new layer.
+    new_layer: bool,
     dead: bool,
 }
 
@@ -57,6 +59,11 @@ impl Sfu {
         }
         if fx.connected {
             self.on_connected(&live, role, id, now);
+        }
+        if fx.new_layer {
+            // Viewers waiting for video get a layer without waiting for the
+            // next periodic check.
+            self.check_layers(&live, now);
         }
         if !fx.forwards.is_empty() {
             self.forward(&live, id, &fx.forwards, now);
@@ -123,6 +130,12 @@ impl Sfu {
         }
         if layers.is_empty() {
             return;
+        }
+        let spliced = track
+            .target
+            .is_some_and(|t| track.source().is_some_and(|s| s.ssrc == t));
+        if !spliced {
+            track.selector.forget_choice();
         }
         let target = track.selector.select(layers, now);
         if target != track.target {
@@ -281,7 +294,7 @@ fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects) {
             fx.estimate = Some(estimate.as_u64());
         }
         Event::RtpPacket(pkt) => {
-            if let Some(f) = prepare(peer, pkt) {
+            if let Some(f) = prepare(peer, pkt, &mut fx.new_layer) {
                 fx.forwards.push(f);
             }
         }
@@ -291,7 +304,7 @@ fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects) {
 
 /// Turns a caster's RTP packet into a [`Forward`], or `None` if it is not
 /// forwarded (padding, unknown stream).
-fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
+fn prepare(peer: &mut Peer, pkt: RtpPacket, new_layer: &mut bool) -> Option<Forward> {
     let PeerRole::Cast(cast) = &mut peer.role else {
         return None;
     };
@@ -304,7 +317,8 @@ fn prepare(peer: &mut Peer, pkt: RtpPacket) -> Option<Forward> {
     let (spec, red) = cast.codec(&peer.rtc, pt)?;
     let keyframe = kind == MediaKind::Video && codec::starts_keyframe(spec.codec, &pkt.payload);
     if kind == MediaKind::Video {
-        cast.video
+        *new_layer |= cast
+            .video
             .on_packet(ssrc, rid, pkt.payload.len(), pkt.timestamp);
         if keyframe && let Some(layer) = cast.video.get_mut(*ssrc) {
             layer.keyframes.keyframe_seen();

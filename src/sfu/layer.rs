@@ -43,10 +43,16 @@ impl Preference {
     }
 }
 
-/// The estimate must exceed a higher layer's bitrate by this much, for
-/// `UP_HOLD`, before moving up: audio, headers and retransmissions need room.
+/// The estimate must exceed a higher layer's bitrate by this much before
+/// moving up: audio, headers and retransmissions need room.
 const UP_HEADROOM: f64 = 1.25;
+/// After the estimate forced a move down, moving up again waits until the
+/// estimate has stayed high this long: no flapping around a congested link.
 const UP_HOLD: Duration = Duration::from_secs(2);
+/// How long a move down makes later moves up wait for `UP_HOLD`. Without a
+/// recent congestion, a viewer goes up as soon as its estimate allows (a
+/// caster's layers come up one by one; a viewer should follow at once).
+const CONGESTION_MEMORY: Duration = Duration::from_secs(15);
 /// The estimate must stay below the current layer's bitrate this long
 /// before moving down: short dips are noise, long ones congestion.
 const DOWN_HOLD: Duration = Duration::from_millis(600);
@@ -59,6 +65,8 @@ pub struct LayerSelector {
     current: Option<u32>,
     up_since: Option<Instant>,
     down_since: Option<Instant>,
+    /// When the estimate last forced a move down.
+    congested_at: Option<Instant>,
 }
 
 impl LayerSelector {
@@ -79,6 +87,15 @@ impl LayerSelector {
     /// The id of the layer chosen last.
     pub fn current(&self) -> Option<u32> {
         self.current
+    }
+
+    /// Forgets the last choice: the next one is made afresh, without hold.
+    /// For a choice that never took effect (its keyframe has not come yet),
+    /// there is nothing to be steady about.
+    pub fn forget_choice(&mut self) {
+        self.current = None;
+        self.up_since = None;
+        self.down_since = None;
     }
 
     /// Chooses the layer to send now out of `layers` (lowest first) and
@@ -131,8 +148,9 @@ impl LayerSelector {
             Some(c) if !fits(c, 1.0) => {
                 self.up_since = None;
                 let since = *self.down_since.get_or_insert(now);
-                if now.duration_since(since) >= DOWN_HOLD {
-                    best_fit.min(c)
+                if now.duration_since(since) >= DOWN_HOLD && best_fit < c {
+                    self.congested_at = Some(now);
+                    best_fit
                 } else {
                     c
                 }
@@ -145,10 +163,14 @@ impl LayerSelector {
                     .rev()
                     .copied()
                     .find(|&i| i > c && fits(i, UP_HEADROOM));
+                let hold = match self.congested_at {
+                    Some(t) if now.duration_since(t) < CONGESTION_MEMORY => UP_HOLD,
+                    _ => Duration::ZERO,
+                };
                 match higher {
                     Some(h) => {
                         let since = *self.up_since.get_or_insert(now);
-                        if now.duration_since(since) >= UP_HOLD {
+                        if now.duration_since(since) >= hold {
                             h
                         } else {
                             c
@@ -247,6 +269,21 @@ mod tests {
     }
 
     #[test]
+    fn without_congestion_it_moves_up_as_soon_as_the_estimate_allows() {
+        let mut l = layers();
+        let t = Instant::now();
+        let mut s = LayerSelector::default();
+        s.set_estimate(2_000_000);
+        // The caster's layers come up one by one.
+        l[1].active = false;
+        l[2].active = false;
+        assert_eq!(s.select(&l, t), Some(0));
+        l[1].active = true;
+        l[2].active = true;
+        assert_eq!(s.select(&l, t), Some(2));
+    }
+
+    #[test]
     fn a_noisy_estimate_does_not_flap() {
         let l = layers();
         let mut t = Instant::now();
@@ -279,12 +316,7 @@ mod tests {
         l[2].active = false;
         assert_eq!(s.select(&l, t), Some(1));
         l[2].active = true;
-        assert_eq!(
-            s.select(&l, t),
-            Some(1),
-            "coming back waits for the up hold"
-        );
-        assert_eq!(s.select(&l, t + UP_HOLD), Some(2));
+        assert_eq!(s.select(&l, t), Some(2), "no congestion: back up at once");
     }
 
     #[test]
@@ -299,9 +331,7 @@ mod tests {
             (Preference::High, 2),
         ] {
             s.set_preference(p);
-            // Lowering is immediate; raising waits for the up hold.
-            s.select(&l, t);
-            assert_eq!(s.select(&l, t + UP_HOLD * 2), Some(want), "{p:?}");
+            assert_eq!(s.select(&l, t), Some(want), "{p:?}");
         }
         // Two layers: medium is the lower one.
         s.set_preference(Preference::Medium);
@@ -315,10 +345,11 @@ mod tests {
         let mut s = LayerSelector::default();
         s.set_estimate(400_000);
         assert_eq!(s.select(&l, t), Some(1));
-        // Measurements reorder the layers: the chosen one is now first.
+        // Measurements reorder the layers: the chosen one is now first, and
+        // the one above it is out of the estimate's reach.
         l.swap(0, 1);
-        l[0].bitrate = 100_000;
-        l[1].bitrate = 300_000;
+        l[0].bitrate = 300_000;
+        l[1].bitrate = 350_000;
         assert_eq!(s.select(&l, t), Some(1), "still the same layer, by id");
     }
 

@@ -59,11 +59,14 @@ impl Layers {
         }
     }
 
-    /// Notes a video packet of `ssrc`.
-    pub fn on_packet(&mut self, ssrc: Ssrc, rid: Option<Rid>, bytes: usize, now: Instant) {
+    /// Notes a video packet of `ssrc`. Returns true for the first packet of
+    /// a new layer.
+    pub fn on_packet(&mut self, ssrc: Ssrc, rid: Option<Rid>, bytes: usize, now: Instant) -> bool {
+        let mut new = false;
         let layer = match self.layers.iter_mut().position(|l| l.ssrc == ssrc) {
             Some(i) => &mut self.layers[i],
             None => {
+                new = true;
                 self.layers.push(InLayer {
                     ssrc,
                     rid,
@@ -87,6 +90,7 @@ impl Layers {
             layer.window_bytes = 0;
             layer.window_start = now;
         }
+        new
     }
 
     pub fn get_mut(&mut self, ssrc: u32) -> Option<&mut InLayer> {
