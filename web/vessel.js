@@ -11,7 +11,13 @@
  *
  * const player = play('demo', { video: document.querySelector('video') });
  * player.on('state', (s) => console.log('viewer', s));      // connecting → waiting → playing → ended …
+ * player.on('stats', (s) => console.log(`${s.width}×${s.height} · ${s.bitrateKbps} kbps`));
+ * player.setLayer('low');                                    // cap the quality: 'auto' | 'high' | 'medium' | 'low'
  * ```
+ *
+ * `publish()` sends the video as simulcast: up to three layers (rids `q`, `h`, `f`: ¼, ½ and full
+ * size at about 100, 300 and 900 kbps; fewer layers for small tracks), and the server forwards to
+ * each viewer the best layer its link carries (or the one it asked for with `setLayer`).
  *
  * Both handles reconnect by themselves (new WHIP/WHEP POST, with backoff) when the
  * connection or the server goes away, and release their server session on `stop()` and
@@ -30,6 +36,25 @@ const CONNECT_TIMEOUT_MS = 15000;
 const POST_TIMEOUT_MS = 10000;
 /** Timeout of a DELETE (ms). */
 const DELETE_TIMEOUT_MS = 3000;
+/** Period of the player's `stats` event (ms). */
+const STATS_INTERVAL_MS = 1000;
+/** `rel` of the WHEP layer-selection extension in the answer's `Link` header. */
+const LAYER_REL = 'urn:ietf:params:whep:ext:core:layer';
+/** What a viewer can ask for: the best its link carries, or at most the top / middle / lowest layer. */
+export const LAYERS = Object.freeze(['auto', 'high', 'medium', 'low']);
+
+/**
+ * The default simulcast layers, lowest first: quarter, half and full size. Small tracks send
+ * fewer layers (the top ones are dropped, keeping the full size): see {@link simulcastEncodings}.
+ */
+export const DEFAULT_LAYERS = Object.freeze([
+  Object.freeze({ rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100_000 }),
+  Object.freeze({ rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 300_000 }),
+  Object.freeze({ rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 900_000 }),
+]);
+
+/** RFC 8851 rid syntax (kept short). */
+const RID = /^[A-Za-z0-9_-]{1,16}$/;
 
 /**
  * The server this module was loaded from: Vessel serves it at `/vessel.js` (behind a reverse
@@ -50,18 +75,48 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  */
 
 /**
- * @typedef {CommonOptions & {video?: VideoOptions}} PublishOptions
+ * @typedef {CommonOptions & PublishExtra} PublishOptions
  *
- * @typedef {object} VideoOptions Encoding of the published video.
+ * @typedef {object} PublishExtra
+ * @property {VideoOptions} [video] Encoding of the published video.
+ * @property {boolean} [simulcast] `false`: send one encoding only (default `true`: up to three
+ *   layers, by the track's size).
+ * @property {LayerOptions[]} [layers] The simulcast layers to send, lowest first (default
+ *   {@link DEFAULT_LAYERS}, trimmed for small tracks). One layer = no simulcast.
+ *
+ * @typedef {object} VideoOptions
+ * @property {number} [maxBitrate] Bits per second (with simulcast: of the top layer).
+ * @property {number} [maxFramerate] Frames per second (of every layer).
+ * @property {number} [scaleResolutionDownBy] e.g. 2 sends half the width and height (with
+ *   simulcast: applied on top of each layer's own factor).
+ * @property {string} [codec] Preferred codec, e.g. `'VP8'` or `'H264'`.
+ *
+ * @typedef {object} LayerOptions One simulcast layer (an `RTCRtpEncodingParameters`).
+ * @property {string} rid e.g. `'q'`, `'h'`, `'f'`.
+ * @property {number} [scaleResolutionDownBy] Default 1.
  * @property {number} [maxBitrate] Bits per second.
  * @property {number} [maxFramerate] Frames per second.
- * @property {number} [scaleResolutionDownBy] e.g. 2 sends half the width and height.
- * @property {string} [codec] Preferred codec, e.g. `'VP8'` or `'H264'`.
  */
 
 /**
- * @typedef {CommonOptions & {video?: HTMLVideoElement}} PlayOptions
+ * @typedef {CommonOptions & {video?: HTMLVideoElement, layer?: Layer}} PlayOptions
  * `video`: an element to attach the received stream to (it is started with `play()`).
+ * `layer`: the quality to ask for (default `'auto'`; see {@link Player#setLayer}).
+ *
+ * @typedef {'auto'|'high'|'medium'|'low'} Layer
+ *
+ * @typedef {object} PlayerStats What the player receives, sampled every second.
+ * @property {number} width Width of the decoded video (0 before the first frame).
+ * @property {number} height
+ * @property {number} fps Decoded frames per second.
+ * @property {number} bitrateKbps Received video bitrate over the last second (kbit/s).
+ * @property {number} framesDecoded
+ * @property {number} packetsLost
+ * @property {number} nackCount NACKs sent for lost video packets.
+ * @property {number} freezeCount
+ * @property {number} totalFreezesDuration Seconds.
+ * @property {string|null} codec e.g. `'video/VP8'`.
+ * @property {Layer} layer The quality asked for.
  */
 
 /** An error answered by the server (4xx / 5xx). */
@@ -182,6 +237,9 @@ class Session extends Emitter {
   /** @protected @abstract Recomputes `state` from the connection and the live's state. */
   _updateState() {}
 
+  /** @protected A new server session answered (`res`: the POST's response). */
+  _onSession(_res) {}
+
   // ---- internals ----
 
   /** Ends the session for good, in state `stopped` or `failed`. */
@@ -263,6 +321,7 @@ class Session extends Emitter {
         this._location = resource;
       }
       if (stale()) return;
+      this._onSession(res);
       await pc.setRemoteDescription({ type: 'answer', sdp: body });
     } catch (err) {
       if (stale()) return;
@@ -421,9 +480,13 @@ export class Publisher extends Session {
    * @param {PublishOptions} [options]
    */
   constructor(live, stream, options = {}) {
+    // Check the layers now, so that bad options throw here rather than on every connection.
+    simulcastEncodings(stream?.getVideoTracks?.()[0], options);
     super('whip', live, options);
     /** The published stream. */
     this.stream = stream;
+    /** @type {RTCRtpEncodingParameters[]} The video encodings offered (several: simulcast, lowest first). */
+    this.encodings = [];
   }
 
   _preparePeer(pc) {
@@ -432,11 +495,10 @@ export class Publisher extends Session {
       const track = this.stream.getTracks().find((t) => t.kind === kind);
       const init = { direction: 'sendonly', streams: [this.stream] };
       if (kind === 'video') {
-        const encoding = {};
-        for (const key of ['maxBitrate', 'maxFramerate', 'scaleResolutionDownBy']) {
-          if (video[key] != null) encoding[key] = video[key];
-        }
-        if (Object.keys(encoding).length) init.sendEncodings = [encoding];
+        // No track: nothing to send, no layers to offer.
+        const encodings = simulcastEncodings(track, track ? this._options : { ...this._options, simulcast: false });
+        this.encodings = encodings;
+        if (encodings.length > 1 || Object.keys(encodings[0]).length) init.sendEncodings = encodings;
       }
       // Always offer audio + video; a missing track just sends nothing.
       const transceiver = pc.addTransceiver(track ?? kind, init);
@@ -479,6 +541,8 @@ export class Publisher extends Session {
  *   The connection is kept in both, and playback resumes by itself when the caster comes back.
  * - `stream` (MediaStream) — a new stream after each (re)connection.
  * - `viewers` (number)
+ * - `stats` ({@link PlayerStats}) — every second while connected and receiving video.
+ * - `layer` ({@link Layer}) — after `setLayer` changed it.
  * - `error` (Error)
  */
 export class Player extends Session {
@@ -487,15 +551,124 @@ export class Player extends Session {
    * @param {PlayOptions} [options]
    */
   constructor(live, options = {}) {
+    const layer = options.layer ?? 'auto';
+    checkLayer(layer);
     super('whep', live, options);
     /** @type {MediaStream|null} The received audio + video. */
     this.stream = null;
     /** @type {HTMLVideoElement|null} */
     this.video = options.video ?? null;
+    /** @type {Layer} The quality asked for (see {@link Player#setLayer}). */
+    this.layer = layer;
+    /** @type {PlayerStats|null} The last `stats` sample. */
+    this.stats = null;
     this._wasOnAir = false;
+    this._layerUrl = null; // the session's layer-selection URL, from the answer's Link header
+    this._layerQueue = Promise.resolve();
+    this._statsBase = null;
+    queueMicrotask(() => this._sampleStats());
+  }
+
+  /**
+   * Caps the quality this viewer receives: `'auto'` (default) = the best layer its link
+   * carries; `'high'` / `'medium'` / `'low'` = the top / middle / lowest simulcast layer (still
+   * lower when the link cannot carry it). Kept across reconnections.
+   * @param {Layer} layer
+   * @returns {Promise<boolean>} whether the server applied it (`false`: not connected yet, or a
+   *   server or live without layers; it is sent with each new connection). Rejects with a
+   *   {@link VesselHttpError} when the server refuses it.
+   */
+  setLayer(layer) {
+    checkLayer(layer);
+    if (layer !== this.layer) {
+      this.layer = layer;
+      this.emit('layer', layer);
+    }
+    return this._sendLayer();
+  }
+
+  /** POSTs the current `layer` to the session's layer URL (in order, one at a time). */
+  _sendLayer() {
+    const send = async () => {
+      const url = this._layerUrl;
+      if (!url || this._stopped) return false;
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: this._headers({ 'Content-Type': 'application/json' }),
+        body: JSON.stringify({ layer: this.layer }),
+        signal: AbortSignal.timeout(POST_TIMEOUT_MS),
+      });
+      if (!res.ok) {
+        const reason = (await res.text().catch(() => '')).trim();
+        // The session went away (reconnection under way): the next one gets the layer.
+        if (res.status === 404 && url !== this._layerUrl) return false;
+        throw new VesselHttpError(res.status, reason);
+      }
+      return url === this._layerUrl;
+    };
+    const done = this._layerQueue.then(send, send);
+    this._layerQueue = done.catch(() => {});
+    return done;
+  }
+
+  _onSession(res) {
+    this._layerUrl = linkTarget(res.headers.get('Link'), LAYER_REL, res.url);
+    if (this._layerUrl && this.layer !== 'auto') {
+      this._sendLayer().catch((err) => this.emit('error', err));
+    }
+  }
+
+  /** Samples the received video every second: `stats` event, `stats` property. */
+  async _sampleStats() {
+    if (this._stopped) return;
+    const pc = this.pc;
+    let stats = null;
+    try {
+      if (pc && this._connected) stats = this._rates(pc, await pc.getStats());
+    } catch {
+      /* connection closed meanwhile */
+    }
+    if (stats && !this._stopped && pc === this.pc) {
+      this.stats = stats;
+      this.emit('stats', stats);
+    }
+    if (!this._stopped) this._later(() => this._sampleStats(), STATS_INTERVAL_MS);
+  }
+
+  /**
+   * The received video's stats, with rates since the previous sample of the same connection
+   * (null on the first sample, or without video).
+   * @returns {PlayerStats|null}
+   */
+  _rates(pc, report) {
+    let video = null;
+    for (const s of report.values()) {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
+    }
+    if (!video || pc !== this.pc) return null;
+    const base = this._statsBase?.pc === pc ? this._statsBase : null;
+    const bytes = video.bytesReceived ?? 0;
+    const frames = video.framesDecoded ?? 0;
+    this._statsBase = { pc, timestamp: video.timestamp, bytes, frames };
+    const seconds = base ? (video.timestamp - base.timestamp) / 1000 : 0;
+    if (seconds <= 0) return null;
+    return {
+      width: video.frameWidth ?? 0,
+      height: video.frameHeight ?? 0,
+      fps: Math.round(((frames - base.frames) / seconds) * 10) / 10,
+      bitrateKbps: Math.round(((bytes - base.bytes) * 8) / seconds / 1000),
+      framesDecoded: frames,
+      packetsLost: video.packetsLost ?? 0,
+      nackCount: video.nackCount ?? 0,
+      freezeCount: video.freezeCount ?? 0,
+      totalFreezesDuration: video.totalFreezesDuration ?? 0,
+      codec: report.get(video.codecId)?.mimeType ?? null,
+      layer: this.layer,
+    };
   }
 
   _preparePeer(pc) {
+    this._layerUrl = null;
     const audio = pc.addTransceiver('audio', { direction: 'recvonly' });
     const video = pc.addTransceiver('video', { direction: 'recvonly' });
     // The receivers' tracks exist already; media flows once the caster is on air.
@@ -588,4 +761,96 @@ function preferCodec(transceiver, kind, codec) {
   } catch {
     /* unsupported: keep the browser's order */
   }
+}
+
+function checkLayer(layer) {
+  if (!LAYERS.includes(layer)) throw new TypeError(`invalid layer: ${JSON.stringify(layer)} (expected one of ${LAYERS.join(', ')})`);
+}
+
+/**
+ * How many simulcast layers Chromium sends for a track of this size: it drops the top
+ * encodings of small tracks (960×540 and up: 3; 480×270 and up: 2; smaller: 1). Sending fewer
+ * layers ourselves keeps the full size instead.
+ */
+function layerCount(track) {
+  const { width, height } = track?.getSettings?.() ?? {};
+  if (!width || !height) return 3;
+  const pixels = width * height;
+  if (pixels >= 960 * 540) return 3;
+  if (pixels >= 480 * 270) return 2;
+  return 1;
+}
+
+/**
+ * The video encodings `publish()` offers for `track` with these options: the simulcast layers
+ * (lowest first, each with its rid), or a single encoding (no rid) without simulcast.
+ * @param {MediaStreamTrack|undefined} track
+ * @param {PublishOptions} [options]
+ * @returns {RTCRtpEncodingParameters[]}
+ */
+export function simulcastEncodings(track, options = {}) {
+  const video = options.video ?? {};
+  const positive = (v, what) => {
+    if (v != null && !(typeof v === 'number' && v > 0)) throw new TypeError(`invalid ${what}: ${JSON.stringify(v)}`);
+    return v;
+  };
+  for (const key of ['maxBitrate', 'maxFramerate', 'scaleResolutionDownBy']) positive(video[key], `video.${key}`);
+  const single = {};
+  for (const key of ['maxBitrate', 'maxFramerate', 'scaleResolutionDownBy']) {
+    if (video[key] != null) single[key] = video[key];
+  }
+  if (options.simulcast === false) return [single];
+
+  let layers;
+  if (options.layers != null) {
+    if (!Array.isArray(options.layers) || options.layers.length === 0) throw new TypeError('layers: expected a non-empty array');
+    const rids = new Set();
+    layers = options.layers.map((l, i) => {
+      if (!l || !RID.test(l.rid ?? '')) throw new TypeError(`layers[${i}].rid: expected 1-16 letters, digits, "-" or "_"`);
+      if (rids.has(l.rid)) throw new TypeError(`layers[${i}].rid: ${l.rid} used twice`);
+      rids.add(l.rid);
+      positive(l.scaleResolutionDownBy, `layers[${i}].scaleResolutionDownBy`);
+      positive(l.maxBitrate, `layers[${i}].maxBitrate`);
+      positive(l.maxFramerate, `layers[${i}].maxFramerate`);
+      return l;
+    });
+  } else {
+    layers = DEFAULT_LAYERS.slice(DEFAULT_LAYERS.length - layerCount(track));
+  }
+  if (layers.length === 1) {
+    const [l] = layers;
+    const one = { ...single };
+    if (l.maxBitrate != null && video.maxBitrate == null) one.maxBitrate = l.maxBitrate;
+    if (l.maxFramerate != null && video.maxFramerate == null) one.maxFramerate = l.maxFramerate;
+    const scale = (l.scaleResolutionDownBy ?? 1) * (video.scaleResolutionDownBy ?? 1);
+    if (scale !== 1) one.scaleResolutionDownBy = scale;
+    return [one];
+  }
+  return layers.map((l, i) => {
+    const e = { rid: l.rid, scaleResolutionDownBy: (l.scaleResolutionDownBy ?? 1) * (video.scaleResolutionDownBy ?? 1) };
+    const maxBitrate = i === layers.length - 1 && video.maxBitrate != null ? video.maxBitrate : l.maxBitrate;
+    if (maxBitrate != null) e.maxBitrate = maxBitrate;
+    const maxFramerate = l.maxFramerate ?? video.maxFramerate;
+    if (maxFramerate != null) e.maxFramerate = maxFramerate;
+    return e;
+  });
+}
+
+/** The target of the first `Link` (RFC 8288) with relation `rel`, resolved against `base`. */
+function linkTarget(header, rel, base) {
+  if (!header) return null;
+  for (const part of header.split(/,(?=\s*<)/)) {
+    const m = part.match(/^\s*<([^>]*)>(.*)$/s);
+    if (!m) continue;
+    const r = m[2].match(/;\s*rel\s*=\s*(?:"([^"]*)"|([^\s;,]+))/i);
+    const rels = (r?.[1] ?? r?.[2] ?? '').split(/\s+/);
+    if (rels.includes(rel)) {
+      try {
+        return new URL(m[1], base).href;
+      } catch {
+        return null;
+      }
+    }
+  }
+  return null;
 }

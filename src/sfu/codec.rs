@@ -4,16 +4,22 @@
 use str0m::change::SdpOffer;
 use str0m::format::{Codec, CodecConfig, CodecSpec};
 use str0m::format::{
-    detect_av1_keyframe, detect_h264_keyframe, detect_h265_keyframe, detect_vp8_keyframe,
-    detect_vp9_keyframe,
+    detect_av1_keyframe, detect_h264_keyframe, detect_h264_nalu, detect_h265_keyframe,
+    detect_vp8_keyframe, detect_vp9_keyframe,
 };
 
-/// Whether an RTP payload of `codec` starts a keyframe.
+const H264_SPS: u8 = 7;
+
+/// Whether an RTP payload of `codec` starts a keyframe: the packet a viewer
+/// can start decoding a stream from.
 pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
         Codec::Vp8 => detect_vp8_keyframe(payload),
         Codec::Vp9 => detect_vp9_keyframe(payload),
-        Codec::H264 => detect_h264_keyframe(payload),
+        // Encoders (Chromium's among them) send SPS and PPS in a packet of
+        // their own before the IDR; a viewer spliced in at the IDR would
+        // miss the parameter sets of the new resolution.
+        Codec::H264 => detect_h264_nalu(payload, H264_SPS) || detect_h264_keyframe(payload),
         Codec::H265 => detect_h265_keyframe(payload),
         Codec::Av1 => detect_av1_keyframe(payload),
         _ => false,
@@ -141,6 +147,11 @@ mod tests {
         // H264 IDR slice (NAL type 5) and a non-IDR slice (type 1).
         assert!(starts_keyframe(Codec::H264, &[0x65, 0x88]));
         assert!(!starts_keyframe(Codec::H264, &[0x41, 0x9a]));
+        // A STAP-A of SPS + PPS, as Chromium sends before the IDR.
+        let stap_a = [0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce];
+        assert!(starts_keyframe(Codec::H264, &stap_a));
+        // An FU-A middle fragment of an IDR is no start.
+        assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x05, 0x88]));
         assert!(!starts_keyframe(Codec::Opus, &[0x10, 0x00]));
     }
 }

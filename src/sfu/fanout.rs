@@ -141,6 +141,7 @@ impl Sfu {
         if target != track.target {
             tracing::debug!(live = %peer.live, peer = %id, ?target, "video layer chosen");
             track.target = target;
+            track.pause_current = track.selector.moved_down();
         }
         if let Some(desired) = track.selector.desired_bitrate(layers) {
             // Padding up to the next layer's rate (capped by the estimate

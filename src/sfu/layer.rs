@@ -43,9 +43,18 @@ impl Preference {
     }
 }
 
-/// The estimate must exceed a higher layer's bitrate by this much before
-/// moving up: audio, headers and retransmissions need room.
-const UP_HEADROOM: f64 = 1.25;
+/// What sending a layer takes besides its media bitrate: RTP and SRTP
+/// headers and retransmissions (a share), and the audio that goes with it.
+const OVERHEAD: f64 = 1.1;
+const AUDIO_ALLOWANCE: f64 = 50_000.0;
+/// The estimate must exceed a higher layer's cost by this much before
+/// moving up, so that the move does not itself congest the link.
+const UP_HEADROOM: f64 = 1.15;
+
+/// Bits per second a viewer's link needs to carry a layer of `bitrate`.
+fn cost(bitrate: u64) -> f64 {
+    bitrate as f64 * OVERHEAD + AUDIO_ALLOWANCE
+}
 /// After the estimate forced a move down, moving up again waits until the
 /// estimate has stayed high this long: no flapping around a congested link.
 const UP_HOLD: Duration = Duration::from_secs(2);
@@ -67,6 +76,8 @@ pub struct LayerSelector {
     down_since: Option<Instant>,
     /// When the estimate last forced a move down.
     congested_at: Option<Instant>,
+    /// The last change of layer was a move down forced by the estimate.
+    moved_down: bool,
 }
 
 impl LayerSelector {
@@ -89,6 +100,13 @@ impl LayerSelector {
         self.current
     }
 
+    /// The last change of layer was a move down because the link is full:
+    /// the old layer should stop at once, so the new one's keyframe is not
+    /// stuck behind it.
+    pub fn moved_down(&self) -> bool {
+        self.moved_down
+    }
+
     /// Forgets the last choice: the next one is made afresh, without hold.
     /// For a choice that never took effect (its keyframe has not come yet),
     /// there is nothing to be steady about.
@@ -104,12 +122,14 @@ impl LayerSelector {
         let current = self
             .current
             .and_then(|id| layers.iter().position(|l| l.id == id));
+        let congested_before = self.congested_at;
         let choice = self.choose(layers, current, now)?;
         let id = layers[choice].id;
         if self.current != Some(id) {
             self.up_since = None;
             self.down_since = None;
             self.current = Some(id);
+            self.moved_down = self.congested_at != congested_before;
         }
         Some(id)
     }
@@ -130,7 +150,7 @@ impl LayerSelector {
         };
         let fits = |i: usize, headroom: f64| {
             self.estimate
-                .is_none_or(|e| e as f64 >= layers[i].bitrate as f64 * headroom)
+                .is_none_or(|e| e as f64 >= cost(layers[i].bitrate) * headroom)
         };
         // The best layer the estimate carries right now.
         let best_fit = usable
@@ -193,7 +213,7 @@ impl LayerSelector {
         let cap = self.preference.cap(layers.len());
         let next = (c + 1..=cap).find(|&i| layers.get(i).is_some_and(|l| l.active));
         let layer = layers.get(next.unwrap_or(c))?;
-        Some((layer.bitrate as f64 * UP_HEADROOM) as u64)
+        Some((cost(layer.bitrate) * UP_HEADROOM).round() as u64)
     }
 }
 
@@ -257,9 +277,10 @@ mod tests {
             Some(&2)
         );
 
-        let down = run(&mut s, &l, &mut t, 350_000, 2000 * MS);
+        let down = run(&mut s, &l, &mut t, 450_000, 2000 * MS);
         let at = down.iter().position(|&c| c != 2).unwrap();
         assert_eq!(down[at], 1, "drops to the layer that fits");
+        assert!(s.moved_down());
         assert!((5..=7).contains(&at), "after ~600 ms, not at once: {at}");
 
         let up = run(&mut s, &l, &mut t, 2_000_000, 4000 * MS);
@@ -281,6 +302,14 @@ mod tests {
         l[1].active = true;
         l[2].active = true;
         assert_eq!(s.select(&l, t), Some(2));
+    }
+
+    #[test]
+    fn a_layer_fits_only_with_room_for_audio_and_overhead() {
+        let mut s = LayerSelector::default();
+        // 350 kbit/s carries 300 kbit/s of video on paper, not with audio.
+        s.set_estimate(350_000);
+        assert_eq!(s.select(&layers(), Instant::now()), Some(0));
     }
 
     #[test]
@@ -359,11 +388,12 @@ mod tests {
         let mut s = LayerSelector::default();
         s.set_estimate(400_000);
         s.select(&l, Instant::now());
-        assert_eq!(s.desired_bitrate(&l), Some(1_125_000));
+        // The top layer's cost (900 k × 1.1 + 50 k audio) with 15 % to spare.
+        assert_eq!(s.desired_bitrate(&l), Some(1_196_000));
         s.set_preference(Preference::Medium);
         assert_eq!(
             s.desired_bitrate(&l),
-            Some(375_000),
+            Some(437_000),
             "no probing past the cap"
         );
     }

@@ -95,7 +95,7 @@ impl SfuConfig {
             candidates,
             keyframe_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(20),
-            initial_estimate: 1_000_000,
+            initial_estimate: 1_500_000,
         }
     }
 }

@@ -149,6 +149,9 @@ pub(super) struct OutTrack {
     pub selector: LayerSelector,
     /// Video: the layer (SSRC) chosen; spliced in at its next keyframe.
     pub target: Option<u32>,
+    /// Video: the link is full; stop the current layer while the chosen
+    /// (lower) one's keyframe is on its way.
+    pub pause_current: bool,
     /// Video: the (minimum, desired) bitrates last given to str0m's BWE.
     pub bwe: (u64, u64),
     /// The viewer's payload type for a caster's, resolved once per caster.
@@ -167,6 +170,7 @@ impl OutTrack {
             rewriter,
             selector: LayerSelector::default(),
             target: None,
+            pause_current: false,
             bwe: (0, 0),
             pts: Vec::new(),
         }
@@ -181,11 +185,11 @@ impl OutTrack {
     pub fn send(&mut self, rtc: &mut Rtc, f: &Forward) -> Verdict {
         // Video comes in layers: the current one flows until the chosen one
         // can be spliced in; any other is not for this viewer.
-        if f.kind == MediaKind::Video
-            && self.rewriter.source() != Some(f.media.source)
-            && self.target != Some(f.media.source.ssrc)
-        {
-            return Verdict::Drop;
+        if f.kind == MediaKind::Video && self.target != Some(f.media.source.ssrc) {
+            let current = self.rewriter.source() == Some(f.media.source);
+            if !current || self.pause_current {
+                return Verdict::Drop;
+            }
         }
         let Some(out) = self.pt_for(rtc, f) else {
             return Verdict::Drop;

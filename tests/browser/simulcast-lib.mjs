@@ -51,8 +51,8 @@ export async function startEnv({ wantNetns = true } = {}) {
 }
 
 /** Opens /cast/{live}, goes live and waits until the caster sends its layers. */
-export async function startCaster(h, live, { layers = 3, timeoutMs = 30000 } = {}) {
-  const page = await h.open(`/cast/${live}`, `cast ${live}`);
+export async function startCaster(h, live, { layers = 3, timeoutMs = 30000, query = '' } = {}) {
+  const page = await h.open(`/cast/${live}${query}`, `cast ${live}`);
   await waitInPage(page, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
   await page.click('#golive');
   await waitInPage(page, `window.vesselPublisher && window.vesselPublisher.state === 'live'`, 20000, 'publisher state "live"');

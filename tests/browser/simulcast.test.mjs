@@ -265,3 +265,19 @@ async function startCasterQuery(name, query) {
   await casterLayers(page, { layers: 1 });
   return { page };
 }
+
+test('s: an H264 caster (/cast/{live}?codec=H264) sends three H264 layers; a viewer switches between them', { timeout: 60000 }, () =>
+  h.diagnose(async () => {
+    const name = liveName('h264sim');
+    const { page: castPage, sending } = await startCaster(h, name, { query: '?codec=H264' });
+    assert.deepEqual(sending.map((l) => [l.rid, l.codec]), [['q', 'video/H264'], ['h', 'video/H264'], ['f', 'video/H264']]);
+    const viewer = await openViewer(h, name, { name: 'H264 viewer' });
+    assert.equal((await viewer.meter.sample()).codec, 'video/H264');
+    await viewer.page.selectOption('#layer', 'low');
+    await waitWidth(viewer.meter, (w) => w === LOW_WIDTH, 'H264 viewer at the low layer (320 wide): the server must find H264 keyframes (SPS/PPS + IDR) of the new layer');
+    await viewer.page.selectOption('#layer', 'auto');
+    await waitWidth(viewer.meter, (w) => w === TOP_WIDTH, 'H264 viewer back at the top layer', 30000);
+    await h.closePage(viewer.page);
+    await h.closePage(castPage);
+  }),
+);

@@ -444,6 +444,11 @@ async function publishAndPlay(page, live, options) {
   );
   await waitForMedia(page, PLAYER_PC, { what: 'cross-origin player' });
   assert.equal(await page.evaluate(() => window.vesselPublisher.state), 'live');
+  assert.match(
+    await page.evaluate(() => window.vesselPlayer._layerUrl ?? ''),
+    new RegExp(`/whep/${live}/[^/]+/layer$`),
+    'the WHEP answer\'s Link (layer extension) is readable cross-origin (Access-Control-Expose-Headers)',
+  );
   await waitInPage(page, 'window.vesselPlayer.viewers === 1 && window.vesselPublisher.viewers === 1', 10000, 'viewer counts through cross-origin SSE');
 }
 
