@@ -502,14 +502,17 @@ fn red_audio_reaches_viewers_with_and_without_red() {
     let without = net.join_full("show", Role::Play, false, false);
     net.run(Duration::from_millis(300));
 
+    // A client's Opus parameters: its payload type and RED payload type.
+    let opus_of = |c: &Client| {
+        *c.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+    };
+    let opus = opus_of(&net.clients[caster]);
     let c = &mut net.clients[caster];
-    let opus = *c
-        .rtc
-        .codec_config()
-        .params()
-        .iter()
-        .find(|p| p.spec().codec == Codec::Opus)
-        .unwrap();
     let red_pt = opus.red().expect("RED negotiated with the caster");
     for i in 0..20u8 {
         let redundant = RedundantBlock {
@@ -532,13 +535,7 @@ fn red_audio_reaches_viewers_with_and_without_red() {
     net.run(Duration::from_millis(300));
 
     let viewer_pts = |i: usize| {
-        let p = *net.clients[i]
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .unwrap();
+        let p = opus_of(&net.clients[i]);
         (*p.pt(), p.red().map(|r| *r))
     };
     let (_, Some(red)) = viewer_pts(with_red) else {
