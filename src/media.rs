@@ -218,11 +218,24 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(async move {
-                if let Err(e) = run(sockets, sfu, board, rx).await {
-                    tracing::error!("media runtime stopped: {e}");
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(run(sockets, sfu, board, rx))
+            }));
+            match ran {
+                // The HTTP side went away: the process is shutting down.
+                Ok(Ok(())) => {}
+                // Without the media thread every live is lost: say so and
+                // exit, so that a supervisor (systemd, Docker) restarts
+                // Vessel instead of leaving it up but mute.
+                Ok(Err(e)) => {
+                    tracing::error!("media runtime failed: {e}; exiting");
+                    std::process::exit(1);
                 }
-            });
+                Err(_) => {
+                    tracing::error!("media runtime panicked; exiting");
+                    std::process::exit(1);
+                }
+            }
         })?;
     Ok(MediaHandle { tx })
 }
