@@ -37,8 +37,17 @@ async fn run(config: Config) -> Result<(), String> {
             config.media
         )
     })?;
+    let mut sockets = sockets;
+    media::bind_tcp(&mut sockets).map_err(|e| {
+        format!(
+            "cannot listen for ICE-TCP on TCP port {}: {e} (the media port is used over UDP and TCP)",
+            config.media
+        )
+    })?;
     let board = Arc::new(LiveBoard::default());
-    let sfu = Sfu::new(SfuConfig::new(announced.clone()));
+    let mut sfu_config = SfuConfig::new(announced.clone());
+    sfu_config.ice_tcp = true;
+    let sfu = Sfu::new(sfu_config);
     let media = media::spawn(sockets, sfu, board.clone())
         .map_err(|e| format!("cannot start the media thread: {e}"))?;
 
@@ -61,7 +70,7 @@ async fn run(config: Config) -> Result<(), String> {
     let base = format!("http://{}", config.http);
     tracing::info!(
         "Vessel is running: open {base}/cast/demo to go live and {base}/play/demo to watch \
-         (WHIP: {base}/whip/demo, WHEP: {base}/whep/demo; media on udp {})",
+         (WHIP: {base}/whip/demo, WHEP: {base}/whep/demo; media on udp and tcp {})",
         announced
             .iter()
             .map(|a| a.to_string())

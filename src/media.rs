@@ -2,8 +2,9 @@
 //! the UDP sockets, the clock and the thread, and talks to the HTTP side
 //! through commands (in) and the [`LiveBoard`] (out).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,8 +140,18 @@ impl MediaHandle {
 /// A bound media socket and the candidate address its datagrams arrive at.
 pub struct MediaSocket {
     pub socket: UdpSocket,
+    /// The TCP twin on the same address and port (ICE-TCP, RFC 6544).
+    pub tcp: Option<TcpListener>,
     /// What str0m is told the destination was: the announced candidate.
     pub announced: SocketAddr,
+}
+
+/// Binds the TCP twin of every UDP media socket (same address, same port).
+pub fn bind_tcp(sockets: &mut [MediaSocket]) -> io::Result<()> {
+    for s in sockets {
+        s.tcp = Some(TcpListener::bind(s.socket.local_addr()?)?);
+    }
+    Ok(())
 }
 
 /// Binds the media sockets: `--media` itself, or, for an unspecified
@@ -174,6 +185,7 @@ pub fn bind(
         return Ok((
             vec![MediaSocket {
                 socket,
+                tcp: None,
                 announced: first,
             }],
             announced,
@@ -188,6 +200,7 @@ pub fn bind(
         port = local.port();
         sockets.push(MediaSocket {
             socket,
+            tcp: None,
             announced: local,
         });
     }
@@ -204,6 +217,9 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(256);
     for s in &sockets {
         s.socket.set_nonblocking(true)?;
+        if let Some(l) = &s.tcp {
+            l.set_nonblocking(true)?;
+        }
     }
     std::thread::Builder::new()
         .name("vessel-media".into())
@@ -251,18 +267,24 @@ async fn run(
     board: Arc<LiveBoard>,
     mut commands: mpsc::Receiver<Command>,
 ) -> io::Result<()> {
-    let sockets = sockets
-        .into_iter()
-        .map(|s| {
-            Ok(Socket {
-                socket: tokio::net::UdpSocket::from_std(s.socket)?,
-                announced: s.announced,
-            })
-        })
-        .collect::<io::Result<Vec<_>>>()?;
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(1024);
+    let mut udp = Vec::new();
+    for s in sockets {
+        if let Some(listener) = s.tcp {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(tcp::accept(listener, s.announced, tcp_tx.clone()));
+        }
+        udp.push(Socket {
+            socket: tokio::net::UdpSocket::from_std(s.socket)?,
+            announced: s.announced,
+        });
+    }
+    drop(tcp_tx);
+    let sockets = udp;
+    let mut tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
-        flush(&mut sfu, &sockets, &board).await;
+        flush(&mut sfu, &sockets, &tcp_conns, &board).await;
         let wake = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -285,6 +307,17 @@ async fn run(
                     }
                 }
             }
+            Some(event) = tcp_rx.recv() => match event {
+                TcpEvent::Open { peer, writer } => {
+                    tcp_conns.insert(peer, writer);
+                }
+                TcpEvent::Frame { peer, local, data } => {
+                    sfu.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
+                }
+                TcpEvent::Closed { peer } => {
+                    tcp_conns.remove(&peer);
+                }
+            },
             cmd = commands.recv() => match cmd {
                 Some(cmd) => handle(&mut sfu, cmd),
                 None => return Ok(()),
@@ -292,6 +325,133 @@ async fn run(
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         sfu.handle_timeout(Instant::now());
+    }
+}
+
+/// What the ICE-TCP connections tell the media loop.
+enum TcpEvent {
+    Open {
+        peer: SocketAddr,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    Frame {
+        peer: SocketAddr,
+        local: SocketAddr,
+        data: Vec<u8>,
+    },
+    Closed {
+        peer: SocketAddr,
+    },
+}
+
+/// ICE-TCP connections: RFC 4571 framing (a 16-bit length before each
+/// STUN, DTLS or SRTP packet) between a TCP stream and the media loop.
+mod tcp {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::sync::mpsc;
+
+    use super::TcpEvent;
+
+    /// Connections beyond this are refused: each costs two tasks.
+    const MAX_CONNECTIONS: usize = 4096;
+    /// A connection must say something (its ICE check) this soon.
+    const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
+    /// Frames queued towards one connection; beyond, frames are dropped
+    /// (as UDP would lose them) rather than let a slow reader grow memory.
+    const WRITE_QUEUE: usize = 512;
+
+    pub async fn accept(listener: TcpListener, local: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+        let open = std::sync::Arc::new(());
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("ICE-TCP accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if std::sync::Arc::strong_count(&open) > MAX_CONNECTIONS {
+                tracing::warn!(%peer, "too many ICE-TCP connections; refused");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+            if events.send(TcpEvent::Open { peer, writer }).await.is_err() {
+                return;
+            }
+            let guard = open.clone();
+            tokio::spawn(write_frames(write, queue));
+            let events = events.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                read_frames(read, peer, local, &events).await;
+                let _ = events.send(TcpEvent::Closed { peer }).await;
+            });
+        }
+    }
+
+    async fn read_frames(
+        mut read: OwnedReadHalf,
+        peer: SocketAddr,
+        local: SocketAddr,
+        events: &mpsc::Sender<TcpEvent>,
+    ) {
+        let mut first = true;
+        loop {
+            let len = if first {
+                first = false;
+                match tokio::time::timeout(FIRST_FRAME_WITHIN, read.read_u16()).await {
+                    Ok(Ok(len)) => len,
+                    _ => return,
+                }
+            } else {
+                match read.read_u16().await {
+                    Ok(len) => len,
+                    Err(_) => return,
+                }
+            };
+            let mut data = vec![0u8; len as usize];
+            if read.read_exact(&mut data).await.is_err() {
+                return;
+            }
+            let frame = TcpEvent::Frame { peer, local, data };
+            if events.send(frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn write_frames(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+        while let Some(frame) = queue.recv().await {
+            if write.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `packet` with its RFC 4571 length prefix.
+    pub fn frame(packet: &[u8]) -> Option<Vec<u8>> {
+        let len = u16::try_from(packet.len()).ok()?;
+        let mut f = Vec::with_capacity(packet.len() + 2);
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend_from_slice(packet);
+        Some(f)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn frames_carry_a_big_endian_length() {
+            assert_eq!(super::frame(&[7, 8, 9]), Some(vec![0, 3, 7, 8, 9]));
+            assert_eq!(super::frame(&vec![0; 70_000]), None, "no frame over 64 KiB");
+        }
     }
 }
 
@@ -334,8 +494,22 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
     }
 }
 
-async fn flush(sfu: &mut Sfu, sockets: &[Socket], board: &LiveBoard) {
+async fn flush(
+    sfu: &mut Sfu,
+    sockets: &[Socket],
+    tcp_conns: &HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    board: &LiveBoard,
+) {
     while let Some(t) = sfu.poll_transmit() {
+        if t.proto == Protocol::Tcp {
+            if let (Some(conn), Some(frame)) =
+                (tcp_conns.get(&t.destination), tcp::frame(&t.contents))
+            {
+                // A full queue drops the packet, as a congested UDP path would.
+                let _ = conn.try_send(frame);
+            }
+            continue;
+        }
         let socket = sockets
             .iter()
             .find(|s| s.announced == t.source)

@@ -142,6 +142,11 @@ fn answers_suit_non_trickle_and_ssrc_routing_clients() {
             "{who} answer has candidates:\n{answer}"
         );
         assert!(answer.contains("a=ice-lite"), "{who} answer says ice-lite");
+        // ICE-TCP (RFC 6544) for networks that block UDP.
+        assert!(
+            answer.contains(" tcp ") && answer.contains("tcptype passive"),
+            "{who} answer has a passive TCP candidate:\n{answer}"
+        );
     }
     // libdatachannel-based players route by SSRC: every m-line Vessel sends
     // on must announce its SSRCs.

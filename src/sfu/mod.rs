@@ -27,7 +27,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::ice::StunMessage;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, IceCreds, Input, Output, RtcConfig};
 
 use layer::Preference;
@@ -80,6 +80,9 @@ impl fmt::Display for Role {
 pub struct SfuConfig {
     /// Addresses announced as ICE host candidates (the media port).
     pub candidates: Vec<SocketAddr>,
+    /// Also announce each address as a passive ICE-TCP candidate (the
+    /// runtime listens on the same port over TCP).
+    pub ice_tcp: bool,
     /// Minimum spacing of keyframe requests to a caster.
     pub keyframe_interval: Duration,
     /// A session whose ICE/DTLS is not up by then is dropped.
@@ -93,6 +96,7 @@ impl SfuConfig {
     pub fn new(candidates: Vec<SocketAddr>) -> Self {
         Self {
             candidates,
+            ice_tcp: false,
             keyframe_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(20),
             initial_estimate: 1_500_000,
@@ -207,6 +211,18 @@ impl Sfu {
         for addr in &self.config.candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
                 rtc.add_local_candidate(c);
+            }
+            // ICE-TCP (RFC 6544): the media port's TCP twin, for networks
+            // that block UDP. Browsers prefer the UDP candidate when both work.
+            if self.config.ice_tcp {
+                let tcp = Candidate::builder()
+                    .tcp()
+                    .host(*addr)
+                    .tcptype(TcpType::Passive)
+                    .build();
+                if let Ok(c) = tcp {
+                    rtc.add_local_candidate(c);
+                }
             }
         }
         // str0m may panic on SDP it does not expect; a client's offer must

@@ -149,10 +149,24 @@ export class ViewerNetns {
     await this.exec('nft', ['delete', 'table', 'inet', 'vessel_loss']).catch(() => {});
   }
 
+  /** Drops every UDP packet the viewer receives: only TCP gets through. */
+  async blockUdp() {
+    await this.unblockUdp();
+    await this.exec('nft', ['add', 'table', 'inet', 'vessel_noudp']);
+    await this.exec('nft', ['add', 'chain', 'inet', 'vessel_noudp', 'in', '{ type filter hook input priority 0; }']);
+    await this.exec('nft', ['add', 'rule', 'inet', 'vessel_noudp', 'in', 'meta', 'l4proto', 'udp', 'counter', 'drop']);
+    this.log('dropping all UDP the viewer receives');
+  }
+
+  async unblockUdp() {
+    await this.exec('nft', ['delete', 'table', 'inet', 'vessel_noudp']).catch(() => {});
+  }
+
   /** Removes shaping and loss, the veth pair, and ends the namespace's holder. */
   async close() {
     await this.unthrottle().catch(() => {});
     if (this.pid) await this.removeLoss().catch(() => {});
+    if (this.pid) await this.unblockUdp().catch(() => {});
     await run('ip', ['link', 'del', HOST_DEV]).catch(() => {});
     if (this.holder && this.holder.exitCode === null) {
       this.holder.stdin.end();

@@ -183,6 +183,44 @@ test('p: with 5 % random loss on its path, a viewer keeps decoding (freezes, NAC
   });
 });
 
+test('t: a viewer on a network that drops all UDP plays over ICE-TCP; others keep UDP', { timeout: 90000 }, (t) => {
+  if (!env.ns) return t.skip(env.nsReason);
+  if (env.nftReason) return t.skip(env.nftReason);
+  return h.diagnose(async () => {
+    await sharedCaster();
+    await env.ns.blockUdp();
+    try {
+      const viewer = await openViewer(h, live, { name: 'UDP-blocked viewer', browser: env.nsBrowser, base: env.nsUrl, width: 0 });
+      await viewer.page.bringToFront();
+      const pair = await selectedPair(viewer.page);
+      h.note(`UDP-blocked viewer's candidate pair: ${JSON.stringify(pair)}`);
+      assert.equal(pair.protocol, 'tcp', `selected candidate pair runs over TCP: ${JSON.stringify(pair)}`);
+      const free = await openViewer(h, live, { name: 'viewer with UDP', width: 0 });
+      const freePair = await selectedPair(free.page);
+      assert.equal(freePair.protocol, 'udp', `UDP is preferred when it works: ${JSON.stringify(freePair)}`);
+      await h.closePage(viewer.page);
+      await h.closePage(free.page);
+    } finally {
+      await env.ns.unblockUdp();
+    }
+  });
+});
+
+/** The protocol and addresses of the candidate pair a page's player uses. */
+async function selectedPair(page) {
+  return page.evaluate(async () => {
+    const stats = await window.vesselPlayer.pc.getStats();
+    let pair;
+    stats.forEach((r) => {
+      if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+    });
+    if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
+    const local = pair && stats.get(pair.localCandidateId);
+    const remote = pair && stats.get(pair.remoteCandidateId);
+    return { protocol: remote?.protocol, remote: remote && `${remote.address}:${remote.port}`, local: local && `${local.protocol} ${local.candidateType}` };
+  });
+}
+
 test('q: join → first decoded frame, with the caster already live', { timeout: 60000 }, () =>
   h.diagnose(async () => {
     await sharedCaster();
