@@ -149,6 +149,33 @@ export class ViewerNetns {
     await this.exec('nft', ['delete', 'table', 'inet', 'vessel_loss']).catch(() => {});
   }
 
+  /**
+   * Puts the viewer behind a NAT that picks a random source port for every new flow
+   * (nft `masquerade fully-random` on its way out), the kind that defeats port prediction.
+   */
+  async natFullyRandom() {
+    await this.removeNat();
+    await this.exec('nft', ['add', 'table', 'ip', 'vessel_nat']);
+    await this.exec('nft', ['add', 'chain', 'ip', 'vessel_nat', 'post', '{ type nat hook postrouting priority 100; }']);
+    await this.exec('nft', ['add', 'rule', 'ip', 'vessel_nat', 'post', 'oifname', VIEWER_DEV, 'counter', 'masquerade', 'fully-random']);
+    this.log('viewer behind masquerade fully-random');
+  }
+
+  /** Packets the NAT rule has rewritten so far (null if none). */
+  async natted() {
+    try {
+      const { stdout } = await this.exec('nft', ['list', 'table', 'ip', 'vessel_nat']);
+      const m = stdout.match(/counter packets (\d+)/);
+      return m ? Number(m[1]) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async removeNat() {
+    await this.exec('nft', ['delete', 'table', 'ip', 'vessel_nat']).catch(() => {});
+  }
+
   /** Drops every UDP packet the viewer receives: only TCP gets through. */
   async blockUdp() {
     await this.unblockUdp();
@@ -167,6 +194,7 @@ export class ViewerNetns {
     await this.unthrottle().catch(() => {});
     if (this.pid) await this.removeLoss().catch(() => {});
     if (this.pid) await this.unblockUdp().catch(() => {});
+    if (this.pid) await this.removeNat().catch(() => {});
     await run('ip', ['link', 'del', HOST_DEV]).catch(() => {});
     if (this.holder && this.holder.exitCode === null) {
       this.holder.stdin.end();

@@ -206,6 +206,26 @@ test('t: a viewer on a network that drops all UDP plays over ICE-TCP; others kee
   });
 });
 
+test('u: a viewer behind a NAT with fully random ports (nft masquerade fully-random) plays', { timeout: 90000 }, (t) => {
+  if (!env.ns) return t.skip(env.nsReason);
+  if (env.nftReason) return t.skip(env.nftReason);
+  return h.diagnose(async () => {
+    await sharedCaster();
+    await env.ns.natFullyRandom();
+    try {
+      const viewer = await openViewer(h, live, { name: 'viewer behind NAT', browser: env.nsBrowser, base: env.nsUrl, width: 0 });
+      const natted = await env.ns.natted();
+      assert.ok(natted > 0, `the NAT rewrote the viewer's flows (${natted} packets)`);
+      const pair = await selectedPair(viewer.page);
+      h.note(`NATed viewer's candidate pair: ${JSON.stringify(pair)}`);
+      assert.equal(pair.protocol, 'udp', `plays over UDP through the NAT: ${JSON.stringify(pair)}`);
+      await h.closePage(viewer.page);
+    } finally {
+      await env.ns.removeNat();
+    }
+  });
+});
+
 /** The protocol and addresses of the candidate pair a page's player uses. */
 async function selectedPair(page) {
   return page.evaluate(async () => {
