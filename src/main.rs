@@ -31,19 +31,14 @@ async fn main() {
 async fn run(config: Config) -> Result<(), String> {
     str0m::crypto::from_feature_flags().install_process_default();
 
-    let (sockets, announced) = media::bind(config.media, &config.announced_media_addrs()).map_err(|e| {
-        format!(
-            "cannot bind the media port {}: {e} (is another Vessel running? choose another with --media)",
-            config.media
-        )
-    })?;
-    let mut sockets = sockets;
-    media::bind_tcp(&mut sockets).map_err(|e| {
-        format!(
-            "cannot listen for ICE-TCP on TCP port {}: {e} (the media port is used over UDP and TCP)",
-            config.media
-        )
-    })?;
+    let (sockets, announced) =
+        media::bind_udp_and_tcp(config.media, &config.announced_media_addrs()).map_err(|e| {
+            format!(
+                "cannot bind the media port {} (UDP, and TCP for ICE-TCP): {e} \
+                 (is another Vessel running? choose another with --media)",
+                config.media
+            )
+        })?;
     let board = Arc::new(LiveBoard::default());
     let mut sfu_config = SfuConfig::new(announced.clone());
     sfu_config.ice_tcp = true;

@@ -154,6 +154,23 @@ pub fn bind_tcp(sockets: &mut [MediaSocket]) -> io::Result<()> {
     Ok(())
 }
 
+/// Binds the media port over UDP and TCP. With port 0, tries ports until
+/// one is free for both (the system picks UDP ports without a look at TCP).
+pub fn bind_udp_and_tcp(
+    media: SocketAddr,
+    announced: &[SocketAddr],
+) -> io::Result<(Vec<MediaSocket>, Vec<SocketAddr>)> {
+    let mut attempts = if media.port() == 0 { 20 } else { 1 };
+    loop {
+        let (mut sockets, announced) = bind(media, announced)?;
+        match bind_tcp(&mut sockets) {
+            Ok(()) => return Ok((sockets, announced)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts > 1 => attempts -= 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Binds the media sockets: `--media` itself, or, for an unspecified
 /// address, one socket per announced interface address, so every datagram's
 /// destination is known without IP_PKTINFO. Returns the sockets and the
