@@ -147,7 +147,7 @@ pub struct MediaSocket {
 }
 
 /// Binds the TCP twin of every UDP media socket (same address, same port).
-pub fn bind_tcp(sockets: &mut [MediaSocket]) -> io::Result<()> {
+fn bind_tcp(sockets: &mut [MediaSocket]) -> io::Result<()> {
     for s in sockets {
         s.tcp = Some(TcpListener::bind(s.socket.local_addr()?)?);
     }
@@ -175,7 +175,7 @@ pub fn bind_udp_and_tcp(
 /// address, one socket per announced interface address, so every datagram's
 /// destination is known without IP_PKTINFO. Returns the sockets and the
 /// addresses to announce, with the port actually bound (for `--media :0`).
-pub fn bind(
+fn bind(
     media: SocketAddr,
     announced: &[SocketAddr],
 ) -> io::Result<(Vec<MediaSocket>, Vec<SocketAddr>)> {

@@ -81,10 +81,6 @@ pub struct LayerSelector {
 }
 
 impl LayerSelector {
-    pub fn preference(&self) -> Preference {
-        self.preference
-    }
-
     pub fn set_preference(&mut self, p: Preference) {
         self.preference = p;
         self.up_since = None;

@@ -20,7 +20,6 @@ const WINDOW: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct InLayer {
     pub ssrc: Ssrc,
-    pub rid: Option<Rid>,
     /// Order before enough has been measured: from the rid's name.
     hint: u32,
     pub keyframes: KeyframeGate,
@@ -69,7 +68,6 @@ impl Layers {
                 new = true;
                 self.layers.push(InLayer {
                     ssrc,
-                    rid,
                     hint: rid_hint(rid, self.layers.len()),
                     keyframes: KeyframeGate::new(self.keyframe_interval),
                     last_packet: now,
@@ -95,10 +93,6 @@ impl Layers {
 
     pub fn get_mut(&mut self, ssrc: u32) -> Option<&mut InLayer> {
         self.layers.iter_mut().find(|l| *l.ssrc == ssrc)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
     }
 
     /// Re-sorts by measured bitrate and returns true when what viewers see
