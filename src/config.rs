@@ -1,8 +1,12 @@
 //! Command-line flags and their `VESSEL_*` environment twins.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::Parser;
+
+use crate::turn::Cidr;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -36,6 +40,182 @@ pub struct Config {
         default_value = "*"
     )]
     pub cors_origin: Vec<String>,
+
+    #[command(flatten)]
+    pub turn: TurnFlags,
+}
+
+/// The built-in STUN/TURN server.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "STUN/TURN")]
+pub struct TurnFlags {
+    /// STUN/TURN listen address, UDP and TCP (port 0: any free port).
+    #[arg(long = "turn", env = "VESSEL_TURN", default_value = "127.0.0.1:3478")]
+    pub listen: SocketAddr,
+
+    /// Run without the STUN/TURN server (clients get no ICE servers).
+    #[arg(long = "no-turn", env = "VESSEL_NO_TURN")]
+    pub disabled: bool,
+
+    /// Host (and port) announced in TURN URLs, e.g. turn.example.com or
+    /// 203.0.113.7:3478. Default: the --turn address, or the first announced
+    /// media address when --turn is 0.0.0.0.
+    #[arg(long = "turn-public-addr", env = "VESSEL_TURN_PUBLIC_ADDR")]
+    pub public_addr: Option<String>,
+
+    /// Shared secret of the TURN REST API credentials. Default: a random one
+    /// per run, logged at start.
+    #[arg(
+        long = "turn-secret",
+        env = "VESSEL_TURN_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+
+    /// A static TURN user `name:password` (repeatable), e.g. for testing.
+    #[arg(
+        long = "turn-user",
+        env = "VESSEL_TURN_USER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub users: Vec<String>,
+
+    /// How long minted TURN credentials may start new allocations, seconds.
+    #[arg(
+        long = "turn-credential-ttl",
+        env = "VESSEL_TURN_CREDENTIAL_TTL",
+        default_value_t = 86_400
+    )]
+    pub credential_ttl: u64,
+
+    /// PEM certificate chain for TURN over TLS (turns:).
+    #[arg(
+        long = "turn-tls-cert",
+        env = "VESSEL_TURN_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TURN over TLS.
+    #[arg(
+        long = "turn-tls-key",
+        env = "VESSEL_TURN_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// TURN-over-TLS listen address. Default: the --turn IP, port 5349.
+    #[arg(long = "turn-tls", env = "VESSEL_TURN_TLS")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// IP that relay sockets use and announce. Default: the --turn IP, or the
+    /// first announced media address when --turn is 0.0.0.0.
+    #[arg(long = "turn-relay-ip", env = "VESSEL_TURN_RELAY_IP")]
+    pub relay_ip: Option<IpAddr>,
+
+    /// Peers that relays may also reach, as CIDR (repeatable). By default
+    /// relays reach only Vessel's own media address. Private, loopback and
+    /// link-local addresses open only when named by a range inside them.
+    #[arg(
+        long = "turn-allow-peer",
+        env = "VESSEL_TURN_ALLOW_PEER",
+        value_delimiter = ','
+    )]
+    pub allow_peer: Vec<Cidr>,
+
+    /// TURN realm.
+    #[arg(
+        long = "turn-realm",
+        env = "VESSEL_TURN_REALM",
+        default_value = "vessel"
+    )]
+    pub realm: String,
+
+    /// Allocations one TURN username may hold at once.
+    #[arg(
+        long = "turn-user-quota",
+        env = "VESSEL_TURN_USER_QUOTA",
+        default_value_t = 16
+    )]
+    pub user_quota: usize,
+
+    /// Allocations the TURN server may hold in total.
+    #[arg(
+        long = "turn-total-quota",
+        env = "VESSEL_TURN_TOTAL_QUOTA",
+        default_value_t = 2000
+    )]
+    pub total_quota: usize,
+
+    /// Relayed bits per second per allocation (0: no limit).
+    #[arg(
+        long = "turn-max-bitrate",
+        env = "VESSEL_TURN_MAX_BITRATE",
+        default_value_t = 20_000_000
+    )]
+    pub max_bitrate: u64,
+
+    /// Longest allocation lifetime a client may request, seconds.
+    #[arg(
+        long = "turn-max-lifetime",
+        env = "VESSEL_TURN_MAX_LIFETIME",
+        default_value_t = 3600
+    )]
+    pub max_lifetime: u64,
+}
+
+impl TurnFlags {
+    /// The IP relays use, given the media addresses announced to clients.
+    pub fn relay_ip(&self, announced_media: &[SocketAddr]) -> IpAddr {
+        self.relay_ip
+            .unwrap_or_else(|| self.concrete_ip(announced_media))
+    }
+
+    /// `host:port` for TURN URLs, given the port actually bound.
+    pub fn public_host(&self, port: u16, announced_media: &[SocketAddr]) -> String {
+        match &self.public_addr {
+            Some(addr)
+                if addr.contains(':')
+                    && !addr.starts_with('[')
+                    && addr.parse::<IpAddr>().is_ok() =>
+            {
+                format!("[{addr}]:{port}") // a bare IPv6 address
+            }
+            Some(addr)
+                if addr
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+            {
+                addr.clone()
+            }
+            Some(host) => format!("{host}:{port}"),
+            None => SocketAddr::new(self.concrete_ip(announced_media), port).to_string(),
+        }
+    }
+
+    fn concrete_ip(&self, announced_media: &[SocketAddr]) -> IpAddr {
+        if !self.listen.ip().is_unspecified() {
+            return self.listen.ip();
+        }
+        announced_media
+            .iter()
+            .map(|a| a.ip())
+            .find(|ip| ip.is_ipv4() == self.listen.is_ipv4())
+            .unwrap_or(self.listen.ip())
+    }
+
+    /// Static users from `name:password` pairs.
+    pub fn static_users(&self) -> Result<HashMap<String, String>, String> {
+        self.users
+            .iter()
+            .map(|u| {
+                u.split_once(':')
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+                    .ok_or_else(|| format!("--turn-user `{u}` must be name:password"))
+            })
+            .collect()
+    }
 }
 
 impl Config {
@@ -82,6 +262,54 @@ mod tests {
         assert_eq!(c.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.media, "127.0.0.1:8189".parse().unwrap());
         assert_eq!(c.announced_media_addrs(), vec![c.media]);
+    }
+
+    #[test]
+    fn turn_defaults_to_loopback_3478() {
+        let c = Config::try_parse_from(["vessel"]).unwrap();
+        let media = c.announced_media_addrs();
+        assert_eq!(c.turn.listen, "127.0.0.1:3478".parse().unwrap());
+        assert_eq!(c.turn.public_host(3478, &media), "127.0.0.1:3478");
+        assert_eq!(
+            c.turn.relay_ip(&media),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn turn_public_addr_forms() {
+        let parse = |a: &str| {
+            Config::try_parse_from(["vessel", "--turn-public-addr", a])
+                .unwrap()
+                .turn
+                .public_host(3478, &[])
+        };
+        assert_eq!(parse("turn.example.com"), "turn.example.com:3478");
+        assert_eq!(parse("turn.example.com:443"), "turn.example.com:443");
+        assert_eq!(parse("203.0.113.7"), "203.0.113.7:3478");
+        assert_eq!(parse("2001:db8::1"), "[2001:db8::1]:3478");
+        assert_eq!(parse("[2001:db8::1]:3479"), "[2001:db8::1]:3479");
+    }
+
+    #[test]
+    fn turn_on_all_interfaces_announces_the_media_ip() {
+        let c = Config::try_parse_from(["vessel", "--turn", "0.0.0.0:3478"]).unwrap();
+        let media = vec!["198.51.100.4:8189".parse().unwrap()];
+        assert_eq!(c.turn.public_host(3478, &media), "198.51.100.4:3478");
+        assert_eq!(
+            c.turn.relay_ip(&media),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_turn_flags_are_refused_with_the_flag_named() {
+        let e = Config::try_parse_from(["vessel", "--turn-allow-peer", "10.0.0.0/40"]).unwrap_err();
+        assert!(e.to_string().contains("--turn-allow-peer"), "{e}");
+        let e = Config::try_parse_from(["vessel", "--turn-tls-cert", "c.pem"]).unwrap_err();
+        assert!(e.to_string().contains("--turn-tls-key"), "{e}");
+        let c = Config::try_parse_from(["vessel", "--turn-user", "nopassword"]).unwrap();
+        assert!(c.turn.static_users().unwrap_err().contains("name:password"));
     }
 
     #[test]

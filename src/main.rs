@@ -1,16 +1,19 @@
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use vessel::board::LiveBoard;
-use vessel::config::Config;
+use vessel::config::{Config, TurnFlags};
 use vessel::http::{AppState, router};
 use vessel::media;
 use vessel::sfu::{Sfu, SfuConfig};
+use vessel::turn::runtime::TurnSockets;
+use vessel::turn::{self, Credentials, IceServers, PeerPolicy, Quota, TurnConfig, TurnServer};
 
 #[tokio::main]
 async fn main() {
@@ -46,6 +49,12 @@ async fn run(config: Config) -> Result<(), String> {
     let media = media::spawn(sockets, sfu, board.clone())
         .map_err(|e| format!("cannot start the media thread: {e}"))?;
 
+    let ice = if config.turn.disabled {
+        None
+    } else {
+        Some(start_turn(&config.turn, &announced)?)
+    };
+
     let listener = TcpListener::bind(config.http).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e} (choose another address with --http)",
@@ -59,6 +68,7 @@ async fn run(config: Config) -> Result<(), String> {
             media,
             board,
             shutdown: shutdown_rx,
+            ice: ice.clone(),
         },
         &config.cors_origin,
     );
@@ -72,6 +82,17 @@ async fn run(config: Config) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(ice) = &ice {
+        tracing::info!(
+            "STUN/TURN on udp and tcp {}{}; clients get credentials from the WHIP/WHEP \
+             answers and {base}/api/ice-servers",
+            ice.host,
+            ice.tls_host
+                .as_ref()
+                .map(|h| format!(", TLS {h}"))
+                .unwrap_or_default()
+        );
+    }
     let stopping = async move {
         shutdown().await;
         let _ = shutdown_tx.send(true);
@@ -90,6 +111,72 @@ async fn run(config: Config) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Binds and starts the STUN/TURN server; returns what clients are told.
+fn start_turn(flags: &TurnFlags, announced: &[SocketAddr]) -> Result<Arc<IceServers>, String> {
+    let secret = flags.secret.clone().unwrap_or_else(|| {
+        let secret = Credentials::generate_secret();
+        tracing::info!(
+            "TURN secret for this run: {secret} (set --turn-secret or VESSEL_TURN_SECRET \
+             to keep TURN credentials valid across restarts)"
+        );
+        secret
+    });
+    let credentials = Credentials::new(secret, flags.static_users()?);
+    let tls = match (&flags.tls_cert, &flags.tls_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = turn::runtime::load_tls(cert, key)?;
+            let addr = flags
+                .tls_listen
+                .unwrap_or_else(|| SocketAddr::new(flags.listen.ip(), 5349));
+            Some((addr, acceptor))
+        }
+        _ => None,
+    };
+    let tls_wanted = tls.as_ref().map(|(a, _)| *a);
+    let sockets = TurnSockets::bind(flags.listen, tls).map_err(|e| {
+        format!(
+            "cannot bind the STUN/TURN port {} (UDP and TCP){}: {e} (is coturn or another \
+             Vessel running? choose another address with --turn, or run without TURN with --no-turn)",
+            flags.listen,
+            tls_wanted.map(|a| format!(" or TLS {a}")).unwrap_or_default()
+        )
+    })?;
+    let port = sockets
+        .local_addr()
+        .map_err(|e| format!("TURN socket: {e}"))?
+        .port();
+    let relay_ip = flags.relay_ip(announced);
+    let quota = Quota {
+        per_user: flags.user_quota,
+        total: flags.total_quota,
+        max_bitrate: flags.max_bitrate,
+        max_lifetime: Duration::from_secs(flags.max_lifetime),
+    };
+    let config = TurnConfig {
+        realm: flags.realm.clone(),
+        credentials: credentials.clone(),
+        policy: PeerPolicy::new(announced.to_vec(), flags.allow_peer.clone()),
+        quota,
+        relay_ipv6: relay_ip.is_ipv6(),
+    };
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let host = flags.public_host(port, announced);
+    let tls_host = sockets
+        .tls_addr()
+        .map(|a| flags.public_host(a.port(), announced));
+    let server = TurnServer::new(config, Instant::now(), unix_now);
+    turn::runtime::spawn(sockets, server, relay_ip)
+        .map_err(|e| format!("cannot start the TURN thread: {e}"))?;
+    Ok(Arc::new(IceServers {
+        host,
+        tls_host,
+        credentials,
+        ttl: Duration::from_secs(flags.credential_ttl),
+    }))
 }
 
 async fn shutdown() {

@@ -1,5 +1,6 @@
-//! The JSON API: lives on air, one live's state, and a live's state as
-//! server-sent events (what the pages use to show on air / viewers).
+//! The JSON API: lives on air, one live's state, a live's state as
+//! server-sent events (what the pages use to show on air / viewers), and the
+//! ICE servers for SDKs.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,6 +23,18 @@ pub fn routes() -> Router<AppState> {
         .route("/api/lives", get(lives))
         .route("/api/lives/{live}", get(live))
         .route("/api/lives/{live}/events", get(events))
+        .route("/api/ice-servers", get(ice_servers))
+}
+
+/// An `RTCConfiguration` fragment: `new RTCPeerConnection(await r.json())`.
+/// TURN credentials are minted per request; never cache the response.
+async fn ice_servers(State(state): State<AppState>) -> Response {
+    let servers = state.ice.as_ref().map(|i| i.issue()).unwrap_or_default();
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "iceServers": servers })),
+    )
+        .into_response()
 }
 
 async fn lives(State(state): State<AppState>) -> Response {

@@ -14,6 +14,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::board::LiveBoard;
 use crate::media::MediaHandle;
+use crate::turn::IceServers;
 
 pub use error::ApiError;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Turns true when the server is shutting down: long-lived responses
     /// (event streams) end so that the graceful shutdown can finish.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The STUN/TURN servers handed to clients; `None` without `--turn`.
+    pub ice: Option<Arc<IceServers>>,
 }
 
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {

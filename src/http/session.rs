@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::{ApiError, AppState, valid_live_name};
 use crate::sfu::layer::Preference;
 use crate::sfu::{PeerId, Role};
+use crate::turn::ice_servers::link_headers;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -153,6 +154,14 @@ async fn offer(
             let link = format!("<{location}/layer>; rel=\"{LAYER_REL}\"");
             if let Ok(v) = header::HeaderValue::from_str(&link) {
                 headers.append(header::LINK, v);
+            }
+        }
+        // RFC 9725 §4.6: the ICE servers, with fresh TURN credentials.
+        if let Some(ice) = &state.ice {
+            for link in link_headers(&ice.issue()) {
+                if let Ok(v) = header::HeaderValue::from_str(&link) {
+                    headers.append(header::LINK, v);
+                }
             }
         }
         if let Ok(v) = header::HeaderValue::from_str(&location) {

@@ -1,0 +1,472 @@
+//! The TURN server's IO shell: UDP, TCP and TLS listeners, a UDP socket per
+//! relay, and a one-second tick, all on one thread. Every socket task hands
+//! what it reads straight to the [`TurnServer`] (no channel hop) and then
+//! performs the [`Output`]s it returns.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stun_types::message::MessageHeader;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use turn_types::channel::ChannelData;
+
+use super::server::TurnStats;
+use super::{ClientKey, Output, Transport, TurnServer};
+
+/// Stream clients beyond this are refused.
+const MAX_STREAMS: usize = 4096;
+/// A stream client must complete TLS and send its first message this soon.
+const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
+/// Frames queued towards one stream client; beyond, frames are dropped as
+/// UDP would lose them, rather than let a slow reader grow memory.
+const WRITE_QUEUE: usize = 512;
+/// Larger than any STUN message or ChannelData (64 KiB + header).
+const MAX_FRAME: usize = 65_536 + 20;
+
+/// The bound listeners, before the thread starts.
+pub struct TurnSockets {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, TlsAcceptor)>,
+}
+
+impl TurnSockets {
+    /// Binds UDP and TCP on `addr` (the same port, also for port 0) and, when
+    /// given, the TLS listener.
+    pub fn bind(addr: SocketAddr, tls: Option<(SocketAddr, TlsAcceptor)>) -> io::Result<Self> {
+        let mut attempts = if addr.port() == 0 { 20 } else { 1 };
+        let (udp, tcp) = loop {
+            let udp = std::net::UdpSocket::bind(addr)?;
+            match std::net::TcpListener::bind(udp.local_addr()?) {
+                Ok(tcp) => break (udp, tcp),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts > 1 => attempts -= 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let tls = match tls {
+            Some((addr, acceptor)) => Some((std::net::TcpListener::bind(addr)?, acceptor)),
+            None => None,
+        };
+        Ok(Self { udp, tcp, tls })
+    }
+
+    /// The UDP and TCP address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+}
+
+/// Reads a PEM certificate chain and private key for TURN over TLS.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate chain {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| format!("unusable TLS certificate or key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Shared view of the TURN server for the rest of Vessel (metrics, logs).
+#[derive(Clone, Default)]
+pub struct TurnHandle {
+    stats: Arc<Mutex<TurnStats>>,
+}
+
+impl TurnHandle {
+    /// As of the last tick (at most a second old).
+    pub fn stats(&self) -> TurnStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts the TURN thread. Relay sockets bind to `relay_ip` (or, when that
+/// address is not local, e.g. a 1:1 NAT's public IP, to every interface
+/// while `relay_ip` is still what clients are told).
+pub fn spawn(sockets: TurnSockets, server: TurnServer, relay_ip: IpAddr) -> io::Result<TurnHandle> {
+    sockets.udp.set_nonblocking(true)?;
+    sockets.tcp.set_nonblocking(true)?;
+    if let Some((l, _)) = &sockets.tls {
+        l.set_nonblocking(true)?;
+    }
+    let handle = TurnHandle::default();
+    let stats = handle.stats.clone();
+    std::thread::Builder::new()
+        .name("vessel-turn".into())
+        .spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, run(sockets, server, relay_ip, stats))
+            }));
+            // Without TURN some viewers silently cannot connect: exit so a
+            // supervisor restarts Vessel, as for the media thread.
+            match ran {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("TURN runtime failed: {e}; exiting");
+                    std::process::exit(1);
+                }
+                Err(_) => {
+                    tracing::error!("TURN runtime panicked; exiting");
+                    std::process::exit(1);
+                }
+            }
+        })?;
+    Ok(handle)
+}
+
+struct Core {
+    server: TurnServer,
+    udp: Rc<UdpSocket>,
+    streams: HashMap<ClientKey, mpsc::Sender<Vec<u8>>>,
+    relays: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
+    relay_ip: IpAddr,
+}
+
+type Shared = Rc<RefCell<Core>>;
+
+async fn run(
+    sockets: TurnSockets,
+    server: TurnServer,
+    relay_ip: IpAddr,
+    stats: Arc<Mutex<TurnStats>>,
+) -> io::Result<()> {
+    let listen = sockets.udp.local_addr()?;
+    let udp = Rc::new(UdpSocket::from_std(sockets.udp)?);
+    let shared: Shared = Rc::new(RefCell::new(Core {
+        server,
+        udp: udp.clone(),
+        streams: HashMap::new(),
+        relays: HashMap::new(),
+        relay_ip,
+    }));
+    let tcp = TcpListener::from_std(sockets.tcp)?;
+    tokio::task::spawn_local(accept(shared.clone(), tcp, None));
+    if let Some((l, acceptor)) = sockets.tls {
+        tokio::task::spawn_local(accept(
+            shared.clone(),
+            TcpListener::from_std(l)?,
+            Some(acceptor),
+        ));
+    }
+    let ticker = shared.clone();
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now_stats = {
+                let mut core = ticker.borrow_mut();
+                core.server.handle_timeout(Instant::now());
+                core.server.stats()
+            };
+            *stats.lock().unwrap_or_else(|e| e.into_inner()) = now_stats;
+            drive(&ticker);
+        }
+    });
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, remote) = match udp.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::trace!("TURN udp recv: {e}");
+                continue;
+            }
+        };
+        let client = ClientKey {
+            transport: Transport::Udp,
+            listen,
+            remote,
+        };
+        shared
+            .borrow_mut()
+            .server
+            .handle_client(client, &buf[..n], Instant::now());
+        drive(&shared);
+    }
+}
+
+/// Performs everything the server asked for.
+fn drive(shared: &Shared) {
+    loop {
+        let Some(out) = shared.borrow_mut().server.poll_output() else {
+            return;
+        };
+        match out {
+            Output::ToClient { client, data } => {
+                let core = shared.borrow();
+                if client.transport == Transport::Udp {
+                    // A full socket buffer loses the datagram, as the network could.
+                    let _ = core.udp.try_send_to(&data, client.remote);
+                } else if let Some(tx) = core.streams.get(&client) {
+                    let _ = tx.try_send(data);
+                }
+            }
+            Output::ToPeer { relay, peer, data } => {
+                if let Some((socket, _)) = shared.borrow().relays.get(&relay) {
+                    let _ = socket.try_send_to(&data, peer);
+                }
+            }
+            Output::BindRelay { token } => {
+                let relay_ip = shared.borrow().relay_ip;
+                let bound = bind_relay(relay_ip);
+                let result = match bound {
+                    Ok((socket, addr)) => {
+                        let socket = Rc::new(socket);
+                        let task =
+                            tokio::task::spawn_local(relay(shared.clone(), socket.clone(), addr));
+                        shared
+                            .borrow_mut()
+                            .relays
+                            .insert(addr, (socket, task.abort_handle()));
+                        Ok(addr)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                shared
+                    .borrow_mut()
+                    .server
+                    .relay_bound(token, result, Instant::now());
+            }
+            Output::ReleaseRelay { relay } => {
+                if let Some((_, task)) = shared.borrow_mut().relays.remove(&relay) {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+fn bind_relay(ip: IpAddr) -> io::Result<(UdpSocket, SocketAddr)> {
+    let socket = match std::net::UdpSocket::bind((ip, 0)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+            let any: IpAddr = if ip.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            std::net::UdpSocket::bind((any, 0))?
+        }
+        Err(e) => return Err(e),
+    };
+    socket.set_nonblocking(true)?;
+    let addr = SocketAddr::new(ip, socket.local_addr()?.port());
+    Ok((UdpSocket::from_std(socket)?, addr))
+}
+
+/// Reads what peers send to one relay address.
+async fn relay(shared: Shared, socket: Rc<UdpSocket>, addr: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        shared
+            .borrow_mut()
+            .server
+            .handle_peer(addr, from, &buf[..n], Instant::now());
+        drive(&shared);
+    }
+}
+
+async fn accept(shared: Shared, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let Ok(listen) = listener.local_addr() else {
+        return;
+    };
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("TURN {transport:?} accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shared.borrow().streams.len() >= MAX_STREAMS {
+            tracing::warn!("TURN: {MAX_STREAMS} stream clients already; refusing {remote}");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let client = ClientKey {
+            transport,
+            listen,
+            remote,
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::task::spawn_local(async move {
+            match tls {
+                None => serve_stream(shared, stream, client).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(FIRST_FRAME_WITHIN, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_stream(shared, stream, client).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, "TURN TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%remote, "TURN TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One TCP or TLS client: STUN messages and ChannelData back to back
+/// (RFC 8656 §12.5).
+async fn serve_stream<S>(shared: Shared, stream: S, client: ClientKey)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    shared.borrow_mut().streams.insert(client, tx);
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * MAX_FRAME);
+    let mut chunk = vec![0u8; MAX_FRAME];
+    let mut first = true;
+    'read: loop {
+        let read = rd.read(&mut chunk);
+        let n = if first {
+            match tokio::time::timeout(FIRST_FRAME_WITHIN, read).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            read.await
+        };
+        let n = match n {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        loop {
+            match frame_len(&buf[at..]) {
+                Framing::Complete(len) => {
+                    shared.borrow_mut().server.handle_client(
+                        client,
+                        &buf[at..at + len],
+                        Instant::now(),
+                    );
+                    drive(&shared);
+                    at += len;
+                    first = false;
+                }
+                Framing::NeedMore => break,
+                Framing::Garbage => {
+                    tracing::debug!(remote = %client.remote, "TURN: not STUN over {:?}; closing", client.transport);
+                    break 'read;
+                }
+            }
+        }
+        buf.drain(..at);
+    }
+    writer.abort();
+    let mut core = shared.borrow_mut();
+    core.streams.remove(&client);
+    core.server.client_closed(client);
+    drop(core);
+    drive(&shared);
+}
+
+enum Framing {
+    Complete(usize),
+    NeedMore,
+    Garbage,
+}
+
+/// The length of the first frame in `buf`: a STUN message (by its header) or
+/// ChannelData padded to 4 bytes.
+fn frame_len(buf: &[u8]) -> Framing {
+    if buf.len() < 4 {
+        return Framing::NeedMore;
+    }
+    if let Ok((_, len)) = ChannelData::parse_header(buf) {
+        let padded = (4 + len + 3) & !3;
+        return if buf.len() >= padded {
+            Framing::Complete(padded)
+        } else {
+            Framing::NeedMore
+        };
+    }
+    if buf.len() < MessageHeader::LENGTH {
+        return Framing::NeedMore;
+    }
+    match MessageHeader::from_bytes(&buf[..MessageHeader::LENGTH]) {
+        Ok(h) => {
+            let len = MessageHeader::LENGTH + h.data_length() as usize;
+            if buf.len() >= len {
+                Framing::Complete(len)
+            } else {
+                Framing::NeedMore
+            }
+        }
+        Err(_) => Framing::Garbage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_cut_by_their_headers() {
+        // ChannelData 0x4001 with 5 bytes, padded to 12.
+        let mut cd = vec![0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0];
+        assert!(matches!(frame_len(&cd[..8]), Framing::NeedMore));
+        assert!(matches!(frame_len(&cd), Framing::Complete(12)));
+        // A STUN Binding request with no attributes.
+        let stun = stun_types::message::Message::builder_request(
+            stun_types::message::BINDING,
+            stun_types::message::MessageWriteVec::new(),
+        );
+        let stun = stun_types::message::MessageWrite::finish(stun);
+        cd.extend_from_slice(&stun);
+        assert!(matches!(frame_len(&cd[12..]), Framing::Complete(20)));
+        assert!(matches!(frame_len(&stun[..10]), Framing::NeedMore));
+        // A TLS ClientHello on the plain TCP port.
+        let hello = [
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0,
+            0, 0,
+        ];
+        assert!(matches!(frame_len(&hello), Framing::Garbage));
+    }
+}
