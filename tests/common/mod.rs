@@ -37,9 +37,23 @@ impl Server {
     }
 
     pub fn start_with_media(media: &str) -> Self {
+        Self::start_with_args(&["--media", media])
+    }
+
+    /// With extra flags; later flags win, so they may override the
+    /// defaults (`--media 127.0.0.1:0`, `--turn 127.0.0.1:0`).
+    pub fn start_with_args(extra: &[&str]) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-            .args(["--http", &http, "--media", media])
+            .args([
+                "--http",
+                &http,
+                "--media",
+                "127.0.0.1:0",
+                "--turn",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
             .env("RUST_LOG", "vessel=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
