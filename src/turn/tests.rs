@@ -113,7 +113,7 @@ impl Harness {
         all
     }
 
-    fn to_client(&mut self) -> Vec<Vec<u8>> {
+    fn client_replies(&mut self) -> Vec<Vec<u8>> {
         self.outputs()
             .into_iter()
             .filter_map(|o| match o {
@@ -164,7 +164,7 @@ impl Harness {
     fn request_once(&mut self, method: Method, attrs: &[&dyn AttributeWrite], sign: bool) -> Reply {
         let bytes = self.build(method, attrs, sign);
         self.server.handle_client(self.client, &bytes, self.now);
-        let mut replies = self.to_client();
+        let mut replies = self.client_replies();
         assert_eq!(replies.len(), 1, "one answer per request");
         Reply {
             bytes: replies.remove(0),
@@ -228,7 +228,7 @@ fn with_peer(h: &mut Harness, method: Method, peer: SocketAddr, extra: Option<u1
         .unwrap();
     let bytes = b.finish();
     h.server.handle_client(h.client, &bytes, h.now);
-    let mut replies = h.to_client();
+    let mut replies = h.client_replies();
     assert_eq!(replies.len(), 1);
     Reply {
         bytes: replies.remove(0),
@@ -358,7 +358,7 @@ fn send_and_data_indications_relay_both_ways() {
         matches!(&out[..], [Output::ToPeer { relay: r, peer, data }] if *r == relay && *peer == sfu && data == b"hello")
     );
     h.server.handle_peer(relay, sfu, b"back", h.now);
-    let to_client = h.to_client();
+    let to_client = h.client_replies();
     let msg = Message::from_bytes(&to_client[0]).unwrap();
     assert_eq!(msg.method(), DATA);
     assert_eq!(msg.attribute::<Data>().unwrap().data(), b"back");
@@ -387,7 +387,7 @@ fn channels_carry_data_padded_on_streams() {
         h.server.handle_client(h.client, &frame, h.now);
         assert!(matches!(&h.outputs()[..], [Output::ToPeer { data, .. }] if data == b"hello"));
         h.server.handle_peer(relay, sfu, b"back!", h.now);
-        let data = h.to_client().remove(0);
+        let data = h.client_replies().remove(0);
         let expected_len = if transport.is_stream() { 12 } else { 9 };
         assert_eq!(data.len(), expected_len, "{transport:?}");
         let channel = ChannelData::parse(&data).unwrap();
@@ -492,7 +492,7 @@ fn a_failed_relay_bind_answers_508_and_frees_the_quota() {
     h.server
         .relay_bound(token, Err("no ports left".into()), h.now);
     let reply = Reply {
-        bytes: h.to_client().remove(0),
+        bytes: h.client_replies().remove(0),
     };
     assert_eq!(reply.error_code(), Some(508));
     h.allocate();
