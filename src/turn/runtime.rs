@@ -33,6 +33,22 @@ const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
 const WRITE_QUEUE: usize = 512;
 /// Larger than any STUN message or ChannelData (64 KiB + header).
 const MAX_FRAME: usize = 65_536 + 20;
+/// Kernel buffers for the shared UDP listener and for each relay. The
+/// default (208 KiB) overflows under bursts from many clients, and a TURN
+/// server that drops there drops everyone's media. Linux caps these at
+/// `net.core.rmem_max`/`wmem_max`.
+const LISTENER_BUFFER: usize = 4 << 20;
+const RELAY_BUFFER: usize = 1 << 20;
+
+fn set_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s
+        .set_recv_buffer_size(bytes)
+        .and(s.set_send_buffer_size(bytes))
+    {
+        tracing::debug!("TURN socket buffers: {e}");
+    }
+}
 
 /// The bound listeners, before the thread starts.
 pub struct TurnSockets {
@@ -110,6 +126,7 @@ impl TurnHandle {
 /// while `relay_ip` is still what clients are told).
 pub fn spawn(sockets: TurnSockets, server: TurnServer, relay_ip: IpAddr) -> io::Result<TurnHandle> {
     sockets.udp.set_nonblocking(true)?;
+    set_buffers(&sockets.udp, LISTENER_BUFFER);
     sockets.tcp.set_nonblocking(true)?;
     if let Some((l, _)) = &sockets.tls {
         l.set_nonblocking(true)?;
@@ -278,6 +295,7 @@ fn bind_relay(ip: IpAddr) -> io::Result<(UdpSocket, SocketAddr)> {
         Err(e) => return Err(e),
     };
     socket.set_nonblocking(true)?;
+    set_buffers(&socket, RELAY_BUFFER);
     let addr = SocketAddr::new(ip, socket.local_addr()?.port());
     Ok((UdpSocket::from_std(socket)?, addr))
 }
