@@ -42,6 +42,8 @@ async fn run(config: Config) -> Result<(), String> {
                 config.media
             )
         })?;
+    let own_routes = media::local_routes(&sockets, &announced)
+        .map_err(|e| format!("media socket address: {e}"))?;
     let board = Arc::new(LiveBoard::default());
     let mut sfu_config = SfuConfig::new(announced.clone());
     sfu_config.ice_tcp = true;
@@ -52,7 +54,7 @@ async fn run(config: Config) -> Result<(), String> {
     let ice = if config.turn.disabled {
         None
     } else {
-        Some(start_turn(&config.turn, &announced)?)
+        Some(start_turn(&config.turn, &announced, own_routes)?)
     };
 
     let listener = TcpListener::bind(config.http).await.map_err(|e| {
@@ -114,7 +116,11 @@ async fn run(config: Config) -> Result<(), String> {
 }
 
 /// Binds and starts the STUN/TURN server; returns what clients are told.
-fn start_turn(flags: &TurnFlags, announced: &[SocketAddr]) -> Result<Arc<IceServers>, String> {
+fn start_turn(
+    flags: &TurnFlags,
+    announced: &[SocketAddr],
+    own_routes: Vec<(SocketAddr, SocketAddr)>,
+) -> Result<Arc<IceServers>, String> {
     let secret = flags.secret.clone().unwrap_or_else(|| {
         let secret = Credentials::generate_secret();
         tracing::info!(
@@ -169,7 +175,7 @@ fn start_turn(flags: &TurnFlags, announced: &[SocketAddr]) -> Result<Arc<IceServ
         .tls_addr()
         .map(|a| flags.public_host(a.port(), announced));
     let server = TurnServer::new(config, Instant::now(), unix_now);
-    turn::runtime::spawn(sockets, server, relay_ip)
+    turn::runtime::spawn(sockets, server, relay_ip, own_routes)
         .map_err(|e| format!("cannot start the TURN thread: {e}"))?;
     Ok(Arc::new(IceServers {
         host,

@@ -146,6 +146,34 @@ pub struct MediaSocket {
     pub announced: SocketAddr,
 }
 
+/// For each announced media address, the local address that reaches the same
+/// socket from this host. Behind a 1:1 NAT (`--public-ip`) the announced
+/// address may not even be routable from inside, so the TURN relays use
+/// these to hand packets for Vessel's own SFU straight to it.
+pub fn local_routes(
+    sockets: &[MediaSocket],
+    announced: &[SocketAddr],
+) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
+    let mut routes = Vec::new();
+    for a in announced {
+        let socket = match sockets.iter().find(|s| s.announced == *a) {
+            Some(s) => s,
+            None if sockets.len() == 1 => &sockets[0],
+            None => continue,
+        };
+        let mut local = socket.socket.local_addr()?;
+        if local.ip().is_unspecified() {
+            local.set_ip(if local.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        routes.push((*a, local));
+    }
+    Ok(routes)
+}
+
 /// Binds the TCP twin of every UDP media socket (same address, same port).
 fn bind_tcp(sockets: &mut [MediaSocket]) -> io::Result<()> {
     for s in sockets {
@@ -551,5 +579,24 @@ async fn flush(
             SfuEvent::Live(state) => board.update(state),
             SfuEvent::SessionEnded { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod routes_tests {
+    use super::*;
+
+    #[test]
+    fn announced_public_addresses_route_to_the_local_socket() {
+        let public: SocketAddr = "203.0.113.7:0".parse().unwrap();
+        let (sockets, announced) =
+            bind_udp_and_tcp("127.0.0.1:0".parse().unwrap(), &[public]).unwrap();
+        let port = sockets[0].socket.local_addr().unwrap().port();
+        assert_eq!(announced, vec![SocketAddr::new(public.ip(), port)]);
+        let routes = local_routes(&sockets, &announced).unwrap();
+        assert_eq!(
+            routes,
+            vec![(announced[0], SocketAddr::new([127, 0, 0, 1].into(), port))]
+        );
     }
 }

@@ -124,7 +124,17 @@ impl TurnHandle {
 /// Starts the TURN thread. Relay sockets bind to `relay_ip` (or, when that
 /// address is not local, e.g. a 1:1 NAT's public IP, to every interface
 /// while `relay_ip` is still what clients are told).
-pub fn spawn(sockets: TurnSockets, server: TurnServer, relay_ip: IpAddr) -> io::Result<TurnHandle> {
+///
+/// `own_routes` maps each announced media address of Vessel to the local
+/// address of the same socket ([`crate::media::local_routes`]): relayed
+/// packets for the SFU go there directly, and its answers are attributed
+/// back to the announced address the client gave permission to.
+pub fn spawn(
+    sockets: TurnSockets,
+    server: TurnServer,
+    relay_ip: IpAddr,
+    own_routes: Vec<(SocketAddr, SocketAddr)>,
+) -> io::Result<TurnHandle> {
     sockets.udp.set_nonblocking(true)?;
     set_buffers(&sockets.udp, LISTENER_BUFFER);
     sockets.tcp.set_nonblocking(true)?;
@@ -141,7 +151,7 @@ pub fn spawn(sockets: TurnSockets, server: TurnServer, relay_ip: IpAddr) -> io::
                     .enable_all()
                     .build()?;
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(sockets, server, relay_ip, stats))
+                local.block_on(&rt, run(sockets, server, relay_ip, own_routes, stats))
             }));
             // Without TURN some viewers silently cannot connect: exit so a
             // supervisor restarts Vessel, as for the media thread.
@@ -166,6 +176,11 @@ struct Core {
     streams: HashMap<ClientKey, mpsc::Sender<Vec<u8>>>,
     relays: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
     relay_ip: IpAddr,
+    /// Announced media address → local address of the same socket.
+    own_routes: Vec<(SocketAddr, SocketAddr)>,
+    /// (relay, local media address) → the announced address last used, to
+    /// attribute the SFU's answers.
+    routed: HashMap<(SocketAddr, SocketAddr), SocketAddr>,
 }
 
 type Shared = Rc<RefCell<Core>>;
@@ -174,6 +189,7 @@ async fn run(
     sockets: TurnSockets,
     server: TurnServer,
     relay_ip: IpAddr,
+    own_routes: Vec<(SocketAddr, SocketAddr)>,
     stats: Arc<Mutex<TurnStats>>,
 ) -> io::Result<()> {
     let listen = sockets.udp.local_addr()?;
@@ -184,6 +200,8 @@ async fn run(
         streams: HashMap::new(),
         relays: HashMap::new(),
         relay_ip,
+        own_routes,
+        routed: HashMap::new(),
     }));
     let tcp = TcpListener::from_std(sockets.tcp)?;
     tokio::task::spawn_local(accept(shared.clone(), tcp, None));
@@ -247,8 +265,18 @@ fn drive(shared: &Shared) {
                 }
             }
             Output::ToPeer { relay, peer, data } => {
-                if let Some((socket, _)) = shared.borrow().relays.get(&relay) {
-                    let _ = socket.try_send_to(&data, peer);
+                let mut core = shared.borrow_mut();
+                let to = match core.own_routes.iter().find(|(a, _)| *a == peer) {
+                    Some(&(_, local)) => {
+                        if local != peer {
+                            core.routed.insert((relay, local), peer);
+                        }
+                        local
+                    }
+                    None => peer,
+                };
+                if let Some((socket, _)) = core.relays.get(&relay) {
+                    let _ = socket.try_send_to(&data, to);
                 }
             }
             Output::BindRelay { token } => {
@@ -273,7 +301,9 @@ fn drive(shared: &Shared) {
                     .relay_bound(token, result, Instant::now());
             }
             Output::ReleaseRelay { relay } => {
-                if let Some((_, task)) = shared.borrow_mut().relays.remove(&relay) {
+                let mut core = shared.borrow_mut();
+                core.routed.retain(|(r, _), _| *r != relay);
+                if let Some((_, task)) = core.relays.remove(&relay) {
                     task.abort();
                 }
             }
@@ -307,10 +337,11 @@ async fn relay(shared: Shared, socket: Rc<UdpSocket>, addr: SocketAddr) {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        shared
-            .borrow_mut()
-            .server
+        let mut core = shared.borrow_mut();
+        let from = core.routed.get(&(addr, from)).copied().unwrap_or(from);
+        core.server
             .handle_peer(addr, from, &buf[..n], Instant::now());
+        drop(core);
         drive(&shared);
     }
 }
