@@ -40,20 +40,19 @@ impl Server {
         Self::start_with_args(&["--media", media])
     }
 
-    /// With extra flags; later flags win, so they may override the
-    /// defaults (`--media 127.0.0.1:0`, `--turn 127.0.0.1:0`).
+    /// With extra flags, which replace the defaults `--media 127.0.0.1:0`
+    /// and `--turn 127.0.0.1:0` when they name the same flag.
     pub fn start_with_args(extra: &[&str]) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--http", &http];
+        for (flag, default) in [("--media", "127.0.0.1:0"), ("--turn", "127.0.0.1:0")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, default]);
+            }
+        }
+        args.extend(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-            .args([
-                "--http",
-                &http,
-                "--media",
-                "127.0.0.1:0",
-                "--turn",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
+            .args(&args)
             .env("RUST_LOG", "vessel=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -70,6 +69,13 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(&http).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "vessel {args:?} exited with {status}:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
             assert!(Instant::now() < deadline, "vessel did not start listening");
             std::thread::sleep(Duration::from_millis(20));
         }
