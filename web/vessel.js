@@ -23,6 +23,11 @@
  * connection or the server goes away, and release their server session on `stop()` and
  * when the page is closed.
  *
+ * Before each connection (and each reconnection) they fetch the server's STUN/TURN servers,
+ * with fresh TURN credentials, from `GET {server}/api/ice-servers`, so that viewers and casters
+ * behind strict NATs or firewalls that drop UDP still connect (through the server's TURN relay).
+ * Pass `iceServers` to use your own instead, and `iceTransportPolicy: 'relay'` to force the relay.
+ *
  * @module vessel
  */
 
@@ -36,6 +41,10 @@ const CONNECT_TIMEOUT_MS = 15000;
 const POST_TIMEOUT_MS = 10000;
 /** Timeout of a DELETE (ms). */
 const DELETE_TIMEOUT_MS = 3000;
+/** Timeout of the ICE servers request (ms): past it, connect without STUN/TURN. */
+const ICE_SERVERS_TIMEOUT_MS = 5000;
+/** Values of the `iceTransportPolicy` option. */
+const ICE_TRANSPORT_POLICIES = ['all', 'relay'];
 /** Period of the player's `stats` event (ms). */
 const STATS_INTERVAL_MS = 1000;
 /** `rel` of the WHEP layer-selection extension in the answer's `Link` header. */
@@ -69,9 +78,32 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  * @typedef {object} CommonOptions
  * @property {string} [server] Base URL of the Vessel server (default: where this module was
  *   loaded from, so `import … from 'https://vessel.example/vessel.js'` needs no `server`).
- * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests
- *   (not on the live's event stream: EventSource cannot send headers).
- * @property {RTCIceServer[]} [iceServers] ICE servers for the RTCPeerConnection (default `[]`).
+ * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests and
+ *   on the ICE servers request (not on the live's event stream: EventSource cannot send headers).
+ * @property {RTCIceServer[]} [iceServers] ICE servers for the RTCPeerConnection. Default: the
+ *   server's own STUN/TURN servers, fetched from `{server}/api/ice-servers` before every
+ *   connection and reconnection (TURN credentials are minted per request); if that request
+ *   fails, a warning is logged and the connection goes ahead without ICE servers. Given
+ *   explicitly, it is used as is and nothing is fetched: `[]` means no STUN/TURN at all (host
+ *   candidates only, which is enough when the server is reachable directly, over UDP or TCP).
+ * @property {'all'|'relay'} [iceTransportPolicy] `'all'` (default): use whichever path
+ *   works best, direct or relayed; `'relay'`: only through a TURN relay (for networks that allow
+ *   nothing else, or to test the relay).
+ */
+
+/**
+ * @typedef {object} CandidateInfo How the media travels between this page and the server: the
+ *   connection's selected ICE candidate pair.
+ * @property {'host'|'srflx'|'prflx'|'relay'} type This side's candidate type: `host` = directly,
+ *   `relay` = through a TURN server.
+ * @property {'udp'|'tcp'} protocol The candidate's protocol (of a relay candidate: between the
+ *   relay and the server, i.e. `udp`).
+ * @property {'udp'|'tcp'|'tls'|null} relayProtocol For a relay candidate: how this page reaches
+ *   the TURN server; otherwise null.
+ * @property {'udp'|'tcp'|'tls'} transport What leaves this page: `relayProtocol` for a relay
+ *   candidate, `protocol` otherwise.
+ * @property {string|null} local This side's candidate address `ip:port` (browsers may hide it).
+ * @property {string|null} remote The server's candidate address `ip:port`.
  */
 
 /**
@@ -117,6 +149,8 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  * @property {number} totalFreezesDuration Seconds.
  * @property {string|null} codec e.g. `'video/VP8'`.
  * @property {Layer} layer The quality asked for.
+ * @property {CandidateInfo|null} candidate How the media reaches this page (direct or relayed,
+ *   UDP or TCP).
  */
 
 /** An error answered by the server (4xx / 5xx). */
@@ -190,6 +224,12 @@ class Session extends Emitter {
   constructor(endpoint, live, options = {}) {
     super();
     if (!LIVE_NAME.test(live)) throw new TypeError(`invalid live name: ${JSON.stringify(live)}`);
+    if (options.iceServers != null && !Array.isArray(options.iceServers)) {
+      throw new TypeError('iceServers: expected an array of RTCIceServer');
+    }
+    if (options.iceTransportPolicy != null && !ICE_TRANSPORT_POLICIES.includes(options.iceTransportPolicy)) {
+      throw new TypeError(`invalid iceTransportPolicy: ${JSON.stringify(options.iceTransportPolicy)} (expected ${ICE_TRANSPORT_POLICIES.join(' or ')})`);
+    }
     /** The live's name. */
     this.live = live;
     /** @type {RTCPeerConnection|null} The current peer connection (replaced on reconnect). */
@@ -227,6 +267,21 @@ class Session extends Emitter {
    */
   stop() {
     return this._finish('stopped').then(() => {});
+  }
+
+  /**
+   * How the media travels between this page and the server now (direct or through the TURN
+   * relay, over UDP or TCP).
+   * @returns {Promise<CandidateInfo|null>} null while not connected.
+   */
+  async candidate() {
+    const pc = this.pc;
+    if (!pc || !this._connected) return null;
+    try {
+      return selectedCandidate(await pc.getStats());
+    } catch {
+      return null; // closed meanwhile
+    }
   }
 
   // ---- subclass hooks ----
@@ -289,15 +344,20 @@ class Session extends Emitter {
     const generation = ++this._generation;
     const stale = () => this._stopped || generation !== this._generation;
 
-    const pc = new RTCPeerConnection({ iceServers: this._options.iceServers ?? [] });
+    this._connectTimer = this._later(() => {
+      if (!stale() && !this._connected) this._reconnect(new Error('connection timed out'));
+    }, CONNECT_TIMEOUT_MS);
+
+    // Fresh TURN credentials for every connection: the previous ones may have expired, and after
+    // a server restart the TURN port and secret may have changed.
+    const iceServers = await this._iceServers();
+    if (stale()) return;
+    const pc = newPeerConnection(iceServers, this._options.iceTransportPolicy ?? 'all');
     this.pc = pc;
     pc.addEventListener('connectionstatechange', () => {
       if (!stale()) this._onConnectionState(pc);
     });
     this._preparePeer(pc);
-    this._connectTimer = this._later(() => {
-      if (!stale() && !this._connected) this._reconnect(new Error('connection timed out'));
-    }, CONNECT_TIMEOUT_MS);
 
     try {
       await pc.setLocalDescription(await pc.createOffer());
@@ -331,6 +391,30 @@ class Session extends Emitter {
         return;
       }
       this._reconnect(err);
+    }
+  }
+
+  /**
+   * The `iceServers` option, or else the server's STUN/TURN servers (`[]` if they cannot be had:
+   * a direct connection may still work).
+   * @returns {Promise<RTCIceServer[]>}
+   */
+  async _iceServers() {
+    if (this._options.iceServers != null) return this._options.iceServers;
+    const url = `${this._server}/api/ice-servers`;
+    try {
+      const res = await fetch(url, {
+        headers: this._headers(),
+        cache: 'no-store',
+        signal: AbortSignal.timeout(ICE_SERVERS_TIMEOUT_MS),
+      });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const { iceServers } = await res.json();
+      if (!Array.isArray(iceServers)) throw new Error('no iceServers array in the answer');
+      return iceServers;
+    } catch (err) {
+      console.warn(`vessel: cannot get the ICE servers from ${url} (${err.message}): connecting without STUN/TURN`);
+      return [];
     }
   }
 
@@ -664,6 +748,7 @@ export class Player extends Session {
       totalFreezesDuration: video.totalFreezesDuration ?? 0,
       codec: report.get(video.codecId)?.mimeType ?? null,
       layer: this.layer,
+      candidate: selectedCandidate(report),
     };
   }
 
@@ -741,6 +826,46 @@ export function liveFromLocation(loc = globalThis.location) {
     return null;
   }
   return name && LIVE_NAME.test(name) ? name : null;
+}
+
+/** An RTCPeerConnection; ICE servers it refuses (malformed) are dropped with a warning. */
+function newPeerConnection(iceServers, iceTransportPolicy) {
+  try {
+    return new RTCPeerConnection({ iceServers, iceTransportPolicy });
+  } catch (err) {
+    if (!iceServers.length) throw err;
+    console.warn(`vessel: unusable ICE servers (${err.message}): connecting without STUN/TURN`);
+    return new RTCPeerConnection({ iceServers: [], iceTransportPolicy });
+  }
+}
+
+/**
+ * The selected candidate pair in a `getStats()` report.
+ * @returns {CandidateInfo|null}
+ */
+function selectedCandidate(report) {
+  let pair = null;
+  for (const s of report.values()) {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) ?? pair;
+  }
+  if (!pair) {
+    for (const s of report.values()) {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    }
+  }
+  const local = pair && report.get(pair.localCandidateId);
+  if (!local) return null;
+  const remote = report.get(pair.remoteCandidateId);
+  const where = (c) => (c?.address ? `${c.address.includes(':') ? `[${c.address}]` : c.address}:${c.port}` : null);
+  const relayProtocol = local.candidateType === 'relay' ? (local.relayProtocol ?? null) : null;
+  return {
+    type: local.candidateType,
+    protocol: local.protocol,
+    relayProtocol,
+    transport: relayProtocol ?? local.protocol,
+    local: where(local),
+    remote: where(remote),
+  };
 }
 
 function afterLoad(fn) {

@@ -109,16 +109,24 @@ export class VesselServer {
 
   /**
    * Starts on free ports (or the given ones) and waits until `GET /api/lives` answers.
-   * `bind`: the address to listen on (default 127.0.0.1); `publicIps`: `--public-ip` values.
+   * `bind`: the address to listen on (default 127.0.0.1); `publicIps`: `--public-ip` values;
+   * `extraArgs`: more flags (e.g. `--turn-public-addr`).
    */
-  async start({ httpPort, mediaPort, bind, publicIps } = {}) {
+  async start({ httpPort, mediaPort, bind, publicIps, extraArgs } = {}) {
     this.bind = bind ?? this.bind ?? '127.0.0.1';
     this.publicIps = publicIps ?? this.publicIps ?? [];
+    this.extraArgs = extraArgs ?? this.extraArgs ?? [];
     this.httpPort = httpPort ?? (await freeTcpPort());
     this.mediaPort = mediaPort ?? (await freeUdpPort());
     this.url = `http://127.0.0.1:${this.httpPort}`;
-    const args = ['--http', `${this.bind}:${this.httpPort}`, '--media', `${this.bind}:${this.mediaPort}`];
+    const args = [
+      '--http', `${this.bind}:${this.httpPort}`,
+      '--media', `${this.bind}:${this.mediaPort}`,
+      // Vessel picks a free STUN/TURN port; clients learn it from /api/ice-servers.
+      '--turn', `${this.bind}:0`,
+    ];
     for (const ip of this.publicIps) args.push('--public-ip', ip);
+    args.push(...this.extraArgs);
     this.log.add('harness', `starting ${VESSEL_BIN} ${args.join(' ')}`);
     const proc = spawn(VESSEL_BIN, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' },
@@ -362,6 +370,33 @@ export async function rtcStats(page, pcExpr) {
       }
     }
     return out;
+  }, pcExpr);
+}
+
+/**
+ * The candidate pair that the RTCPeerConnection `pcExpr` names uses (from getStats):
+ * `{ local: { type, protocol, relayProtocol, address }, remote: { type, protocol, address } }`,
+ * or null before one is selected.
+ */
+export async function selectedPair(page, pcExpr) {
+  return page.evaluate(async (expr) => {
+    // eslint-disable-next-line no-new-func
+    const pc = new Function(`return (${expr})`)();
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    let pair;
+    stats.forEach((r) => {
+      if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+    });
+    if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
+    if (!pair) return null;
+    const side = (c) => c && {
+      type: c.candidateType,
+      protocol: c.protocol,
+      relayProtocol: c.relayProtocol ?? null,
+      address: `${c.address}:${c.port}`,
+    };
+    return { state: pair.state, local: side(stats.get(pair.localCandidateId)), remote: side(stats.get(pair.remoteCandidateId)) };
   }, pcExpr);
 }
 

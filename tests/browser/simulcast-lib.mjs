@@ -21,11 +21,18 @@ const round = (x, digits = 0) => (x == null || Number.isNaN(x) ? null : Math.rou
  * Starts the server (bound to every address of this namespace, announcing 127.0.0.1 and, with
  * a viewer namespace, 10.77.0.1), Chromium, and — when possible — the viewer namespace with its
  * own Chromium. `env.ns` is null (and `env.nsReason` says why) when the namespace is unavailable.
+ *
+ * With the viewer namespace, TURN URLs name 10.77.0.1 (`--turn-public-addr`), the one address
+ * of the server that viewers on both sides reach (127.0.0.1 is the viewer namespace's own
+ * loopback); relays still use 127.0.0.1, the first announced media address.
  */
 export async function startEnv({ wantNetns = true } = {}) {
   const reason = wantNetns ? await available() : 'not wanted';
   const env = { ns: null, nsBrowser: null, nsReason: reason === true ? null : reason, nftReason: null };
-  const server = reason === true ? { bind: '0.0.0.0', publicIps: ['127.0.0.1', HOST_IP] } : undefined;
+  const server =
+    reason === true
+      ? { bind: '0.0.0.0', publicIps: ['127.0.0.1', HOST_IP], extraArgs: ['--turn-public-addr', HOST_IP] }
+      : undefined;
   env.h = await Harness.start({ server });
   if (reason === true) {
     try {

@@ -6,7 +6,8 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { liveName, rtcStats, waitFor, waitInPage } from './helpers.mjs';
+import { liveName, rtcStats, selectedPair as pairOf, waitFor, waitInPage } from './helpers.mjs';
+import { HOST_IP } from './netns.mjs';
 import {
   LOW_WIDTH,
   MID_WIDTH,
@@ -81,7 +82,7 @@ test('n: the cast page sends three simulcast layers; a viewer gets 1280×720 and
       '#quality shows 1280 wide and the received bitrate',
     );
     const text = await page.textContent('#quality');
-    assert.match(text, /^1280×720 · \d+ kbps$/, `#quality: ${text}`);
+    assert.match(text, /^1280×720 · \d+ kbps · host udp$/, `#quality: ${text}`);
 
     // The server offers the layer extension.
     const layerUrl = await page.evaluate(() => window.vesselPlayer._layerUrl);
@@ -190,16 +191,56 @@ test('t: a viewer on a network that drops all UDP plays over ICE-TCP; others kee
     await sharedCaster();
     await env.ns.blockUdp();
     try {
-      const viewer = await openViewer(h, live, { name: 'UDP-blocked viewer', browser: env.nsBrowser, base: env.nsUrl, width: 0 });
+      // ?turn=0: no STUN/TURN servers (iceServers: []), so the only way in is ICE-TCP to the
+      // media port itself. With the server's TURN, the viewer might pick a relay over TURN-TCP
+      // instead (that path is test x), and this test would no longer prove ICE-TCP works.
+      const viewer = await openViewer(h, live, { name: 'UDP-blocked viewer', browser: env.nsBrowser, base: env.nsUrl, width: 0, query: '?turn=0' });
       await viewer.page.bringToFront();
       const pair = await selectedPair(viewer.page);
       h.note(`UDP-blocked viewer's candidate pair: ${JSON.stringify(pair)}`);
-      assert.equal(pair.protocol, 'tcp', `selected candidate pair runs over TCP: ${JSON.stringify(pair)}`);
+      assert.equal(pair.remote.protocol, 'tcp', `selected candidate pair runs over TCP: ${JSON.stringify(pair)}`);
+      // Chromium's active ICE-TCP candidate shows up as prflx once connected (its port is only
+      // known then); what matters is that it is not a relay.
+      assert.equal(pair.local.protocol, 'tcp', `an ICE-TCP candidate: ${JSON.stringify(pair)}`);
+      assert.notEqual(pair.local.type, 'relay', `directly to the media port, not relayed: ${JSON.stringify(pair)}`);
+      await waitInPage(
+        viewer.page,
+        `document.getElementById('quality').dataset.transport === 'tcp' && document.getElementById('quality').dataset.candidate !== 'relay'`,
+        5000,
+        '#quality shows a direct TCP path',
+      );
       const free = await openViewer(h, live, { name: 'viewer with UDP', width: 0 });
       const freePair = await selectedPair(free.page);
-      assert.equal(freePair.protocol, 'udp', `UDP is preferred when it works: ${JSON.stringify(freePair)}`);
+      assert.equal(freePair.remote.protocol, 'udp', `UDP is preferred when it works: ${JSON.stringify(freePair)}`);
+      assert.equal(freePair.local.type, 'host', `and direct when it can be: ${JSON.stringify(freePair)}`);
       await h.closePage(viewer.page);
       await h.closePage(free.page);
+    } finally {
+      await env.ns.unblockUdp();
+    }
+  });
+});
+
+test('x: a viewer on a network that drops all UDP, forced through the TURN relay (?relay=1), plays over TURN-TCP', { timeout: 90000 }, (t) => {
+  if (!env.ns) return t.skip(env.nsReason);
+  if (env.nftReason) return t.skip(env.nftReason);
+  return h.diagnose(async () => {
+    await sharedCaster();
+    await env.ns.blockUdp();
+    try {
+      const viewer = await openViewer(h, live, { name: 'UDP-blocked viewer through TURN', browser: env.nsBrowser, base: env.nsUrl, width: 0, query: '?relay=1' });
+      await viewer.page.bringToFront();
+      const pair = await selectedPair(viewer.page);
+      h.note(`UDP-blocked relayed viewer's candidate pair: ${JSON.stringify(pair)}`);
+      assert.equal(pair.local.type, 'relay', `through the TURN relay: ${JSON.stringify(pair)}`);
+      assert.equal(pair.local.relayProtocol, 'tcp', `reaching TURN over TCP: ${JSON.stringify(pair)}`);
+      // The TURN URL names the address this namespace reaches (--turn-public-addr).
+      const turn = await viewer.page.evaluate(() => window.vesselPlayer.pc.getConfiguration().iceServers.flatMap((s) => [s.urls].flat()));
+      assert.ok(turn.some((u) => u.startsWith(`turn:${HOST_IP}:`) && u.endsWith('?transport=tcp')), `TURN URLs: ${turn}`);
+      const s0 = await viewer.meter.sample();
+      await waitFor(async () => (await viewer.meter.sample()).framesDecoded >= s0.framesDecoded + 30, 15000, '30 more frames decoded through TURN-TCP');
+      await waitInPage(viewer.page, `document.getElementById('quality').textContent.endsWith(' · relay tcp')`, 5000, '#quality shows "relay tcp"');
+      await h.closePage(viewer.page);
     } finally {
       await env.ns.unblockUdp();
     }
@@ -218,7 +259,10 @@ test('u: a viewer behind a NAT with fully random ports (nft masquerade fully-ran
       assert.ok(natted > 0, `the NAT rewrote the viewer's flows (${natted} packets)`);
       const pair = await selectedPair(viewer.page);
       h.note(`NATed viewer's candidate pair: ${JSON.stringify(pair)}`);
-      assert.equal(pair.protocol, 'udp', `plays over UDP through the NAT: ${JSON.stringify(pair)}`);
+      assert.equal(pair.remote.protocol, 'udp', `plays over UDP through the NAT: ${JSON.stringify(pair)}`);
+      // The page has the server's TURN too: the NAT must be crossed directly (the ICE-lite
+      // server answers the address it sees), not by falling back to the relay.
+      assert.notEqual(pair.local.type, 'relay', `directly, not through the TURN relay: ${JSON.stringify(pair)}`);
       await h.closePage(viewer.page);
     } finally {
       await env.ns.removeNat();
@@ -226,19 +270,9 @@ test('u: a viewer behind a NAT with fully random ports (nft masquerade fully-ran
   });
 });
 
-/** The protocol and addresses of the candidate pair a page's player uses. */
-async function selectedPair(page) {
-  return page.evaluate(async () => {
-    const stats = await window.vesselPlayer.pc.getStats();
-    let pair;
-    stats.forEach((r) => {
-      if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
-    });
-    if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
-    const local = pair && stats.get(pair.localCandidateId);
-    const remote = pair && stats.get(pair.remoteCandidateId);
-    return { protocol: remote?.protocol, remote: remote && `${remote.address}:${remote.port}`, local: local && `${local.protocol} ${local.candidateType}` };
-  });
+/** The candidate pair a page's player uses (waits until one is selected). */
+function selectedPair(page) {
+  return waitFor(() => pairOf(page, PLAYER_PC), 10000, 'a selected candidate pair');
 }
 
 test('q: join → first decoded frame, with the caster already live', { timeout: 60000 }, () =>

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { Harness, REPO, liveName, rtcStats, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+import { Harness, REPO, liveName, rtcStats, selectedPair, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
 const PUBLISHER_PC = 'window.vesselPublisher && window.vesselPublisher.pc';
@@ -164,6 +164,11 @@ test('d: raw WHIP publish and raw WHEP play (whip-whep.html, no vessel.js) decod
     await waitInPage(player, `window.pc && window.pc.connectionState === 'connected'`, 20000, 'WHEP player connected');
     const stats = await waitForMedia(player, 'window.pc', { what: 'raw WHEP player' });
     assert.ok(stats.video.frameWidth > 0);
+    // The raw page takes its ICE servers from /api/ice-servers too.
+    for (const page of [publisher, player]) {
+      const servers = await page.evaluate(() => window.pc.getConfiguration().iceServers);
+      assert.ok(servers.some((s) => s.username && s.urls.some((u) => u.startsWith('turn:'))), `TURN in the raw page's configuration: ${JSON.stringify(servers)}`);
+    }
 
     // DELETE on the session resource: the live goes off air.
     await publisher.click('#stop');
@@ -452,7 +457,7 @@ async function publishAndPlay(page, live, options) {
   await waitInPage(page, 'window.vesselPlayer.viewers === 1 && window.vesselPublisher.viewers === 1', 10000, 'viewer counts through cross-origin SSE');
 }
 
-test('l: an app on another origin uses WHIP/WHEP/SSE cross-origin (CORS, Location exposed)', { timeout: 60000 }, () =>
+test('l: an app on another origin uses WHIP/WHEP/SSE cross-origin (CORS; Location, Link with the layer URL and the ICE servers exposed; /api/ice-servers)', { timeout: 60000 }, () =>
   h.diagnose(async () => {
     const live = liveName('l');
     const other = await otherOrigin('/sdk.js');
@@ -467,11 +472,19 @@ test('l: an app on another origin uses WHIP/WHEP/SSE cross-origin (CORS, Locatio
         await pc.setLocalDescription(await pc.createOffer());
         const res = await fetch(`${server}/whep/${live}`, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
         const location = res.headers.get('Location');
+        const link = res.headers.get('Link');
         const del = location ? (await fetch(new URL(location, server), { method: 'DELETE' })).status : null;
         pc.close();
-        return { status: res.status, location, del };
+        const ice = await (await fetch(`${server}/api/ice-servers`)).json();
+        return { status: res.status, location, link, del, ice };
       }, { server: h.url, live });
       assert.equal(raw.status, 201);
+      // RFC 9725 §4.6 ICE servers in the answer's Link header, readable cross-origin, and the
+      // same servers from /api/ice-servers (CORS).
+      assert.match(raw.link ?? '', /<stun:[^>]+>; rel="ice-server"/, `Link: ${raw.link}`);
+      assert.match(raw.link ?? '', /<turn:[^>]+\?transport=udp>; rel="ice-server"; username="[^"]+"; credential="[^"]+"; credential-type="password"/, `Link: ${raw.link}`);
+      const turnUrls = raw.ice.iceServers.filter((s) => s.username && s.credential).flatMap((s) => s.urls);
+      assert.ok(turnUrls.length > 0 && turnUrls.every((u) => raw.link.includes(`<${u}>`)), `/api/ice-servers ${JSON.stringify(raw.ice)} matches Link ${raw.link}`);
       assert.match(raw.location ?? '', new RegExp(`^(${h.url})?/whep/${live}/.+`), 'Location readable cross-origin (Access-Control-Expose-Headers)');
       assert.equal(raw.del, 200, 'cross-origin DELETE allowed');
 
@@ -496,5 +509,150 @@ test('m: a page on another origin imports vessel.js from the server itself (no `
     } finally {
       other.close();
     }
+  }),
+);
+
+/** Waits until the page's outbound video and audio advance (frames encoded, packets sent). */
+async function waitForSending(page, pcExpr, { frames = 20, packets = 20, timeoutMs = 20000, what = pcExpr } = {}) {
+  const base = await rtcStats(page, pcExpr);
+  return waitFor(
+    async () => {
+      const s = await rtcStats(page, pcExpr);
+      return (
+        s.id === base.id &&
+        s.sent.video?.framesEncoded >= (base.sent.video?.framesEncoded ?? 0) + frames &&
+        s.sent.video?.packetsSent >= (base.sent.video?.packetsSent ?? 0) + packets &&
+        s.sent.audio?.packetsSent >= (base.sent.audio?.packetsSent ?? 0) + packets &&
+        s
+      );
+    },
+    timeoutMs,
+    `${what}: ${frames} more video frames encoded, ${packets} more video and audio packets sent`,
+  );
+}
+
+/** Waits for the selected candidate pair of `pcExpr` in `page`. */
+function waitPair(page, pcExpr, what) {
+  return waitFor(() => selectedPair(page, pcExpr), 10000, `${what}: a selected candidate pair`);
+}
+
+test('v: caster and viewer forced through the built-in TURN server (?relay=1, iceTransportPolicy "relay") send and decode', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('v');
+    const caster = await openCaster(live, '?relay=1');
+    await goLive(caster);
+    const viewer = await h.open(`/play/${live}?relay=1`, `play ${live} (relay)`);
+    await waitForMedia(viewer, PLAYER_PC, { what: 'viewer through the relay' });
+    await waitForSending(caster, PUBLISHER_PC, { what: 'caster through the relay' });
+
+    for (const [page, pc, who] of [[caster, PUBLISHER_PC, 'caster'], [viewer, PLAYER_PC, 'viewer']]) {
+      const pair = await waitPair(page, pc, who);
+      h.note(`${who}'s candidate pair: ${JSON.stringify(pair)}`);
+      assert.equal(pair.local.type, 'relay', `${who} uses a relay candidate: ${JSON.stringify(pair)}`);
+      assert.equal(pair.local.relayProtocol, 'udp', `${who} reaches TURN over UDP: ${JSON.stringify(pair)}`);
+      // The SDK got the ICE servers from /api/ice-servers, with TURN credentials.
+      const config = await page.evaluate((expr) => new Function(`return (${expr})`)().getConfiguration(), pc);
+      assert.equal(config.iceTransportPolicy, 'relay');
+      const turn = config.iceServers.find((s) => [s.urls].flat().some((u) => u.startsWith('turn:')));
+      assert.ok(turn?.username && turn?.credential, `TURN server with credentials: ${JSON.stringify(config.iceServers)}`);
+    }
+    // The pages show how the media goes.
+    await waitInPage(viewer, `document.getElementById('quality').dataset.candidate === 'relay'`, 5000, 'play page shows "relay"');
+    assert.match(await viewer.textContent('#quality'), / · relay udp$/);
+    await waitInPage(caster, `document.getElementById('route').textContent === 'relay udp'`, 5000, 'cast page shows "relay udp"');
+
+    // /api/ice-servers from the page: a usable RTCConfiguration fragment, not cached.
+    const ice = await viewer.evaluate(async () => {
+      const res = await fetch('/api/ice-servers');
+      return { cacheControl: res.headers.get('Cache-Control'), body: await res.json() };
+    });
+    assert.equal(ice.cacheControl, 'no-store');
+    const urls = ice.body.iceServers.flatMap((s) => [s.urls].flat());
+    const host = new URL(h.url).hostname;
+    assert.ok(urls.some((u) => u.startsWith(`stun:${host}:`)), `a STUN URL: ${urls}`);
+    assert.ok(urls.some((u) => /^turn:.*\?transport=udp$/.test(u)) && urls.some((u) => /^turn:.*\?transport=tcp$/.test(u)), `TURN over UDP and TCP: ${urls}`);
+
+    await h.closePage(viewer);
+    await h.closePage(caster);
+  }),
+);
+
+test('w: vessel.js ICE options: fetches the ICE servers before every connection (fresh credentials), not with explicit iceServers, and connects without them when the fetch fails', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('w');
+    const page = await h.open('/', 'sdk ice');
+    let iceRequests = 0;
+    page.on('request', (r) => {
+      if (new URL(r.url()).pathname === '/api/ice-servers') iceRequests++;
+    });
+    const warnings = [];
+    page.on('console', (m) => m.type() === 'warning' && warnings.push(m.text()));
+
+    const r = await page.evaluate(async (live) => {
+      const { play, publish } = await import('/vessel.js');
+      const out = { errors: [] };
+      for (const bad of [{ iceTransportPolicy: 'none' }, { iceServers: { urls: 'stun:x' } }]) {
+        try {
+          play(live, bad);
+          out.errors.push(null);
+        } catch (err) {
+          out.errors.push(err.name);
+        }
+      }
+      const whenState = (h, state) => new Promise((r) => (h.state === state ? r() : h.on('state', (s) => s === state && r())));
+      const servers = (h) => h.pc.getConfiguration().iceServers;
+
+      // Explicit [] (no STUN/TURN): nothing fetched, direct connection.
+      const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+      const publisher = publish(live, stream, { iceServers: [] });
+      window.vesselPublisher = publisher;
+      await whenState(publisher, 'live');
+      out.publisherServers = servers(publisher);
+      out.publisherCandidate = await publisher.candidate();
+
+      // Default: the server's, fetched per connection.
+      const player = play(live);
+      window.vesselPlayer = player;
+      await whenState(player, 'playing');
+      const first = player.pc;
+      out.firstServers = servers(player);
+      await player._reconnect(new Error('test: reconnect'));
+      await new Promise((r) => {
+        const check = () => (player.pc !== first && player.state === 'playing' ? r() : setTimeout(check, 100));
+        check();
+      });
+      out.secondServers = servers(player);
+      out.playerStats = await new Promise((r) => player.on('stats', r));
+      await player.stop();
+      return out;
+    }, live);
+    h.note(`sdk ice: ${JSON.stringify(r)}`);
+    assert.deepEqual(r.errors, ['TypeError', 'TypeError'], 'bad iceTransportPolicy / iceServers throw');
+    assert.deepEqual(r.publisherServers, []);
+    assert.equal(r.publisherCandidate?.type, 'host', `publisher.candidate(): ${JSON.stringify(r.publisherCandidate)}`);
+    assert.equal(r.publisherCandidate?.transport, 'udp');
+    const turnUser = (servers) => servers.find((s) => s.username)?.username;
+    assert.ok(turnUser(r.firstServers), `TURN credentials: ${JSON.stringify(r.firstServers)}`);
+    assert.ok(turnUser(r.secondServers) && turnUser(r.secondServers) !== turnUser(r.firstServers), 'new TURN credentials for the new connection');
+    assert.equal(iceRequests, 2, 'one /api/ice-servers request per player connection, none for iceServers: []');
+    assert.ok(r.playerStats.candidate?.type, `stats.candidate: ${JSON.stringify(r.playerStats.candidate)}`);
+
+    // /api/ice-servers unreachable: a warning, and the player still plays (host candidates).
+    await page.route('**/api/ice-servers', (route) => route.abort());
+    const degraded = await page.evaluate(async (live) => {
+      const { play } = await import('/vessel.js');
+      const video = Object.assign(document.createElement('video'), { muted: true, autoplay: true, playsInline: true });
+      document.body.append(video);
+      const player = play(live, { video });
+      window.vesselPlayer = player;
+      await new Promise((r) => player.on('state', (s) => s === 'playing' && r()));
+      return { servers: player.pc.getConfiguration().iceServers };
+    }, live);
+    assert.deepEqual(degraded.servers, []);
+    await waitForMedia(page, PLAYER_PC, { what: 'player without ICE servers' });
+    assert.ok(warnings.some((w) => /cannot get the ICE servers/.test(w)), `a console warning: ${JSON.stringify(warnings)}`);
+
+    await page.evaluate(() => Promise.all([window.vesselPlayer.stop(), window.vesselPublisher.stop()]));
+    await h.closePage(page);
   }),
 );
