@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { Harness, REPO, liveName, rtcStats, selectedPair, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+import { Harness, REPO, VesselServer, liveName, rtcStats, selectedPair, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
 const PUBLISHER_PC = 'window.vesselPublisher && window.vesselPublisher.pc';
@@ -654,5 +654,31 @@ test('w: vessel.js ICE options: fetches the ICE servers before every connection 
 
     await page.evaluate(() => Promise.all([window.vesselPlayer.stop(), window.vesselPublisher.stop()]));
     await h.closePage(page);
+  }),
+);
+
+test('y: behind a 1:1 NAT (--public-ip, an address this host cannot reach): relayed caster and viewer still meet, since TURN hands packets to the SFU by its local address', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    // 203.0.113.7 (TEST-NET-3) is what the candidates announce; the test namespace has no route
+    // to it, so only the relay's local route to the media socket can carry the media.
+    const nat = await new VesselServer(h.log).start({ publicIps: ['203.0.113.7'] });
+    try {
+      const live = liveName('y');
+      const caster = await h.open(`/cast/${live}?relay=1`, `cast ${live} (1:1 NAT)`, { base: nat.url });
+      await waitInPage(caster, `!document.getElementById('golive').disabled`, 15000, 'camera ready');
+      await goLive(caster);
+      const viewer = await h.open(`/play/${live}?relay=1`, `play ${live} (1:1 NAT)`, { base: nat.url });
+      await waitForMedia(viewer, PLAYER_PC, { what: 'viewer behind the relay' });
+      await waitForSending(caster, PUBLISHER_PC, { what: 'caster behind the relay' });
+      for (const [page, pc, who] of [[caster, PUBLISHER_PC, 'caster'], [viewer, PLAYER_PC, 'viewer']]) {
+        const pair = await waitPair(page, pc, who);
+        assert.equal(pair.local.type, 'relay', `${who}: ${JSON.stringify(pair)}`);
+        assert.match(pair.remote.address, /^203\.0\.113\.7:\d+$/, `${who} talks to the announced address: ${JSON.stringify(pair)}`);
+      }
+      await h.closePage(viewer);
+      await h.closePage(caster);
+    } finally {
+      await nat.stop();
+    }
   }),
 );
