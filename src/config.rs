@@ -58,7 +58,7 @@ pub struct TurnFlags {
     pub disabled: bool,
 
     /// Host (and port) announced in TURN URLs, e.g. turn.example.com or
-    /// 203.0.113.7:3478. Default: the --turn address, or the first announced
+    /// 203.0.113.7:3478. Default: the --turn address, or each announced
     /// media address when --turn is 0.0.0.0.
     #[arg(long = "turn-public-addr", env = "VESSEL_TURN_PUBLIC_ADDR")]
     pub public_addr: Option<String>,
@@ -172,25 +172,42 @@ impl TurnFlags {
             .unwrap_or_else(|| self.concrete_ip(announced_media))
     }
 
-    /// `host:port` for TURN URLs, given the port actually bound.
-    pub fn public_host(&self, port: u16, announced_media: &[SocketAddr]) -> String {
+    /// `host:port`s for TURN URLs, given the port actually bound: the
+    /// `--turn-public-addr`, else the `--turn` IP, else (for `0.0.0.0`) every
+    /// announced media IP of the same family, as the media candidates do.
+    pub fn public_hosts(&self, port: u16, announced_media: &[SocketAddr]) -> Vec<String> {
         match &self.public_addr {
             Some(addr)
                 if addr.contains(':')
                     && !addr.starts_with('[')
                     && addr.parse::<IpAddr>().is_ok() =>
             {
-                format!("[{addr}]:{port}") // a bare IPv6 address
+                vec![format!("[{addr}]:{port}")] // a bare IPv6 address
             }
             Some(addr)
                 if addr
                     .rsplit_once(':')
                     .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
             {
-                addr.clone()
+                vec![addr.clone()]
             }
-            Some(host) => format!("{host}:{port}"),
-            None => SocketAddr::new(self.concrete_ip(announced_media), port).to_string(),
+            Some(host) => vec![format!("{host}:{port}")],
+            None if !self.listen.ip().is_unspecified() => {
+                vec![SocketAddr::new(self.listen.ip(), port).to_string()]
+            }
+            None => {
+                let mut hosts: Vec<String> = announced_media
+                    .iter()
+                    .filter(|a| a.is_ipv4() == self.listen.is_ipv4())
+                    .map(|a| SocketAddr::new(a.ip(), port).to_string())
+                    .collect();
+                hosts.dedup();
+                if hosts.is_empty() {
+                    hosts
+                        .push(SocketAddr::new(self.concrete_ip(announced_media), port).to_string());
+                }
+                hosts
+            }
         }
     }
 
@@ -269,7 +286,7 @@ mod tests {
         let c = Config::try_parse_from(["vessel"]).unwrap();
         let media = c.announced_media_addrs();
         assert_eq!(c.turn.listen, "127.0.0.1:3478".parse().unwrap());
-        assert_eq!(c.turn.public_host(3478, &media), "127.0.0.1:3478");
+        assert_eq!(c.turn.public_hosts(3478, &media), ["127.0.0.1:3478"]);
         assert_eq!(
             c.turn.relay_ip(&media),
             "127.0.0.1".parse::<IpAddr>().unwrap()
@@ -282,7 +299,8 @@ mod tests {
             Config::try_parse_from(["vessel", "--turn-public-addr", a])
                 .unwrap()
                 .turn
-                .public_host(3478, &[])
+                .public_hosts(3478, &[])
+                .join(",")
         };
         assert_eq!(parse("turn.example.com"), "turn.example.com:3478");
         assert_eq!(parse("turn.example.com:443"), "turn.example.com:443");
@@ -294,8 +312,14 @@ mod tests {
     #[test]
     fn turn_on_all_interfaces_announces_the_media_ip() {
         let c = Config::try_parse_from(["vessel", "--turn", "0.0.0.0:3478"]).unwrap();
-        let media = vec!["198.51.100.4:8189".parse().unwrap()];
-        assert_eq!(c.turn.public_host(3478, &media), "198.51.100.4:3478");
+        let media = vec![
+            "198.51.100.4:8189".parse().unwrap(),
+            "203.0.113.9:8189".parse().unwrap(),
+        ];
+        assert_eq!(
+            c.turn.public_hosts(3478, &media),
+            ["198.51.100.4:3478", "203.0.113.9:3478"]
+        );
         assert_eq!(
             c.turn.relay_ip(&media),
             "198.51.100.4".parse::<IpAddr>().unwrap()

@@ -88,11 +88,12 @@ async fn run(config: Config) -> Result<(), String> {
         tracing::info!(
             "STUN/TURN on udp and tcp {}{}; clients get credentials from the WHIP/WHEP \
              answers and {base}/api/ice-servers",
-            ice.host,
-            ice.tls_host
-                .as_ref()
-                .map(|h| format!(", TLS {h}"))
-                .unwrap_or_default()
+            ice.hosts.join(", "),
+            if ice.tls_hosts.is_empty() {
+                String::new()
+            } else {
+                format!(", TLS {}", ice.tls_hosts.join(", "))
+            }
         );
     }
     let stopping = async move {
@@ -170,16 +171,17 @@ fn start_turn(
     let unix_now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let host = flags.public_host(port, announced);
-    let tls_host = sockets
+    let hosts = flags.public_hosts(port, announced);
+    let tls_hosts = sockets
         .tls_addr()
-        .map(|a| flags.public_host(a.port(), announced));
+        .map(|a| flags.public_hosts(a.port(), announced))
+        .unwrap_or_default();
     let server = TurnServer::new(config, Instant::now(), unix_now);
     turn::runtime::spawn(sockets, server, relay_ip, own_routes)
         .map_err(|e| format!("cannot start the TURN thread: {e}"))?;
     Ok(Arc::new(IceServers {
-        host,
-        tls_host,
+        hosts,
+        tls_hosts,
         credentials,
         ttl: Duration::from_secs(flags.credential_ttl),
     }))

@@ -20,10 +20,10 @@ pub struct IceServer {
 /// Mints TURN credentials and lists the URLs they are good for.
 #[derive(Debug, Clone)]
 pub struct IceServers {
-    /// `host:port` of the STUN/TURN listener as clients should reach it.
-    pub host: String,
-    /// `host:port` of the TURN-over-TLS listener, when there is one.
-    pub tls_host: Option<String>,
+    /// `host:port`s of the STUN/TURN listener as clients should reach it.
+    pub hosts: Vec<String>,
+    /// `host:port`s of the TURN-over-TLS listener, when there is one.
+    pub tls_hosts: Vec<String>,
     pub credentials: Credentials,
     /// How long minted credentials may start new allocations.
     pub ttl: Duration,
@@ -37,16 +37,17 @@ impl IceServers {
             .map_or(0, |d| d.as_secs());
         let id = format!("vessel-{:08x}", rand::random::<u32>());
         let (username, credential) = self.credentials.mint(&id, unix_now, self.ttl);
-        let mut turn = vec![
-            format!("turn:{}?transport=udp", self.host),
-            format!("turn:{}?transport=tcp", self.host),
-        ];
-        if let Some(tls) = &self.tls_host {
+        let mut turn = Vec::new();
+        for host in &self.hosts {
+            turn.push(format!("turn:{host}?transport=udp"));
+            turn.push(format!("turn:{host}?transport=tcp"));
+        }
+        for tls in &self.tls_hosts {
             turn.push(format!("turns:{tls}?transport=tcp"));
         }
         vec![
             IceServer {
-                urls: vec![format!("stun:{}", self.host)],
+                urls: self.hosts.iter().map(|h| format!("stun:{h}")).collect(),
                 username: None,
                 credential: None,
             },
@@ -91,8 +92,8 @@ mod tests {
     #[test]
     fn links_carry_stun_and_turn_with_credentials() {
         let servers = IceServers {
-            host: "203.0.113.7:3478".into(),
-            tls_host: Some("turn.example.com:5349".into()),
+            hosts: vec!["203.0.113.7:3478".into()],
+            tls_hosts: vec!["turn.example.com:5349".into()],
             credentials: Credentials::new("secret".into(), HashMap::new()),
             ttl: Duration::from_secs(3600),
         }
