@@ -401,8 +401,19 @@ where
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     shared.borrow_mut().streams.insert(client, tx);
     let writer = tokio::task::spawn_local(async move {
+        let mut batch = Vec::with_capacity(MAX_FRAME);
         while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
+            // Whatever else is queued goes out in the same write: one
+            // syscall (and usually one TCP segment) for a burst of frames.
+            batch.clear();
+            batch.extend_from_slice(&frame);
+            while batch.len() < MAX_FRAME {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&batch).await.is_err() {
                 break;
             }
         }
