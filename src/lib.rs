@@ -4,6 +4,7 @@
 pub mod board;
 pub mod config;
 pub mod http;
+pub mod loadtest;
 pub mod media;
 pub mod sfu;
 pub mod turn;

@@ -10,14 +10,63 @@ use tracing_subscriber::EnvFilter;
 use vessel::board::LiveBoard;
 use vessel::config::{Config, TurnFlags};
 use vessel::http::{AppState, router};
+use vessel::loadtest::LoadtestArgs;
 use vessel::media;
 use vessel::sfu::{Sfu, SfuConfig};
 use vessel::turn::runtime::TurnSockets;
 use vessel::turn::{self, Credentials, IceServers, PeerPolicy, Quota, TurnConfig, TurnServer};
 
+/// `vessel` runs the server; `vessel loadtest` measures one.
+#[derive(Parser)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Load-test a WHIP/WHEP server (this one or any other): one caster,
+    /// many viewers, a report of delivery, loss, delay and server cost.
+    Loadtest(LoadtestArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Loadtest(args)) => loadtest(args),
+        None => serve(cli.config),
+    }
+}
+
+fn loadtest(args: LoadtestArgs) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    str0m::crypto::from_feature_flags().install_process_default();
+    let json = args.json;
+    match vessel::loadtest::run(args) {
+        Ok(report) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serializable")
+            );
+        }
+        Ok(report) => print!("{report}"),
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() {
-    let config = Config::parse();
+async fn serve(config: Config) {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("vessel=info")),

@@ -91,6 +91,10 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

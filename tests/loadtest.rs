@@ -1,0 +1,75 @@
+//! `vessel loadtest` against the real server, at small scale: every viewer
+//! connects and receives, nothing is lost. Throughput figures are for
+//! BENCHMARKS.md, not for tests.
+
+mod common;
+
+use std::process::Command;
+
+use common::Server;
+
+#[test]
+fn twenty_viewers_receive_everything() {
+    let server = Server::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["loadtest", "--server", &server.base, "--live", "small"])
+        .args([
+            "--viewers",
+            "20",
+            "--ramp",
+            "40",
+            "--duration",
+            "3",
+            "--bitrate",
+            "500000",
+        ])
+        .args(["--server-pid", &server.pid().to_string(), "--json"])
+        .output()
+        .expect("vessel loadtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest failed:\n{stderr}\n{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(report["connected"], 20, "{report:#}");
+    assert_eq!(report["receiving"], 20, "{report:#}");
+    assert_eq!(report["loss_percent"], 0.0, "{report:#}");
+    assert!(
+        report["errors"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    // 500 kbit/s at 30 fps is 2 packets a frame: about 60 video packets a
+    // second, so 3 s give every viewer well over 100.
+    assert!(
+        report["min_viewer_packets"].as_u64().unwrap() > 100,
+        "{report:#}"
+    );
+    assert!(
+        report["forwarding_delay_ms"]["samples"].as_u64().unwrap() > 20 * 100,
+        "{report:#}"
+    );
+    assert!(
+        report["join_to_first_packet_ms"]["samples"] == 20,
+        "{report:#}"
+    );
+    let usage = &report["server_usage"];
+    assert!(usage["cpu_s"].as_f64().unwrap() > 0.0, "{report:#}");
+    assert!(usage["rss_mib"].as_f64().unwrap() > 1.0, "{report:#}");
+}
+
+#[test]
+fn an_unreachable_server_is_an_error_not_a_hang() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args([
+            "loadtest",
+            "--server",
+            "http://127.0.0.1:9",
+            "--viewers",
+            "1",
+        ])
+        .output()
+        .expect("vessel loadtest runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the caster did not connect"), "{stderr}");
+}
