@@ -8,3 +8,4 @@ pub mod loadtest;
 pub mod media;
 pub mod sfu;
 pub mod turn;
+pub mod udp_batch;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::select_all;
 use str0m::Candidate;
-use str0m::net::Protocol;
+use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
@@ -545,6 +545,8 @@ async fn flush(
     tcp_conns: &HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     board: &LiveBoard,
 ) {
+    // UDP datagrams are gathered per socket and sent in batches.
+    let mut udp: Vec<Vec<Transmit>> = sockets.iter().map(|_| Vec::new()).collect();
     while let Some(t) = sfu.poll_transmit() {
         if t.proto == Protocol::Tcp {
             if let (Some(conn), Some(frame)) =
@@ -555,24 +557,21 @@ async fn flush(
             }
             continue;
         }
-        let socket = sockets
+        let i = sockets
             .iter()
-            .find(|s| s.announced == t.source)
-            .unwrap_or(&sockets[0]);
-        loop {
-            match socket.socket.try_send_to(&t.contents, t.destination) {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if socket.socket.writable().await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(to = %t.destination, "send failed: {e}");
-                    break;
-                }
-            }
+            .position(|s| s.announced == t.source)
+            .unwrap_or(0);
+        udp[i].push(t);
+    }
+    for (socket, transmits) in sockets.iter().zip(&udp) {
+        if transmits.is_empty() {
+            continue;
         }
+        let datagrams: Vec<(SocketAddr, &[u8])> = transmits
+            .iter()
+            .map(|t| (t.destination, &t.contents[..]))
+            .collect();
+        crate::udp_batch::send_all(&socket.socket, &datagrams).await;
     }
     while let Some(e) = sfu.poll_event() {
         match e {
