@@ -10,7 +10,13 @@ use crate::sfu::LiveState;
 
 #[derive(Default)]
 pub struct LiveBoard {
-    lives: Mutex<HashMap<String, watch::Sender<LiveState>>>,
+    lives: Mutex<HashMap<String, Entry>>,
+}
+
+/// A live as each media shard sees it, and the sum the pages are shown.
+struct Entry {
+    tx: watch::Sender<LiveState>,
+    shards: HashMap<usize, LiveState>,
 }
 
 fn off_air(live: &str) -> LiveState {
@@ -22,25 +28,34 @@ fn off_air(live: &str) -> LiveState {
 }
 
 impl LiveBoard {
+    /// A live's state as seen by shard 0 (the only one without sharding).
     pub fn update(&self, state: LiveState) {
+        self.update_from(0, state);
+    }
+
+    /// A live's state as seen by one media shard: the live is on air if its
+    /// caster's shard says so, and its viewers are summed over the shards.
+    pub fn update_from(&self, shard: usize, state: LiveState) {
         let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
-        match lives.get(&state.live) {
-            Some(tx) => {
-                tx.send_replace(state.clone());
-            }
-            None => {
-                let name = state.live.clone();
-                lives.insert(name, watch::channel(state.clone()).0);
-            }
+        let name = state.live.clone();
+        let entry = lives.entry(name.clone()).or_insert_with(|| Entry {
+            tx: watch::channel(off_air(&name)).0,
+            shards: HashMap::new(),
+        });
+        entry.shards.insert(shard, state);
+        entry.shards.retain(|_, s| s.on_air || s.viewers > 0);
+        let total = LiveState {
+            live: name.clone(),
+            on_air: entry.shards.values().any(|s| s.on_air),
+            viewers: entry.shards.values().map(|s| s.viewers).sum(),
+        };
+        if *entry.tx.borrow() != total {
+            entry.tx.send_replace(total.clone());
         }
         // Forget idle lives nobody watches, so arbitrary names cannot grow
         // the board without bound.
-        if !state.on_air
-            && state.viewers == 0
-            && let Some(tx) = lives.get(&state.live)
-            && tx.receiver_count() == 0
-        {
-            lives.remove(&state.live);
+        if !total.on_air && total.viewers == 0 && entry.tx.receiver_count() == 0 {
+            lives.remove(&name);
         }
     }
 
@@ -48,7 +63,7 @@ impl LiveBoard {
         let lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         lives
             .get(live)
-            .map(|tx| tx.borrow().clone())
+            .map(|e| e.tx.borrow().clone())
             .unwrap_or_else(|| off_air(live))
     }
 
@@ -57,7 +72,7 @@ impl LiveBoard {
         let lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<LiveState> = lives
             .values()
-            .map(|tx| tx.borrow().clone())
+            .map(|e| e.tx.borrow().clone())
             .filter(|s| s.on_air)
             .collect();
         v.sort_by(|a, b| a.live.cmp(&b.live));
@@ -68,7 +83,11 @@ impl LiveBoard {
         let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         lives
             .entry(live.to_string())
-            .or_insert_with(|| watch::channel(off_air(live)).0)
+            .or_insert_with(|| Entry {
+                tx: watch::channel(off_air(live)).0,
+                shards: HashMap::new(),
+            })
+            .tx
             .subscribe()
     }
 }
@@ -95,6 +114,20 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert_eq!(board.get("c").viewers, 1);
         assert_eq!(board.get("nope"), state("nope", false, 0));
+    }
+
+    #[test]
+    fn shards_add_up() {
+        let board = LiveBoard::default();
+        let mut rx = board.subscribe("x");
+        board.update_from(0, state("x", true, 2));
+        board.update_from(1, state("x", false, 3));
+        assert_eq!(board.get("x"), state("x", true, 5));
+        board.update_from(0, state("x", false, 1));
+        assert_eq!(*rx.borrow_and_update(), state("x", false, 4));
+        board.update_from(1, state("x", false, 0));
+        board.update_from(0, state("x", false, 0));
+        assert_eq!(board.get("x"), state("x", false, 0));
     }
 
     #[test]

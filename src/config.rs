@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "VESSEL_MEDIA", default_value = "127.0.0.1:8189")]
     pub media: SocketAddr,
 
+    /// Media worker threads, each with its own port: --media's port, the
+    /// next one, and so on (port 0: any free ports). Default: one per core.
+    #[arg(long, env = "VESSEL_WORKERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Option<u16>,
+
     /// Address announced in ICE candidates (repeatable), e.g. the server's
     /// public IP behind a 1:1 NAT. Default: the --media address, or every
     /// interface address when --media is 0.0.0.0.
@@ -236,6 +241,12 @@ impl TurnFlags {
 }
 
 impl Config {
+    pub fn workers(&self) -> usize {
+        self.workers
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(64)))
+    }
+
     /// The media addresses announced to clients as ICE host candidates.
     pub fn announced_media_addrs(&self) -> Vec<SocketAddr> {
         let port = self.media.port();

@@ -83,21 +83,40 @@ async fn serve(config: Config) {
 async fn run(config: Config) -> Result<(), String> {
     str0m::crypto::from_feature_flags().install_process_default();
 
-    let (sockets, announced) =
-        media::bind_udp_and_tcp(config.media, &config.announced_media_addrs()).map_err(|e| {
-            format!(
-                "cannot bind the media port {} (UDP, and TCP for ICE-TCP): {e} \
-                 (is another Vessel running? choose another with --media)",
-                config.media
-            )
-        })?;
-    let own_routes = media::local_routes(&sockets, &announced)
-        .map_err(|e| format!("media socket address: {e}"))?;
+    let workers = config.workers();
+    let (shards, shard_addrs) =
+        media::bind_shards(config.media, &config.announced_media_addrs(), workers).map_err(
+            |e| {
+                format!(
+                    "cannot bind the media port{} {} (UDP, and TCP for ICE-TCP): {e} \
+                     (is another Vessel running? choose another with --media, or fewer \
+                     ports with --workers)",
+                    if workers > 1 { "s from" } else { "" },
+                    config.media
+                )
+            },
+        )?;
+    let mut own_routes = Vec::new();
+    for (sockets, announced) in shards.iter().zip(&shard_addrs) {
+        own_routes.extend(
+            media::local_routes(sockets, announced)
+                .map_err(|e| format!("media socket address: {e}"))?,
+        );
+    }
+    let announced: Vec<SocketAddr> = shard_addrs.iter().flatten().copied().collect();
     let board = Arc::new(LiveBoard::default());
-    let mut sfu_config = SfuConfig::new(announced.clone());
-    sfu_config.ice_tcp = true;
-    let sfu = Sfu::new(sfu_config);
-    let media = media::spawn(sockets, sfu, board.clone())
+    let sfus = shard_addrs
+        .iter()
+        .enumerate()
+        .map(|(shard, addrs)| {
+            let mut sfu_config = SfuConfig::new(addrs.clone());
+            sfu_config.ice_tcp = true;
+            sfu_config.shard = shard;
+            sfu_config.shards = workers;
+            Sfu::new(sfu_config)
+        })
+        .collect();
+    let media = media::spawn(shards, sfus, board.clone())
         .map_err(|e| format!("cannot start the media thread: {e}"))?;
 
     let ice = if config.turn.disabled {

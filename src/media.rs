@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::select_all;
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
 use crate::sfu::layer::Preference;
+use crate::sfu::shard::Remote;
 use crate::sfu::{JoinError, Joined, NoSuchSession, PeerId, Role, Sfu, SfuEvent};
 
 enum Command {
@@ -55,29 +57,50 @@ pub enum MediaError {
     Down,
 }
 
-/// The HTTP side's handle on the media runtime. Cheap to clone.
+/// The HTTP side's handle on the media runtime (one worker thread per
+/// shard). Cheap to clone.
 #[derive(Clone)]
 pub struct MediaHandle {
-    tx: mpsc::Sender<Command>,
+    shards: Arc<[mpsc::Sender<Command>]>,
+    /// Round-robin placement of new sessions.
+    next: Arc<AtomicUsize>,
+    /// The current caster of each live, to end it when a new caster lands
+    /// on another shard (on the same shard the `Sfu` does it itself).
+    casters: Arc<Mutex<HashMap<String, PeerId>>>,
 }
 
 impl MediaHandle {
     pub async fn join(&self, live: &str, role: Role, offer: String) -> Result<Joined, MediaError> {
-        let live = live.to_string();
-        Ok(self
-            .request(|reply| Command::Join {
-                live,
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let name = live.to_string();
+        let joined = self
+            .request(shard, |reply| Command::Join {
+                live: name,
                 role,
                 offer,
                 reply,
             })
-            .await??)
+            .await??;
+        if role == Role::Cast {
+            let old = self
+                .casters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(live.to_string(), joined.peer);
+            if let Some(old) = old
+                && old.shard() != shard
+            {
+                tracing::info!(live, peer = %old, "caster replaced by a new session");
+                let _ = self.leave(live, Role::Cast, old).await;
+            }
+        }
+        Ok(joined)
     }
 
     pub async fn leave(&self, live: &str, role: Role, peer: PeerId) -> Result<(), MediaError> {
         let live = live.to_string();
         Ok(self
-            .request(|reply| Command::Leave {
+            .request(peer.shard(), |reply| Command::Leave {
                 live,
                 role,
                 peer,
@@ -95,7 +118,7 @@ impl MediaHandle {
     ) -> Result<(), MediaError> {
         let live = live.to_string();
         Ok(self
-            .request(|reply| Command::Trickle {
+            .request(peer.shard(), |reply| Command::Trickle {
                 live,
                 role,
                 peer,
@@ -114,7 +137,7 @@ impl MediaHandle {
     ) -> Result<(), MediaError> {
         let live = live.to_string();
         Ok(self
-            .request(|reply| Command::Layer {
+            .request(peer.shard(), |reply| Command::Layer {
                 live,
                 peer,
                 preference,
@@ -126,11 +149,14 @@ impl MediaHandle {
     /// Sends a command and waits for the media thread's reply.
     async fn request<T>(
         &self,
+        shard: usize,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, MediaError> {
+        let Some(tx) = self.shards.get(shard) else {
+            return Err(NoSuchSession.into());
+        };
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(command(reply))
+        tx.send(command(reply))
             .await
             .map_err(|_| MediaError::Down)?;
         rx.await.map_err(|_| MediaError::Down)
@@ -144,6 +170,31 @@ pub struct MediaSocket {
     pub tcp: Option<TcpListener>,
     /// What str0m is told the destination was: the announced candidate.
     pub announced: SocketAddr,
+}
+
+/// Binds the media sockets of `workers` shards: shard `k` on `--media`'s
+/// port + `k` (or any free port for port 0). Returns each shard's sockets
+/// and announced addresses.
+#[allow(clippy::type_complexity)]
+pub fn bind_shards(
+    media: SocketAddr,
+    announced: &[SocketAddr],
+    workers: usize,
+) -> io::Result<(Vec<Vec<MediaSocket>>, Vec<Vec<SocketAddr>>)> {
+    let mut shards = Vec::new();
+    let mut addrs = Vec::new();
+    for k in 0..workers {
+        let port = match media.port() {
+            0 => 0,
+            base => base.checked_add(k as u16).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "media ports run past 65535")
+            })?,
+        };
+        let (sockets, announced) = bind_udp_and_tcp(SocketAddr::new(media.ip(), port), announced)?;
+        shards.push(sockets);
+        addrs.push(announced);
+    }
+    Ok((shards, addrs))
 }
 
 /// For each announced media address, the local address that reaches the same
@@ -253,52 +304,89 @@ fn bind(
     Ok((sockets, announced))
 }
 
-/// Starts the media runtime on its own thread.
+/// Starts the media runtime: one thread per shard, each with its own
+/// sockets (`shards[i]`) and `Sfu` (`sfus[i]`).
 pub fn spawn(
-    sockets: Vec<MediaSocket>,
-    sfu: Sfu,
+    shards: Vec<Vec<MediaSocket>>,
+    sfus: Vec<Sfu>,
     board: Arc<LiveBoard>,
 ) -> io::Result<MediaHandle> {
-    let (tx, rx) = mpsc::channel(256);
-    for s in &sockets {
-        s.socket.set_nonblocking(true)?;
-        if let Some(l) = &s.tcp {
-            l.set_nonblocking(true)?;
-        }
+    assert_eq!(shards.len(), sfus.len(), "one Sfu per shard");
+    let mut commands = Vec::new();
+    let mut remotes = Vec::new();
+    let mut remote_rxs = Vec::new();
+    for _ in 0..shards.len() {
+        let (tx, rx) = mpsc::channel(256);
+        commands.push((tx, Some(rx)));
+        // Media between shards: a full queue drops, as a congested link would.
+        let (rtx, rrx) = mpsc::channel::<Remote>(REMOTE_QUEUE);
+        remotes.push(rtx);
+        remote_rxs.push(Some(rrx));
     }
-    std::thread::Builder::new()
-        .name("vessel-media".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("cannot start the media runtime: {e}");
-                    return;
-                }
-            };
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                rt.block_on(run(sockets, sfu, board, rx))
-            }));
-            match ran {
-                // The HTTP side went away: the process is shutting down.
-                Ok(Ok(())) => {}
-                // Without the media thread every live is lost: say so and
-                // exit, so that a supervisor (systemd, Docker) restarts
-                // Vessel instead of leaving it up but mute.
-                Ok(Err(e)) => {
-                    tracing::error!("media runtime failed: {e}; exiting");
-                    std::process::exit(1);
-                }
-                Err(_) => {
-                    tracing::error!("media runtime panicked; exiting");
-                    std::process::exit(1);
-                }
+    for (i, (sockets, sfu)) in shards.into_iter().zip(sfus).enumerate() {
+        for s in &sockets {
+            s.socket.set_nonblocking(true)?;
+            if let Some(l) = &s.tcp {
+                l.set_nonblocking(true)?;
             }
-        })?;
-    Ok(MediaHandle { tx })
+        }
+        let rx = commands[i].1.take().expect("once");
+        let remote_rx = remote_rxs[i].take().expect("once");
+        let remotes = remotes.clone();
+        let board = board.clone();
+        std::thread::Builder::new()
+            .name(format!("vessel-media-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("cannot start the media runtime: {e}");
+                        std::process::exit(1);
+                    }
+                };
+                let shard = Shard {
+                    index: i,
+                    remote_rx,
+                    remotes,
+                };
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    rt.block_on(run(sockets, sfu, board, rx, shard))
+                }));
+                match ran {
+                    // The HTTP side went away: the process is shutting down.
+                    Ok(Ok(())) => {}
+                    // Without the media thread every live is lost: say so and
+                    // exit, so that a supervisor (systemd, Docker) restarts
+                    // Vessel instead of leaving it up but mute.
+                    Ok(Err(e)) => {
+                        tracing::error!("media runtime failed: {e}; exiting");
+                        std::process::exit(1);
+                    }
+                    Err(_) => {
+                        tracing::error!("media runtime panicked; exiting");
+                        std::process::exit(1);
+                    }
+                }
+            })?;
+    }
+    Ok(MediaHandle {
+        shards: commands.into_iter().map(|(tx, _)| tx).collect(),
+        next: Arc::new(AtomicUsize::new(0)),
+        casters: Arc::default(),
+    })
+}
+
+/// Hand-offs queued towards one shard before they are dropped.
+const REMOTE_QUEUE: usize = 4096;
+
+/// A media thread's place among the shards.
+struct Shard {
+    index: usize,
+    remote_rx: mpsc::Receiver<Remote>,
+    remotes: Vec<mpsc::Sender<Remote>>,
 }
 
 struct Socket {
@@ -311,6 +399,7 @@ async fn run(
     mut sfu: Sfu,
     board: Arc<LiveBoard>,
     mut commands: mpsc::Receiver<Command>,
+    mut shard: Shard,
 ) -> io::Result<()> {
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(1024);
     let mut udp = Vec::new();
@@ -329,7 +418,7 @@ async fn run(
     let mut tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
-        flush(&mut sfu, &sockets, &tcp_conns, &board).await;
+        flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
         let wake = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -367,6 +456,13 @@ async fn run(
                 Some(cmd) => handle(&mut sfu, cmd),
                 None => return Ok(()),
             },
+            Some(msg) = shard.remote_rx.recv() => {
+                sfu.handle_remote(msg, Instant::now());
+                // Take what else is queued in the same wake-up.
+                while let Ok(msg) = shard.remote_rx.try_recv() {
+                    sfu.handle_remote(msg, Instant::now());
+                }
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         sfu.handle_timeout(Instant::now());
@@ -544,7 +640,13 @@ async fn flush(
     sockets: &[Socket],
     tcp_conns: &HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     board: &LiveBoard,
+    shard: &Shard,
 ) {
+    while let Some((to, msg)) = sfu.poll_remote() {
+        if let Some(tx) = shard.remotes.get(to) {
+            let _ = tx.try_send(msg);
+        }
+    }
     // UDP datagrams are gathered per socket and sent in batches.
     let mut udp: Vec<Vec<Transmit>> = sockets.iter().map(|_| Vec::new()).collect();
     while let Some(t) = sfu.poll_transmit() {
@@ -575,7 +677,7 @@ async fn flush(
     }
     while let Some(e) = sfu.poll_event() {
         match e {
-            SfuEvent::Live(state) => board.update(state),
+            SfuEvent::Live(state) => board.update_from(shard.index, state),
             SfuEvent::SessionEnded { .. } => {}
         }
     }

@@ -114,7 +114,10 @@ mod tests {
         let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let bad: SocketAddr = "[::1]:9".parse().unwrap(); // wrong family for this socket
-        let datagrams = [(bad, &b"lost"[..]), (rx.local_addr().unwrap(), &b"kept"[..])];
+        let datagrams = [
+            (bad, &b"lost"[..]),
+            (rx.local_addr().unwrap(), &b"kept"[..]),
+        ];
         send_all(&tx, &datagrams).await;
         let mut buf = [0u8; 16];
         let n = rx.recv(&mut buf).await.unwrap();

@@ -100,10 +100,16 @@ impl Sfu {
 
     /// The current caster's video layers, lowest first.
     pub(super) fn caster_layers(&self, live: &str, now: Instant) -> Vec<LayerInfo> {
-        let caster = self.lives.get(live).and_then(|l| l.caster);
-        match caster.and_then(|c| self.peers.get(&c)).map(|p| &p.role) {
+        let Some(l) = self.lives.get(live) else {
+            return Vec::new();
+        };
+        match l.caster.and_then(|c| self.peers.get(&c)).map(|p| &p.role) {
             Some(PeerRole::Cast(cast)) => cast.video.infos(now),
-            _ => Vec::new(),
+            _ => l
+                .remote
+                .as_ref()
+                .map(|r| r.video.infos(now))
+                .unwrap_or_default(),
         }
     }
 
@@ -163,7 +169,8 @@ impl Sfu {
             return None;
         };
         let track = play.video.as_ref()?;
-        let caster = self.lives.get(&peer.live)?.caster?;
+        let l = self.lives.get(&peer.live)?;
+        let caster = l.caster.or(l.remote.as_ref().map(|r| r.peer))?;
         match track.source() {
             Some(src) if src.peer == caster => Some(src.ssrc),
             _ => track.target,
@@ -175,7 +182,11 @@ impl Sfu {
         let Some(l) = self.lives.get_mut(live) else {
             return;
         };
-        l.next_layer_check = l.caster.map(|_| now + LAYER_CHECK);
+        l.next_layer_check =
+            (l.caster.is_some() || l.remote.is_some()).then_some(now + LAYER_CHECK);
+        if let Some(remote) = l.remote.as_mut() {
+            remote.video.refresh(now);
+        }
         let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
         if let Some(PeerRole::Cast(cast)) = l
             .caster
@@ -191,13 +202,23 @@ impl Sfu {
         }
     }
 
-    fn forward(&mut self, live: &str, caster: PeerId, forwards: &[Forward], now: Instant) {
+    fn forward(&mut self, live: &Arc<str>, caster: PeerId, forwards: &[Forward], now: Instant) {
+        if self
+            .lives
+            .get(live)
+            .is_none_or(|l| l.caster != Some(caster))
+        {
+            return;
+        }
+        self.relay(live, forwards);
+        self.fan_out(live, forwards, now);
+    }
+
+    /// Sends a caster's packets (local or handed over) to this shard's viewers.
+    pub(super) fn fan_out(&mut self, live: &str, forwards: &[Forward], now: Instant) {
         let Some(l) = self.lives.get(live) else {
             return;
         };
-        if l.caster != Some(caster) {
-            return;
-        }
         let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
         let mut need_keyframe: Vec<u32> = Vec::new();
         for v in viewers {
@@ -228,8 +249,21 @@ impl Sfu {
 
     /// Someone needs a keyframe of `layer`: ask the caster, through the
     /// layer's gate.
-    fn want_keyframe(&mut self, live: &str, layer: u32, now: Instant) {
-        let Some(caster) = self.lives.get(live).and_then(|l| l.caster) else {
+    pub(super) fn want_keyframe(&mut self, live: &str, layer: u32, now: Instant) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        let Some(caster) = l.caster else {
+            // The caster is on another shard: through this shard's gate, ask it.
+            if let Some(remote) = l.remote.as_mut()
+                && let Some(gate) = remote.video.get_mut(layer).map(|l| &mut l.keyframes)
+                && gate.request(now)
+            {
+                let shard = remote.peer.shard();
+                let live = l.name.clone();
+                self.remote_out
+                    .push_back((shard, super::shard::Remote::Keyframe { live, layer }));
+            }
             return;
         };
         let Some(peer) = self.peers.get_mut(&caster) else {
@@ -249,6 +283,22 @@ impl Sfu {
 
     /// Sends the deferred keyframe requests that are due.
     pub(super) fn keyframe_timeouts(&mut self, now: Instant) {
+        for l in self.lives.values_mut() {
+            let Some(remote) = l.remote.as_mut() else {
+                continue;
+            };
+            for layer in remote.video.iter_mut() {
+                if layer.keyframes.handle_timeout(now) {
+                    self.remote_out.push_back((
+                        remote.peer.shard(),
+                        super::shard::Remote::Keyframe {
+                            live: l.name.clone(),
+                            layer: *layer.ssrc,
+                        },
+                    ));
+                }
+            }
+        }
         let casters: Vec<PeerId> = self.lives.values().filter_map(|l| l.caster).collect();
         for id in casters {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -345,6 +395,7 @@ fn prepare(peer: &mut Peer, pkt: RtpPacket, new_layer: &mut bool) -> Option<Forw
         red,
         primary,
         kind,
+        rid,
         media: MediaPacket {
             source: SourceId {
                 peer: peer.id,

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::shard::RemoteCaster;
 use super::{LiveState, PeerId};
 
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub(super) struct Live {
     /// When the caster's layers are next measured and every viewer's layer
     /// chosen again; none while there is no caster.
     pub next_layer_check: Option<Instant>,
+    /// The caster when it is on another shard.
+    pub remote: Option<RemoteCaster>,
 }
 
 /// How often layers are re-measured and re-chosen: often enough to follow
@@ -35,6 +38,7 @@ impl Live {
             viewers: BTreeSet::new(),
             watching: 0,
             next_layer_check: None,
+            remote: None,
         }
     }
 

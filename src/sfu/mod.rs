@@ -11,6 +11,7 @@ pub mod keyframe;
 pub mod layer;
 mod live;
 mod peer;
+pub mod shard;
 pub mod simulcast;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,16 @@ pub struct PeerId(pub(crate) u128);
 impl PeerId {
     pub fn random() -> Self {
         Self(rand::random())
+    }
+
+    /// A random id that names the shard owning the session (low byte), so
+    /// that commands find it.
+    pub fn random_on(shard: usize) -> Self {
+        Self((rand::random::<u128>() & !0xff) | (shard as u128 & 0xff))
+    }
+
+    pub fn shard(&self) -> usize {
+        (self.0 & 0xff) as usize
     }
 }
 
@@ -90,6 +101,9 @@ pub struct SfuConfig {
     /// Bandwidth assumed towards a new viewer until its estimate comes in
     /// (bits per second): enough for the top layer of a usual simulcast.
     pub initial_estimate: u64,
+    /// This `Sfu`'s shard, and how many there are (at most 64).
+    pub shard: usize,
+    pub shards: usize,
 }
 
 impl SfuConfig {
@@ -100,6 +114,8 @@ impl SfuConfig {
             keyframe_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(20),
             initial_estimate: 1_500_000,
+            shard: 0,
+            shards: 1,
         }
     }
 }
@@ -155,6 +171,10 @@ pub struct Sfu {
     timers: BTreeSet<(Instant, PeerId)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
+    /// Messages for other shards.
+    remote_out: VecDeque<(usize, shard::Remote)>,
+    /// Per live, the other shards that have viewers of it (bit per shard).
+    interest: HashMap<Arc<str>, u64>,
 }
 
 impl Sfu {
@@ -168,6 +188,8 @@ impl Sfu {
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            remote_out: VecDeque::new(),
+            interest: HashMap::new(),
         }
     }
 
@@ -186,7 +208,7 @@ impl Sfu {
         let offer = SdpOffer::from_sdp_string(offer)
             .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
         let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
-        let id = PeerId::random();
+        let id = PeerId::random_on(self.config.shard);
         let ufrag = format!("{:016x}", rand::random::<u64>());
         let creds = IceCreds {
             ufrag: ufrag.clone(),
@@ -301,13 +323,18 @@ impl Sfu {
             .lives
             .entry(live_name.clone())
             .or_insert_with(|| Live::new(live_name.clone()));
+        let mut first_viewer = false;
         let replaced = match role {
             Role::Cast => live_entry.caster.replace(id),
             Role::Play => {
+                first_viewer = live_entry.viewers.is_empty();
                 live_entry.viewers.insert(id);
                 None
             }
         };
+        if first_viewer {
+            self.announce_interest(&live_name, true);
+        }
         let peer = Peer {
             id,
             live: live_name.clone(),
@@ -503,7 +530,17 @@ impl Sfu {
         let keyframes = self
             .casters()
             .flat_map(|c| c.video.iter().filter_map(|l| l.keyframes.poll_timeout()));
-        peers.into_iter().chain(lives).chain(keyframes).min()
+        let remote_keyframes = self
+            .lives
+            .values()
+            .filter_map(|l| l.remote.as_ref())
+            .flat_map(|r| r.video.iter().filter_map(|l| l.keyframes.poll_timeout()));
+        peers
+            .into_iter()
+            .chain(lives)
+            .chain(keyframes)
+            .chain(remote_keyframes)
+            .min()
     }
 
     /// The casters of every live.
@@ -557,17 +594,21 @@ impl Sfu {
             }
         }
         let role = peer.role();
+        let mut caster_gone = false;
+        let mut unwatched = false;
         if let Some(l) = self.lives.get_mut(&peer.live) {
             let changed = match role {
                 Role::Cast if l.caster == Some(id) => {
                     l.caster = None;
-                    l.next_layer_check = None;
+                    l.next_layer_check = l.remote.as_ref().map(|_| now + live::LAYER_CHECK);
+                    caster_gone = true;
                     std::mem::replace(&mut l.on_air, false)
                 }
                 // A replaced caster: the live carries on with the new one.
                 Role::Cast => false,
                 Role::Play => {
                     l.viewers.remove(&id);
+                    unwatched = l.viewers.is_empty();
                     if peer.connected {
                         l.watching -= 1;
                     }
@@ -581,13 +622,18 @@ impl Sfu {
                 self.lives.remove(&peer.live);
             }
         }
+        if caster_gone {
+            self.announce_caster_gone(&peer.live, id);
+        }
+        if unwatched {
+            self.announce_interest(&peer.live, false);
+        }
         tracing::info!(live = %peer.live, peer = %id, %role, "session closed");
         self.events.push_back(SfuEvent::SessionEnded {
             peer: id,
             live: peer.live.to_string(),
             role,
         });
-        let _ = now;
     }
 }
 

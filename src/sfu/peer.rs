@@ -125,9 +125,13 @@ impl Play {
     }
 }
 
-/// One caster packet, prepared once and sent to every viewer.
-pub(super) struct Forward {
+/// One caster packet, prepared once and sent to every viewer (on every
+/// shard: cloning shares the payload).
+#[derive(Clone)]
+pub struct Forward {
     pub kind: MediaKind,
+    /// The simulcast layer's rid, when the caster names its layers.
+    pub rid: Option<Rid>,
     pub media: MediaPacket,
     pub spec: CodecSpec,
     pub pt: Pt,
