@@ -87,6 +87,9 @@ impl fmt::Display for Role {
     }
 }
 
+/// How long a viewer's sent packets are kept for NACKs.
+const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
     /// Addresses announced as ICE host candidates (the media port).
@@ -297,7 +300,12 @@ impl Sfu {
             Role::Play => {
                 let mut track = |kind| {
                     let mid = first(kind, true)?;
-                    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+                    let mut api = rtc.direct_api();
+                    let tx = api.stream_tx_by_mid(mid, None)?;
+                    // A retransmission older than a second would miss any
+                    // live player's jitter buffer; str0m keeps 3 s.
+                    tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(0.15));
+                    let ssrc = tx.ssrc();
                     Some(OutTrack::new(mid, ssrc, kind))
                 };
                 let play = Play {
