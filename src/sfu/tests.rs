@@ -13,12 +13,17 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::*;
 
-const SERVER: &str = "10.0.0.1:5000";
+/// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
+fn server(shard: usize) -> SocketAddr {
+    SocketAddr::new([10, 0, 0, 1].into(), 5000 + shard as u16)
+}
 
 struct Client {
     rtc: Rtc,
     addr: SocketAddr,
     peer: PeerId,
+    /// The SFU shard its session lives on.
+    shard: usize,
     connected: bool,
     audio: Mid,
     /// Audio packets received: (payload type, payload).
@@ -45,7 +50,8 @@ struct Got {
 const RIDS: [&str; 3] = ["q", "h", "f"];
 
 struct Net {
-    sfu: Sfu,
+    /// One `Sfu` per shard, as the runtime's workers hold them.
+    sfus: Vec<Sfu>,
     start: Instant,
     now: Instant,
     clients: Vec<Client>,
@@ -54,11 +60,22 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
+        Self::sharded(1)
+    }
+
+    fn sharded(shards: usize) -> Self {
         str0m::crypto::from_feature_flags().install_process_default();
-        let mut config = SfuConfig::new(vec![SERVER.parse().unwrap()]);
-        config.connect_timeout = Duration::from_secs(5);
+        let sfus = (0..shards)
+            .map(|k| {
+                let mut config = SfuConfig::new(vec![server(k)]);
+                config.connect_timeout = Duration::from_secs(5);
+                config.shard = k;
+                config.shards = shards;
+                Sfu::new(config)
+            })
+            .collect();
         Self {
-            sfu: Sfu::new(config),
+            sfus,
             start: Instant::now(),
             now: Instant::now(),
             clients: Vec::new(),
@@ -110,16 +127,28 @@ impl Net {
     }
 
     fn join_full(&mut self, live: &str, role: Role, simulcast: bool, red: bool) -> usize {
+        self.join_on(0, live, role, simulcast, red)
+    }
+
+    fn join_on(
+        &mut self,
+        shard: usize,
+        live: &str,
+        role: Role,
+        simulcast: bool,
+        red: bool,
+    ) -> usize {
         let port = 6000 + self.clients.len() as u16;
         let (mut rtc, audio, video, offer, pending, addr) =
             self.offer_full(role == Role::Cast, simulcast, red, port);
-        let joined = self.sfu.join(live, role, &offer, self.now).unwrap();
+        let joined = self.sfus[shard].join(live, role, &offer, self.now).unwrap();
         let answer = SdpAnswer::from_sdp_string(&joined.answer).unwrap();
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
         self.clients.push(Client {
             rtc,
             addr,
             peer: joined.peer,
+            shard,
             connected: false,
             audio,
             audio_got: Vec::new(),
@@ -152,7 +181,9 @@ impl Net {
                 }
                 let _ = c.rtc.handle_input(Input::Timeout(now));
             }
-            self.sfu.handle_timeout(now);
+            for sfu in &mut self.sfus {
+                sfu.handle_timeout(now);
+            }
             self.pump();
         }
     }
@@ -160,32 +191,42 @@ impl Net {
     /// Delivers datagrams until the network is quiet. Each input is
     /// followed by a poll, as str0m requires.
     fn pump(&mut self) {
-        let server: SocketAddr = SERVER.parse().unwrap();
         loop {
             let mut moved = false;
             for i in 0..self.clients.len() {
-                moved |= self.drain_client(i, server);
+                moved |= self.drain_client(i);
             }
-            while let Some(t) = self.sfu.poll_transmit() {
-                moved = true;
-                let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else {
-                    continue;
-                };
-                let c = &mut self.clients[i];
-                let input = Input::Receive(
-                    self.now,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source: server,
-                        destination: c.addr,
-                        contents: (&t.contents[..]).try_into().unwrap(),
-                    },
-                );
-                let _ = c.rtc.handle_input(input);
-                self.drain_client(i, server);
-            }
-            while let Some(e) = self.sfu.poll_event() {
-                self.events.push(e);
+            for k in 0..self.sfus.len() {
+                while let Some(t) = self.sfus[k].poll_transmit() {
+                    moved = true;
+                    let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else {
+                        continue;
+                    };
+                    let c = &mut self.clients[i];
+                    let input = Input::Receive(
+                        self.now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: server(k),
+                            destination: c.addr,
+                            contents: (&t.contents[..]).try_into().unwrap(),
+                        },
+                    );
+                    let _ = c.rtc.handle_input(input);
+                    self.drain_client(i);
+                }
+                // Hand-offs between shards, as the runtime's queues carry them.
+                let mut remote = Vec::new();
+                while let Some(m) = self.sfus[k].poll_remote() {
+                    remote.push(m);
+                }
+                for (to, msg) in remote {
+                    moved = true;
+                    self.sfus[to].handle_remote(msg, self.now);
+                }
+                while let Some(e) = self.sfus[k].poll_event() {
+                    self.events.push(e);
+                }
             }
             if !moved {
                 break;
@@ -193,8 +234,8 @@ impl Net {
         }
     }
 
-    /// Polls client `i`, sending its datagrams to the SFU. True if it sent any.
-    fn drain_client(&mut self, i: usize, server: SocketAddr) -> bool {
+    /// Polls client `i`, sending its datagrams to its shard. True if it sent any.
+    fn drain_client(&mut self, i: usize) -> bool {
         let mut sent = false;
         loop {
             let c = &mut self.clients[i];
@@ -203,9 +244,14 @@ impl Net {
                 Output::Event(e) => on_event(c, e),
                 Output::Transmit(t) => {
                     sent = true;
-                    let addr = c.addr;
-                    self.sfu
-                        .handle_receive(self.now, Protocol::Udp, addr, server, &t.contents);
+                    let (addr, shard) = (c.addr, c.shard);
+                    self.sfus[shard].handle_receive(
+                        self.now,
+                        Protocol::Udp,
+                        addr,
+                        server(shard),
+                        &t.contents,
+                    );
                 }
             }
         }
@@ -304,7 +350,10 @@ fn assert_one_stream(got: &[Got]) {
 fn a_live_goes_on_air_when_its_caster_connects() {
     let mut net = Net::new();
     let caster = net.join("show", Role::Cast);
-    assert_eq!(net.sfu.live_state("show").map(|s| s.on_air), Some(false));
+    assert_eq!(
+        net.sfus[0].live_state("show").map(|s| s.on_air),
+        Some(false)
+    );
     net.run(Duration::from_millis(500));
     assert!(net.clients[caster].connected);
     assert_eq!(
@@ -330,11 +379,13 @@ fn viewers_are_counted_once_connected_and_uncounted_when_they_leave() {
 
     let peer = net.clients[a].peer;
     assert_eq!(
-        net.sfu.leave("show", Role::Cast, peer, net.now),
+        net.sfus[0].leave("show", Role::Cast, peer, net.now),
         Err(NoSuchSession),
         "a viewer's session is not a caster's"
     );
-    net.sfu.leave("show", Role::Play, peer, net.now).unwrap();
+    net.sfus[0]
+        .leave("show", Role::Play, peer, net.now)
+        .unwrap();
     net.pump();
     assert_eq!(net.last_state("show").unwrap().viewers, 1);
     assert!(net.ended(peer));
@@ -373,26 +424,30 @@ fn the_live_is_forgotten_when_everyone_leaves() {
     let c = net.join("show", Role::Cast);
     net.run(Duration::from_millis(300));
     let peer = net.clients[c].peer;
-    net.sfu.leave("show", Role::Cast, peer, net.now).unwrap();
+    net.sfus[0]
+        .leave("show", Role::Cast, peer, net.now)
+        .unwrap();
     net.pump();
     assert_eq!(net.last_state("show").map(|s| s.on_air), Some(false));
-    assert_eq!(net.sfu.live_state("show"), None);
-    assert_eq!(net.sfu.poll_timeout(), None, "no timers left behind");
+    assert_eq!(net.sfus[0].live_state("show"), None);
+    assert_eq!(net.sfus[0].poll_timeout(), None, "no timers left behind");
 }
 
 #[test]
 fn a_session_that_never_connects_is_dropped() {
     let mut net = Net::new();
     let (_rtc, _, offer, _, _) = net.offer(false, 7000);
-    let joined = net.sfu.join("show", Role::Play, &offer, net.now).unwrap();
+    let joined = net.sfus[0]
+        .join("show", Role::Play, &offer, net.now)
+        .unwrap();
     // The client never sends a packet.
     for _ in 0..6 {
         net.now += Duration::from_secs(1);
-        net.sfu.handle_timeout(net.now);
+        net.sfus[0].handle_timeout(net.now);
     }
     net.pump();
     assert!(net.ended(joined.peer));
-    assert_eq!(net.sfu.live_state("show"), None);
+    assert_eq!(net.sfus[0].live_state("show"), None);
 }
 
 #[test]
@@ -400,16 +455,16 @@ fn refused_offers_leave_no_trace() {
     let mut net = Net::new();
     let caster_offer = net.offer(true, 7001).2;
     assert!(matches!(
-        net.sfu.join("show", Role::Cast, "nonsense", net.now),
+        net.sfus[0].join("show", Role::Cast, "nonsense", net.now),
         Err(JoinError::MalformedOffer(_))
     ));
     // A caster's (sendonly) offer is no viewer's offer.
     assert!(matches!(
-        net.sfu.join("show", Role::Play, &caster_offer, net.now),
+        net.sfus[0].join("show", Role::Play, &caster_offer, net.now),
         Err(JoinError::NoMedia(_))
     ));
-    assert_eq!(net.sfu.live_state("show"), None);
-    assert_eq!(net.sfu.poll_timeout(), None);
+    assert_eq!(net.sfus[0].live_state("show"), None);
+    assert_eq!(net.sfus[0].poll_timeout(), None);
 }
 
 #[test]
@@ -430,7 +485,7 @@ fn simulcast_viewers_get_the_top_layer_and_can_cap_it() {
     // Viewer a asks for the lowest layer: it moves at the next keyframe of
     // that layer; viewer b is not disturbed.
     let peer = net.clients[a].peer;
-    net.sfu
+    net.sfus[0]
         .set_preference("show", peer, Preference::Low, net.now)
         .unwrap();
     net.run(Duration::from_millis(500));
@@ -438,7 +493,7 @@ fn simulcast_viewers_get_the_top_layer_and_can_cap_it() {
     assert_eq!(top(&net.clients[b]), Some(2));
 
     // Back to auto: up again once the up hold has passed.
-    net.sfu
+    net.sfus[0]
         .set_preference("show", peer, Preference::Auto, net.now)
         .unwrap();
     net.run(Duration::from_millis(3000));
@@ -480,14 +535,12 @@ fn setting_the_layer_of_an_unknown_session_fails() {
     let caster = net.join("show", Role::Cast);
     let peer = net.clients[caster].peer;
     assert_eq!(
-        net.sfu
-            .set_preference("show", peer, Preference::Low, net.now),
+        net.sfus[0].set_preference("show", peer, Preference::Low, net.now),
         Err(NoSuchSession),
         "a caster has no layer preference"
     );
     assert_eq!(
-        net.sfu
-            .set_preference("show", PeerId(7), Preference::Low, net.now),
+        net.sfus[0].set_preference("show", PeerId(7), Preference::Low, net.now),
         Err(NoSuchSession)
     );
 }
@@ -556,4 +609,74 @@ fn red_audio_reaches_viewers_with_and_without_red() {
         assert_eq!(*pt, opus_pt, "plain Opus payload type");
         assert_eq!(p, &vec![i as u8; 5], "the primary block alone");
     }
+}
+
+#[test]
+fn viewers_on_other_shards_get_the_caster_through_one_hand_off_each() {
+    let mut net = Net::sharded(3);
+    let caster = net.join_on(0, "show", Role::Cast, true, false);
+    let near = net.join_on(0, "show", Role::Play, false, false);
+    let far = net.join_on(1, "show", Role::Play, false, false);
+    let farther = net.join_on(2, "show", Role::Play, false, false);
+    net.run(Duration::from_millis(1500));
+    for v in [near, far, farther] {
+        let got = &net.clients[v].received;
+        assert!(got.len() > 40, "viewer {v} receives: {}", got.len());
+        assert!(got[0].starts_keyframe, "viewer {v} starts at a keyframe");
+        assert_eq!(
+            got.last().unwrap().layer,
+            2,
+            "viewer {v} gets the top layer"
+        );
+        assert_one_stream(got);
+    }
+    // Each shard counts its own viewers; the board adds them up.
+    let viewers: usize = (0..3)
+        .map(|k| net.sfus[k].live_state("show").map_or(0, |s| s.viewers))
+        .sum();
+    assert_eq!(viewers, 3);
+    assert_eq!(net.sfus[0].live_state("show").map(|s| s.on_air), Some(true));
+    assert_eq!(
+        net.sfus[1].live_state("show").map(|s| s.on_air),
+        Some(false)
+    );
+
+    // A viewer far away caps its layer: its shard measured the layers from
+    // the hand-offs and asks the caster's shard for the keyframe it needs.
+    let peer = net.clients[far].peer;
+    net.sfus[1]
+        .set_preference("show", peer, layer::Preference::Low, net.now)
+        .unwrap();
+    let before = net.clients[far].received.len();
+    let asked = net.clients[caster].keyframe_requests;
+    net.run(Duration::from_millis(1000));
+    let after = &net.clients[far].received[before..];
+    assert!(after.iter().any(|g| g.layer == 0), "moved to the low layer");
+    assert!(
+        net.clients[caster].keyframe_requests > asked,
+        "the keyframe request crossed back to the caster's shard"
+    );
+    assert_eq!(after.last().unwrap().layer, 0);
+
+    // The caster leaves: the other shards forget it.
+    let caster_peer = net.clients[caster].peer;
+    net.sfus[0]
+        .leave("show", Role::Cast, caster_peer, net.now)
+        .unwrap();
+    net.pump();
+    for k in 1..3 {
+        assert!(
+            net.sfus[k]
+                .lives
+                .get("show")
+                .is_some_and(|l| l.remote.is_none())
+        );
+    }
+    // The last viewer of a shard leaving withdraws that shard's interest.
+    let far_peer = net.clients[far].peer;
+    net.sfus[1]
+        .leave("show", Role::Play, far_peer, net.now)
+        .unwrap();
+    net.pump();
+    assert_eq!(net.sfus[0].interest.get("show").copied(), Some(1 << 2));
 }
