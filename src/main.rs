@@ -14,7 +14,9 @@ use vessel::loadtest::LoadtestArgs;
 use vessel::media;
 use vessel::sfu::{Sfu, SfuConfig};
 use vessel::turn::runtime::TurnSockets;
-use vessel::turn::{self, Credentials, IceServers, PeerPolicy, Quota, TurnConfig, TurnServer};
+use vessel::turn::{
+    self, Credentials, IceServers, Ledger, Nonces, PeerPolicy, Quota, TurnConfig, TurnServer,
+};
 
 /// `vessel` runs the server; `vessel loadtest` measures one.
 #[derive(Parser)]
@@ -122,7 +124,7 @@ async fn run(config: Config) -> Result<(), String> {
     let ice = if config.turn.disabled {
         None
     } else {
-        Some(start_turn(&config.turn, &announced, own_routes)?)
+        Some(start_turn(&config.turn, &announced, own_routes, workers)?)
     };
 
     let listener = TcpListener::bind(config.http).await.map_err(|e| {
@@ -189,6 +191,7 @@ fn start_turn(
     flags: &TurnFlags,
     announced: &[SocketAddr],
     own_routes: Vec<(SocketAddr, SocketAddr)>,
+    workers: usize,
 ) -> Result<Arc<IceServers>, String> {
     let secret = flags.secret.clone().unwrap_or_else(|| {
         let secret = Credentials::generate_secret();
@@ -210,7 +213,7 @@ fn start_turn(
         _ => None,
     };
     let tls_wanted = tls.as_ref().map(|(a, _)| *a);
-    let sockets = TurnSockets::bind(flags.listen, tls).map_err(|e| {
+    let shards = TurnSockets::bind(flags.listen, tls, workers).map_err(|e| {
         format!(
             "cannot bind the STUN/TURN port {} (UDP and TCP){}: {e} (is coturn or another \
              Vessel running? choose another address with --turn, or run without TURN with --no-turn)",
@@ -218,7 +221,7 @@ fn start_turn(
             tls_wanted.map(|a| format!(" or TLS {a}")).unwrap_or_default()
         )
     })?;
-    let port = sockets
+    let port = shards[0]
         .local_addr()
         .map_err(|e| format!("TURN socket: {e}"))?
         .port();
@@ -235,17 +238,23 @@ fn start_turn(
         policy: PeerPolicy::new(announced.to_vec(), flags.allow_peer.clone()),
         quota,
         relay_ipv6: relay_ip.is_ipv6(),
+        ledger: Ledger::default(),
+        nonces: Nonces::default(),
     };
     let unix_now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let hosts = flags.public_hosts(port, announced);
-    let tls_hosts = sockets
+    let tls_hosts = shards[0]
         .tls_addr()
         .map(|a| flags.public_hosts(a.port(), announced))
         .unwrap_or_default();
-    let server = TurnServer::new(config, Instant::now(), unix_now);
-    turn::runtime::spawn(sockets, server, relay_ip, own_routes)
+    let now = Instant::now();
+    let shards = shards
+        .into_iter()
+        .map(|sockets| (sockets, TurnServer::new(config.clone(), now, unix_now)))
+        .collect();
+    turn::runtime::spawn(shards, relay_ip, own_routes)
         .map_err(|e| format!("cannot start the TURN thread: {e}"))?;
     Ok(Arc::new(IceServers {
         hosts,

@@ -9,6 +9,7 @@
 pub mod allocation;
 pub mod credentials;
 pub mod ice_servers;
+pub mod ledger;
 pub mod policy;
 pub mod runtime;
 mod server;
@@ -18,8 +19,9 @@ mod tests;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use credentials::Credentials;
+pub use credentials::{Credentials, Nonces};
 pub use ice_servers::{IceServer, IceServers};
+pub use ledger::Ledger;
 pub use policy::{Cidr, PeerPolicy};
 pub use server::TurnServer;
 
@@ -82,6 +84,10 @@ pub struct TurnConfig {
     pub quota: Quota,
     /// Relays are of one family: the family of the relay address.
     pub relay_ipv6: bool,
+    /// Shared by every shard: allocation counts for the quotas, and the key
+    /// nonces are made with.
+    pub ledger: Ledger,
+    pub nonces: Nonces,
 }
 
 /// What the runtime must do for the server.

@@ -50,7 +50,7 @@ fn set_buffers(socket: &std::net::UdpSocket, bytes: usize) {
     }
 }
 
-/// The bound listeners, before the thread starts.
+/// One shard's bound listeners, before its thread starts.
 pub struct TurnSockets {
     udp: std::net::UdpSocket,
     tcp: std::net::TcpListener,
@@ -58,23 +58,54 @@ pub struct TurnSockets {
 }
 
 impl TurnSockets {
-    /// Binds UDP and TCP on `addr` (the same port, also for port 0) and, when
-    /// given, the TLS listener.
-    pub fn bind(addr: SocketAddr, tls: Option<(SocketAddr, TlsAcceptor)>) -> io::Result<Self> {
+    /// Binds `shards` sets of listeners on the same ports with
+    /// `SO_REUSEPORT`: UDP and TCP on `addr` (the same port, also for port
+    /// 0) and, when given, TLS. The kernel keeps each client (by its
+    /// addresses) on one shard, and allocations belong to a client, so the
+    /// shards share nothing but the quota ledger and the nonce key.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: Option<(SocketAddr, TlsAcceptor)>,
+        shards: usize,
+    ) -> io::Result<Vec<Self>> {
+        let shared = shards > 1;
         let mut attempts = if addr.port() == 0 { 20 } else { 1 };
         let (udp, tcp) = loop {
-            let udp = std::net::UdpSocket::bind(addr)?;
-            match std::net::TcpListener::bind(udp.local_addr()?) {
+            let udp = udp_socket(addr, shared)?;
+            match tcp_listener(udp.local_addr()?, shared) {
                 Ok(tcp) => break (udp, tcp),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts > 1 => attempts -= 1,
                 Err(e) => return Err(e),
             }
         };
-        let tls = match tls {
-            Some((addr, acceptor)) => Some((std::net::TcpListener::bind(addr)?, acceptor)),
+        let port_addr = udp.local_addr()?;
+        let tls_first = match &tls {
+            Some((addr, acceptor)) => Some((tcp_listener(*addr, shared)?, acceptor.clone())),
             None => None,
         };
-        Ok(Self { udp, tcp, tls })
+        let tls_addr = match &tls_first {
+            Some((l, _)) => Some(l.local_addr()?),
+            None => None,
+        };
+        let mut all = vec![Self {
+            udp,
+            tcp,
+            tls: tls_first,
+        }];
+        for _ in 1..shards {
+            let tls = match (&tls, tls_addr) {
+                (Some((_, acceptor)), Some(at)) => {
+                    Some((tcp_listener(at, true)?, acceptor.clone()))
+                }
+                _ => None,
+            };
+            all.push(Self {
+                udp: udp_socket(port_addr, true)?,
+                tcp: tcp_listener(port_addr, true)?,
+                tls,
+            });
+        }
+        Ok(all)
     }
 
     /// The UDP and TCP address.
@@ -85,6 +116,35 @@ impl TurnSockets {
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
+}
+
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std does: a restarted server may bind while old connections linger.
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 /// Reads a PEM certificate chain and private key for TURN over TLS.
@@ -111,13 +171,21 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// Shared view of the TURN server for the rest of Vessel (metrics, logs).
 #[derive(Clone, Default)]
 pub struct TurnHandle {
-    stats: Arc<Mutex<TurnStats>>,
+    shards: Vec<Arc<Mutex<TurnStats>>>,
 }
 
 impl TurnHandle {
-    /// As of the last tick (at most a second old).
+    /// Summed over the shards, as of their last tick (at most a second old).
     pub fn stats(&self) -> TurnStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        self.shards.iter().fold(TurnStats::default(), |sum, s| {
+            let s = *s.lock().unwrap_or_else(|e| e.into_inner());
+            TurnStats {
+                allocations: sum.allocations + s.allocations,
+                relayed_packets: sum.relayed_packets + s.relayed_packets,
+                relayed_bytes: sum.relayed_bytes + s.relayed_bytes,
+                over_quota: sum.over_quota + s.over_quota,
+            }
+        })
     }
 }
 
@@ -130,21 +198,35 @@ impl TurnHandle {
 /// packets for the SFU go there directly, and its answers are attributed
 /// back to the announced address the client gave permission to.
 pub fn spawn(
+    shards: Vec<(TurnSockets, TurnServer)>,
+    relay_ip: IpAddr,
+    own_routes: Vec<(SocketAddr, SocketAddr)>,
+) -> io::Result<TurnHandle> {
+    let mut handle = TurnHandle::default();
+    for (i, (sockets, server)) in shards.into_iter().enumerate() {
+        let stats = Arc::new(Mutex::new(TurnStats::default()));
+        handle.shards.push(stats.clone());
+        spawn_shard(i, sockets, server, relay_ip, own_routes.clone(), stats)?;
+    }
+    Ok(handle)
+}
+
+fn spawn_shard(
+    index: usize,
     sockets: TurnSockets,
     server: TurnServer,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
-) -> io::Result<TurnHandle> {
+    stats: Arc<Mutex<TurnStats>>,
+) -> io::Result<()> {
     sockets.udp.set_nonblocking(true)?;
     set_buffers(&sockets.udp, LISTENER_BUFFER);
     sockets.tcp.set_nonblocking(true)?;
     if let Some((l, _)) = &sockets.tls {
         l.set_nonblocking(true)?;
     }
-    let handle = TurnHandle::default();
-    let stats = handle.stats.clone();
     std::thread::Builder::new()
-        .name("vessel-turn".into())
+        .name(format!("vessel-turn-{index}"))
         .spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -167,7 +249,7 @@ pub fn spawn(
                 }
             }
         })?;
-    Ok(handle)
+    Ok(())
 }
 
 struct Core {

@@ -23,6 +23,7 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRE
 
 use super::allocation::{Allocation, BindRefusal, Budget, CHANNEL_NUMBERS};
 use super::credentials::Nonces;
+use super::ledger::Full;
 use super::{ClientKey, Output, TurnConfig};
 
 /// RFC 8656 §2: allocations live 10 minutes unless refreshed.
@@ -63,7 +64,6 @@ pub struct TurnServer {
     by_relay: HashMap<SocketAddr, ClientKey>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
-    per_user: HashMap<String, usize>,
     stats: TurnStats,
     out: VecDeque<Output>,
 }
@@ -72,14 +72,13 @@ impl TurnServer {
     /// `unix_now` is the wall-clock time (seconds) at `now`.
     pub fn new(config: TurnConfig, now: Instant, unix_now: u64) -> Self {
         Self {
+            nonces: config.nonces.clone(),
             config,
-            nonces: Nonces::default(),
             epoch: (now, unix_now),
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             pending: HashMap::new(),
             next_token: 0,
-            per_user: HashMap::new(),
             stats: TurnStats::default(),
             out: VecDeque::new(),
         }
@@ -301,12 +300,26 @@ impl TurnServer {
         if self.pending.values().any(|p| p.client == client) {
             return; // a retransmission while the relay is being opened
         }
-        if let Err((code, reason)) = self.check_allocate(msg, &auth.username) {
+        if let Err((code, reason)) = self.check_allocate(msg) {
+            let reply = error(msg, code, &reason, &[], Some(&auth.key));
+            return self.send_to_client(client, reply);
+        }
+        if let Err(full) = self.config.ledger.take(&auth.username, &self.config.quota) {
+            let quota = &self.config.quota;
+            let (code, reason) = match full {
+                Full::User => (
+                    ErrorCode::ALLOCATION_QUOTA_REACHED,
+                    format!("at most {} allocations per user", quota.per_user),
+                ),
+                Full::Server => (
+                    ErrorCode::INSUFFICIENT_CAPACITY,
+                    "the server holds as many allocations as it allows".to_string(),
+                ),
+            };
             let reply = error(msg, code, &reason, &[], Some(&auth.key));
             return self.send_to_client(client, reply);
         }
         let lifetime = self.lifetime(msg);
-        *self.per_user.entry(auth.username.clone()).or_default() += 1;
         let token = self.next_token;
         self.next_token += 1;
         self.pending.insert(
@@ -322,7 +335,7 @@ impl TurnServer {
         self.out.push_back(Output::BindRelay { token });
     }
 
-    fn check_allocate(&self, msg: &Message, username: &str) -> Result<(), (u16, String)> {
+    fn check_allocate(&self, msg: &Message) -> Result<(), (u16, String)> {
         match msg.attribute::<RequestedTransport>() {
             Err(_) => {
                 return Err((
@@ -358,19 +371,6 @@ impl TurnServer {
                         "IPv4"
                     }
                 ),
-            ));
-        }
-        let quota = &self.config.quota;
-        if self.per_user.get(username).copied().unwrap_or(0) >= quota.per_user {
-            return Err((
-                ErrorCode::ALLOCATION_QUOTA_REACHED,
-                format!("at most {} allocations per user", quota.per_user),
-            ));
-        }
-        if self.allocations.len() + self.pending.len() >= quota.total {
-            return Err((
-                ErrorCode::INSUFFICIENT_CAPACITY,
-                "the server holds as many allocations as it allows".into(),
             ));
         }
         Ok(())
@@ -682,12 +682,7 @@ impl TurnServer {
     }
 
     fn release_user(&mut self, username: &str) {
-        if let Some(n) = self.per_user.get_mut(username) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(username);
-            }
-        }
+        self.config.ledger.give_back(username);
     }
 
     fn send_to_client(&mut self, client: ClientKey, data: Vec<u8>) {

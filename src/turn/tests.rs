@@ -68,6 +68,8 @@ impl Harness {
             policy: PeerPolicy::new(vec![addr(SFU)], vec![]),
             quota,
             relay_ipv6: false,
+            ledger: Ledger::default(),
+            nonces: Nonces::default(),
         };
         let username = format!("{}:viewer", UNIX_START + 3600);
         Self {
