@@ -340,8 +340,20 @@ fn drive(shared: &Shared) {
             Output::ToClient { client, data } => {
                 let core = shared.borrow();
                 if client.transport == Transport::Udp {
-                    // A full socket buffer loses the datagram, as the network could.
-                    let _ = core.udp.try_send_to(&data, client.remote);
+                    match core.udp.try_send_to(&data, client.remote) {
+                        // A full socket buffer loses relayed data, as the
+                        // network could. A STUN answer (first bits 00) is
+                        // kept until there is room: a lost Allocate answer
+                        // makes the client retry with a new transaction,
+                        // which its existing allocation must refuse (437).
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && data[0] & 0xC0 == 0 => {
+                            let udp = core.udp.clone();
+                            tokio::task::spawn_local(async move {
+                                let _ = udp.send_to(&data, client.remote).await;
+                            });
+                        }
+                        _ => {}
+                    }
                 } else if let Some(tx) = core.streams.get(&client) {
                     let _ = tx.try_send(data);
                 }
