@@ -7,19 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Server, http, run_all_until};
+use common::{Client, Server, http, live_state, run_all_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn live_state(server: &Server, live: &str) -> serde_json::Value {
-    let body = http()
-        .get(server.url(&format!("/api/lives/{live}")))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
 
 fn media_port(client: &Client) -> String {
     client

@@ -557,15 +557,9 @@ impl TurnServer {
             return;
         };
         let peer = peer.addr(msg.transaction_id());
-        if !allocation.permits(peer.ip(), now) || !self.config.policy.allows(peer) {
-            return;
+        if allocation.permits(peer.ip(), now) && self.config.policy.allows(peer) {
+            self.relay_to_peer(client, peer, data.data(), now);
         }
-        if !allocation.budget.spend(data.data().len(), now) {
-            self.stats.over_quota += 1;
-            return;
-        }
-        let relay = allocation.relay;
-        self.relay_to_peer(relay, peer, data.data());
     }
 
     fn channel_data_from_client(&mut self, client: ClientKey, data: &[u8], now: Instant) {
@@ -578,18 +572,21 @@ impl TurnServer {
         let Some(peer) = allocation.channel_peer(channel.id(), now) else {
             return;
         };
-        if !allocation.permits(peer.ip(), now) {
-            return;
+        if allocation.permits(peer.ip(), now) {
+            self.relay_to_peer(client, peer, channel.data(), now);
         }
-        if !allocation.budget.spend(channel.data().len(), now) {
+    }
+
+    /// Sends from `client`'s relay to `peer`, within its bandwidth budget.
+    fn relay_to_peer(&mut self, client: ClientKey, peer: SocketAddr, data: &[u8], now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            return;
+        };
+        if !allocation.budget.spend(data.len(), now) {
             self.stats.over_quota += 1;
             return;
         }
         let relay = allocation.relay;
-        self.relay_to_peer(relay, peer, channel.data());
-    }
-
-    fn relay_to_peer(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
         self.stats.relayed_packets += 1;
         self.stats.relayed_bytes += data.len() as u64;
         self.out.push_back(Output::ToPeer {

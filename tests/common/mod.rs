@@ -129,6 +129,17 @@ impl Drop for Server {
     }
 }
 
+/// `GET /api/lives/{live}` as JSON.
+pub fn live_state(server: &Server, live: &str) -> serde_json::Value {
+    let body = http()
+        .get(server.url(&format!("/api/lives/{live}")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
