@@ -28,11 +28,6 @@ fn off_air(live: &str) -> LiveState {
 }
 
 impl LiveBoard {
-    /// A live's state as seen by shard 0 (the only one without sharding).
-    pub fn update(&self, state: LiveState) {
-        self.update_from(0, state);
-    }
-
     /// A live's state as seen by one media shard: the live is on air if its
     /// caster's shard says so, and its viewers are summed over the shards.
     pub fn update_from(&self, shard: usize, state: LiveState) {
@@ -107,9 +102,9 @@ mod tests {
     #[test]
     fn lists_only_lives_on_air() {
         let board = LiveBoard::default();
-        board.update(state("b", true, 2));
-        board.update(state("a", true, 0));
-        board.update(state("c", false, 1));
+        board.update_from(0, state("b", true, 2));
+        board.update_from(0, state("a", true, 0));
+        board.update_from(0, state("c", false, 1));
         let names: Vec<_> = board.on_air().into_iter().map(|s| s.live).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(board.get("c").viewers, 1);
@@ -135,7 +130,7 @@ mod tests {
         let board = LiveBoard::default();
         let mut rx = board.subscribe("x");
         assert!(!rx.borrow().on_air);
-        board.update(state("x", true, 1));
+        board.update_from(0, state("x", true, 1));
         assert!(rx.has_changed().unwrap());
         assert!(rx.borrow_and_update().on_air);
     }

@@ -41,10 +41,6 @@ use peer::{Cast, OutTrack, Peer, PeerRole, Play};
 pub struct PeerId(pub(crate) u128);
 
 impl PeerId {
-    pub fn random() -> Self {
-        Self(rand::random())
-    }
-
     /// A random id that names the shard owning the session (low byte), so
     /// that commands find it.
     pub fn random_on(shard: usize) -> Self {

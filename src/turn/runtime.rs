@@ -9,7 +9,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stun_types::message::MessageHeader;
@@ -21,7 +21,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use turn_types::channel::ChannelData;
 
-use super::server::TurnStats;
 use super::{ClientKey, Output, Transport, TurnServer};
 
 /// Stream clients beyond this are refused.
@@ -168,27 +167,6 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Shared view of the TURN server for the rest of Vessel (metrics, logs).
-#[derive(Clone, Default)]
-pub struct TurnHandle {
-    shards: Vec<Arc<Mutex<TurnStats>>>,
-}
-
-impl TurnHandle {
-    /// Summed over the shards, as of their last tick (at most a second old).
-    pub fn stats(&self) -> TurnStats {
-        self.shards.iter().fold(TurnStats::default(), |sum, s| {
-            let s = *s.lock().unwrap_or_else(|e| e.into_inner());
-            TurnStats {
-                allocations: sum.allocations + s.allocations,
-                relayed_packets: sum.relayed_packets + s.relayed_packets,
-                relayed_bytes: sum.relayed_bytes + s.relayed_bytes,
-                over_quota: sum.over_quota + s.over_quota,
-            }
-        })
-    }
-}
-
 /// Starts the TURN thread. Relay sockets bind to `relay_ip` (or, when that
 /// address is not local, e.g. a 1:1 NAT's public IP, to every interface
 /// while `relay_ip` is still what clients are told).
@@ -201,14 +179,11 @@ pub fn spawn(
     shards: Vec<(TurnSockets, TurnServer)>,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
-) -> io::Result<TurnHandle> {
-    let mut handle = TurnHandle::default();
+) -> io::Result<()> {
     for (i, (sockets, server)) in shards.into_iter().enumerate() {
-        let stats = Arc::new(Mutex::new(TurnStats::default()));
-        handle.shards.push(stats.clone());
-        spawn_shard(i, sockets, server, relay_ip, own_routes.clone(), stats)?;
+        spawn_shard(i, sockets, server, relay_ip, own_routes.clone())?;
     }
-    Ok(handle)
+    Ok(())
 }
 
 fn spawn_shard(
@@ -217,7 +192,6 @@ fn spawn_shard(
     server: TurnServer,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
-    stats: Arc<Mutex<TurnStats>>,
 ) -> io::Result<()> {
     sockets.udp.set_nonblocking(true)?;
     set_buffers(&sockets.udp, LISTENER_BUFFER);
@@ -233,7 +207,7 @@ fn spawn_shard(
                     .enable_all()
                     .build()?;
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(sockets, server, relay_ip, own_routes, stats))
+                local.block_on(&rt, run(sockets, server, relay_ip, own_routes))
             }));
             // Without TURN some viewers silently cannot connect: exit so a
             // supervisor restarts Vessel, as for the media thread.
@@ -272,7 +246,6 @@ async fn run(
     server: TurnServer,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
-    stats: Arc<Mutex<TurnStats>>,
 ) -> io::Result<()> {
     let listen = sockets.udp.local_addr()?;
     let udp = Rc::new(UdpSocket::from_std(sockets.udp)?);
@@ -299,12 +272,7 @@ async fn run(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let now_stats = {
-                let mut core = ticker.borrow_mut();
-                core.server.handle_timeout(Instant::now());
-                core.server.stats()
-            };
-            *stats.lock().unwrap_or_else(|e| e.into_inner()) = now_stats;
+            ticker.borrow_mut().server.handle_timeout(Instant::now());
             drive(&ticker);
         }
     });
