@@ -64,11 +64,20 @@ impl LiveBoard {
 
     /// Lives on air, by name.
     pub fn on_air(&self) -> Vec<LiveState> {
+        self.matching(|s| s.on_air)
+    }
+
+    /// Lives with a caster or viewers, by name.
+    pub fn active(&self) -> Vec<LiveState> {
+        self.matching(|s| s.on_air || s.viewers > 0)
+    }
+
+    fn matching(&self, keep: impl Fn(&LiveState) -> bool) -> Vec<LiveState> {
         let lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<LiveState> = lives
             .values()
             .map(|e| e.tx.borrow().clone())
-            .filter(|s| s.on_air)
+            .filter(|s| keep(s))
             .collect();
         v.sort_by(|a, b| a.live.cmp(&b.live));
         v

@@ -1,11 +1,15 @@
 //! Vessel: a self-hosted live streaming server. One binary: WHIP/WHEP
 //! signaling, a WebRTC SFU, and the pages to cast and play.
 
+pub mod access;
 pub mod board;
+pub mod chat;
 pub mod config;
 pub mod http;
 pub mod loadtest;
 pub mod media;
+pub mod metrics;
 pub mod sfu;
+pub mod tls;
 pub mod turn;
 pub mod udp_batch;

@@ -3,15 +3,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use std::collections::HashMap;
+
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use axum::serve::{ListenerExt, TapIo};
+use vessel::access::{Access, AccessConfig, LiveRules, Webhook};
 use vessel::board::LiveBoard;
-use vessel::config::{Config, TurnFlags};
-use vessel::http::{AppState, router};
+use vessel::chat::ChatConfig;
+use vessel::config::{self, Config, LoadError, LogFormat, TurnFlags};
+use vessel::http::tls::TlsListener;
+use vessel::http::{AppState, ChatHub, router};
 use vessel::loadtest::LoadtestArgs;
 use vessel::media;
+use vessel::metrics::Metrics;
 use vessel::sfu::{Sfu, SfuConfig};
 use vessel::turn::runtime::TurnSockets;
 use vessel::turn::{
@@ -19,7 +25,7 @@ use vessel::turn::{
 };
 
 /// `vessel` runs the server; `vessel loadtest` measures one.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -36,10 +42,17 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let (cli, lives) = match config::parse::<Cli>(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(LoadError::Clap(e)) => e.exit(),
+        Err(LoadError::Invalid(message)) => {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+    };
     match cli.command {
         Some(Command::Loadtest(args)) => loadtest(args),
-        None => serve(cli.config),
+        None => serve(cli.config, lives),
     }
 }
 
@@ -68,21 +81,29 @@ fn loadtest(args: LoadtestArgs) {
 }
 
 #[tokio::main]
-async fn serve(config: Config) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("vessel=info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
-    if let Err(e) = run(config).await {
+async fn serve(config: Config, lives: HashMap<String, LiveRules>) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("vessel=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+    if let Err(e) = run(config, lives).await {
         tracing::error!("{e}");
         std::process::exit(1);
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), String> {
     str0m::crypto::from_feature_flags().install_process_default();
 
     let workers = config.workers();
@@ -107,6 +128,7 @@ async fn run(config: Config) -> Result<(), String> {
     }
     let announced: Vec<SocketAddr> = shard_addrs.iter().flatten().copied().collect();
     let board = Arc::new(LiveBoard::default());
+    let metrics = Arc::new(Metrics::new());
     let sfus = shard_addrs
         .iter()
         .enumerate()
@@ -118,15 +140,26 @@ async fn run(config: Config) -> Result<(), String> {
             Sfu::new(sfu_config)
         })
         .collect();
-    let media = media::spawn(shards, sfus, board.clone())
+    let media = media::spawn(shards, sfus, board.clone(), metrics.clone())
         .map_err(|e| format!("cannot start the media thread: {e}"))?;
 
     let ice = if config.turn.disabled {
         None
     } else {
-        Some(start_turn(&config.turn, &announced, own_routes, workers)?)
+        Some(start_turn(
+            &config.turn,
+            &announced,
+            own_routes,
+            workers,
+            metrics.clone(),
+        )?)
     };
 
+    let access = Arc::new(access(&config, lives)?);
+    let tls = match (&config.http_tls_cert, &config.http_tls_key) {
+        (Some(cert), Some(key)) => Some(vessel::tls::acceptor(cert, key, &[b"http/1.1"])?),
+        _ => None,
+    };
     let listener = TcpListener::bind(config.http).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e} (choose another address with --http)",
@@ -134,17 +167,20 @@ async fn run(config: Config) -> Result<(), String> {
         )
     })?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let shutdown_rx_for_timeout = shutdown_rx.clone();
     let app = router(
         AppState {
-            media,
-            board,
-            shutdown: shutdown_rx,
+            media: media.clone(),
+            board: board.clone(),
+            shutdown: shutdown_rx.clone(),
             ice: ice.clone(),
+            access: access.clone(),
+            chat: Arc::new(ChatHub::new(ChatConfig::default())),
+            metrics,
         },
         &config.cors_origin,
     );
-    let base = format!("http://{}", config.http);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", config.http);
     tracing::info!(
         "Vessel is running: open {base}/cast/demo to go live and {base}/play/demo to watch \
          (WHIP: {base}/whip/demo, WHEP: {base}/whep/demo; media on udp and tcp {})",
@@ -166,24 +202,102 @@ async fn run(config: Config) -> Result<(), String> {
             }
         );
     }
+    if access.is_open() && !config.local_only() {
+        tracing::warn!(
+            "open = true on a server reachable from other machines: anyone can cast any live \
+             without a stream key"
+        );
+    } else if !access.is_open() {
+        tracing::info!("casting needs a stream key (the server is reachable from other machines)");
+    }
+    let grace = Duration::from_secs(config.shutdown_grace);
     let stopping = async move {
         shutdown().await;
+        // Tell everyone (SSE `shutdown`, chat `shutdown`, 503 for new
+        // sessions and /healthz), give sessions the grace period to end, then
+        // close the rest with a DTLS close_notify.
         let _ = shutdown_tx.send(true);
-    };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
-    let serve = std::pin::pin!(serve.into_future());
-    // Requests in flight get a few seconds to finish once shutdown starts.
-    tokio::select! {
-        r = serve => r.map_err(|e| format!("HTTP server failed: {e}")),
-        _ = async {
-            let mut rx = shutdown_rx_for_timeout;
-            let _ = rx.wait_for(|down| *down).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } => {
-            tracing::warn!("requests still open after 5 s; exiting anyway");
-            Ok(())
+        let deadline = tokio::time::Instant::now() + grace;
+        while !board.active().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        media.close_all().await;
+        tracing::info!("sessions closed");
+        // Requests still in flight get a few seconds more.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tracing::warn!("requests still open 5 s after shutdown; exiting anyway");
+            std::process::exit(0);
+        });
+    };
+    let result = match tls {
+        Some(acceptor) => {
+            let listener =
+                TlsListener::new(listener, acceptor).map_err(|e| format!("HTTPS listener: {e}"))?;
+            // Small answers (SDP, JSON) go out at once.
+            let listener = listener.tap_io(|tls| {
+                let _ = tls.get_ref().0.set_nodelay(true);
+            });
+            serve_until(listener, app, stopping).await
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            serve_until(listener, app, stopping).await
+        }
+    };
+    result.map_err(|e| format!("HTTP server failed: {e}"))
+}
+
+/// Serves until `stopping` is done and the requests in flight have ended.
+async fn serve_until<L, F>(
+    listener: TapIo<L, F>,
+    app: axum::Router,
+    stopping: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    F: FnMut(&mut L::Io) + Send + 'static,
+{
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopping)
+        .await
+}
+
+/// Who may cast and watch, from the flags and the config file's lives.
+fn access(config: &Config, lives: HashMap<String, LiveRules>) -> Result<Access, String> {
+    let flags = &config.access;
+    let webhook = match &flags.admission_webhook {
+        Some(url) if url.starts_with("http://") => Some(Webhook::new(url.clone())),
+        Some(url) => {
+            return Err(format!(
+                "admission-webhook `{url}` must be an http:// URL (run the webhook on the \
+                 same host or private network, or behind a local proxy)"
+            ));
+        }
+        None => None,
+    };
+    let private_without_secret: Vec<&String> = lives
+        .iter()
+        .filter(|(_, r)| r.private)
+        .map(|(n, _)| n)
+        .collect();
+    if flags.viewer_token_secret.is_none() && !private_without_secret.is_empty() {
+        return Err(format!(
+            "lives {private_without_secret:?} are private but no viewer-token-secret is set to \
+             check viewer tokens with"
+        ));
     }
+    Ok(Access::new(AccessConfig {
+        open: flags.open || config.local_only(),
+        local_only: config.local_only(),
+        admin_token: flags.admin_token.clone(),
+        viewer_token_secret: flags.viewer_token_secret.clone(),
+        lives,
+        webhook,
+    }))
 }
 
 /// Binds and starts the STUN/TURN server; returns what clients are told.
@@ -192,6 +306,7 @@ fn start_turn(
     announced: &[SocketAddr],
     own_routes: Vec<(SocketAddr, SocketAddr)>,
     workers: usize,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<IceServers>, String> {
     let secret = flags.secret.clone().unwrap_or_else(|| {
         let secret = Credentials::generate_secret();
@@ -204,7 +319,7 @@ fn start_turn(
     let credentials = Credentials::new(secret, flags.static_users()?);
     let tls = match (&flags.tls_cert, &flags.tls_key) {
         (Some(cert), Some(key)) => {
-            let acceptor = turn::runtime::load_tls(cert, key)?;
+            let acceptor = vessel::tls::acceptor(cert, key, &[])?;
             let addr = flags
                 .tls_listen
                 .unwrap_or_else(|| SocketAddr::new(flags.listen.ip(), 5349));
@@ -254,7 +369,7 @@ fn start_turn(
         .into_iter()
         .map(|sockets| (sockets, TurnServer::new(config.clone(), now, unix_now)))
         .collect();
-    turn::runtime::spawn(shards, relay_ip, own_routes)
+    turn::runtime::spawn(shards, relay_ip, own_routes, metrics)
         .map_err(|e| format!("cannot start the TURN thread: {e}"))?;
     Ok(Arc::new(IceServers {
         hosts,

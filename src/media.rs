@@ -2,6 +2,7 @@
 //! the UDP sockets, the clock and the thread, and talks to the HTTP side
 //! through commands (in) and the [`LiveBoard`] (out).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -15,11 +16,14 @@ use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
+use crate::metrics::{self, Metrics};
 use crate::sfu::layer::Preference;
 use crate::sfu::shard::Remote;
-use crate::sfu::{JoinError, Joined, NoSuchSession, PeerId, Role, Sfu, SfuEvent};
+use crate::sfu::{JoinError, Joined, NoSuchSession, PeerId, Role, Sfu, SfuEvent, SfuStats};
 
 enum Command {
+    /// Ends every session (shutdown): peers get a DTLS close_notify.
+    CloseAll { reply: oneshot::Sender<()> },
     Join {
         live: String,
         role: Role,
@@ -97,6 +101,15 @@ impl MediaHandle {
         Ok(joined)
     }
 
+    /// The live's most recent caster session (it may have ended since).
+    pub fn caster(&self, live: &str) -> Option<PeerId> {
+        self.casters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(live)
+            .copied()
+    }
+
     pub async fn leave(&self, live: &str, role: Role, peer: PeerId) -> Result<(), MediaError> {
         let live = live.to_string();
         Ok(self
@@ -144,6 +157,15 @@ impl MediaHandle {
                 reply,
             })
             .await??)
+    }
+
+    /// Ends every session on every shard (shutdown).
+    pub async fn close_all(&self) {
+        for shard in 0..self.shards.len() {
+            let _ = self
+                .request(shard, |reply| Command::CloseAll { reply })
+                .await;
+        }
     }
 
     /// Sends a command and waits for the media thread's reply.
@@ -310,6 +332,7 @@ pub fn spawn(
     shards: Vec<Vec<MediaSocket>>,
     sfus: Vec<Sfu>,
     board: Arc<LiveBoard>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<MediaHandle> {
     assert_eq!(shards.len(), sfus.len(), "one Sfu per shard");
     let mut commands = Vec::new();
@@ -334,6 +357,7 @@ pub fn spawn(
         let remote_rx = remote_rxs[i].take().expect("once");
         let remotes = remotes.clone();
         let board = board.clone();
+        let metrics = metrics.clone();
         std::thread::Builder::new()
             .name(format!("vessel-media-{i}"))
             .spawn(move || {
@@ -351,6 +375,8 @@ pub fn spawn(
                     index: i,
                     remote_rx,
                     remotes,
+                    metrics,
+                    published: Cell::new(SfuStats::default()),
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -387,6 +413,9 @@ struct Shard {
     index: usize,
     remote_rx: mpsc::Receiver<Remote>,
     remotes: Vec<mpsc::Sender<Remote>>,
+    metrics: Arc<Metrics>,
+    /// The `Sfu` counters as last added to `metrics`.
+    published: Cell<SfuStats>,
 }
 
 struct Socket {
@@ -425,12 +454,17 @@ async fn run(
         let readable = select_all(sockets.iter().map(|s| Box::pin(s.socket.readable())));
         tokio::select! {
             _ = readable => {
+                let (mut packets, mut bytes) = (0, 0);
                 for s in &sockets {
                     // Drain what is queued; a bounded batch keeps timers fair.
                     for _ in 0..64 {
                         match s.socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => sfu.handle_receive(
-                                Instant::now(), Protocol::Udp, source, s.announced, &buf[..n]),
+                            Ok((n, source)) => {
+                                packets += 1;
+                                bytes += n as u64;
+                                sfu.handle_receive(
+                                    Instant::now(), Protocol::Udp, source, s.announced, &buf[..n]);
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => {
                                 // ICMP errors (a viewer went away) surface here.
@@ -440,6 +474,8 @@ async fn run(
                         }
                     }
                 }
+                shard.metrics.packets.get_or_create(&metrics::IN).inc_by(packets);
+                shard.metrics.bytes.get_or_create(&metrics::IN).inc_by(bytes);
             }
             Some(event) = tcp_rx.recv() => match event {
                 TcpEvent::Open { peer, writer } => {
@@ -599,6 +635,10 @@ mod tcp {
 fn handle(sfu: &mut Sfu, cmd: Command) {
     let now = Instant::now();
     match cmd {
+        Command::CloseAll { reply } => {
+            sfu.close_all(now);
+            let _ = reply.send(());
+        }
         Command::Join {
             live,
             role,
@@ -664,6 +704,25 @@ async fn flush(
             .position(|s| s.announced == t.source)
             .unwrap_or(0);
         udp[i].push(t);
+    }
+    let out = udp.iter().flatten();
+    let (packets, bytes) = out.fold((0, 0), |(p, b), t| (p + 1, b + t.contents.len() as u64));
+    if packets > 0 {
+        shard
+            .metrics
+            .packets
+            .get_or_create(&metrics::OUT)
+            .inc_by(packets);
+        shard
+            .metrics
+            .bytes
+            .get_or_create(&metrics::OUT)
+            .inc_by(bytes);
+    }
+    let stats = sfu.stats();
+    if stats != shard.published.get() {
+        shard.metrics.add_sfu(&stats, &shard.published.get());
+        shard.published.set(stats);
     }
     for (socket, transmits) in sockets.iter().zip(&udp) {
         if transmits.is_empty() {

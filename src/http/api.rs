@@ -37,8 +37,11 @@ async fn ice_servers(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Lives on air, private ones left out.
 async fn lives(State(state): State<AppState>) -> Response {
-    Json(json!({ "lives": state.board.on_air() })).into_response()
+    let mut lives = state.board.on_air();
+    lives.retain(|l| !state.access.is_private(&l.live));
+    Json(json!({ "lives": lives })).into_response()
 }
 
 fn check(live: &str) -> Result<(), ApiError> {
@@ -69,9 +72,16 @@ async fn events(State(state): State<AppState>, Path(live): Path<String>) -> Resp
                 .unwrap_or_default(),
         )
     });
-    let stream = stream.take_until(async move {
-        let _ = shutdown.wait_for(|down| *down).await;
-    });
+    // On shutdown the page is told (`event: shutdown`), then the stream ends.
+    let stream = stream
+        .take_until(async move {
+            let _ = shutdown.wait_for(|down| *down).await;
+        })
+        .chain(futures_util::stream::once(async {
+            Ok(Event::default()
+                .event("shutdown")
+                .data("the server is restarting"))
+        }));
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -1,6 +1,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::access::Denied;
 use crate::media::MediaError;
 use crate::sfu::JoinError;
 
@@ -18,12 +19,20 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.1;
         body.push('\n');
-        (
+        let mut response = (
             self.0,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             body,
         )
-            .into_response()
+            .into_response();
+        // RFC 6750: say which scheme the missing credentials use.
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"vessel\""),
+            );
+        }
+        response
     }
 }
 
@@ -37,5 +46,16 @@ impl From<MediaError> for ApiError {
             MediaError::Down => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        let status = match &d {
+            Denied::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Denied::Forbidden(_) => StatusCode::FORBIDDEN,
+            Denied::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self(status, d.to_string())
     }
 }

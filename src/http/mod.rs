@@ -1,9 +1,13 @@
 //! The HTTP face: WHIP/WHEP signaling, the JSON API and the built-in pages.
 
+mod admin;
 mod api;
+mod chat;
 mod error;
+mod ops;
 mod pages;
 mod session;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -12,10 +16,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::Access;
 use crate::board::LiveBoard;
 use crate::media::MediaHandle;
 use crate::turn::IceServers;
 
+pub use chat::ChatHub;
 pub use error::ApiError;
 
 /// Bodies above this are refused with 413: an SDP offer is a few KiB.
@@ -30,12 +36,19 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The STUN/TURN servers handed to clients; `None` without `--turn`.
     pub ice: Option<Arc<IceServers>>,
+    /// Stream keys, private lives, the admission webhook.
+    pub access: Arc<Access>,
+    pub chat: Arc<ChatHub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     Router::new()
         .merge(session::routes())
         .merge(api::routes())
+        .merge(admin::routes())
+        .merge(chat::routes())
+        .merge(ops::routes())
         .merge(pages::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -99,4 +112,24 @@ pub fn valid_live_name(live: &str) -> bool {
         && live
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_live(live: &str) -> Result<(), ApiError> {
+    if valid_live_name(live) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid live name: use 1-64 letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+/// The token of the request's `Authorization: Bearer` header.
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    crate::access::bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
 }

@@ -3,14 +3,17 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use str0m::Candidate;
 use tracing::Instrument;
 
-use super::{ApiError, AppState, valid_live_name};
+use super::{ApiError, AppState, bearer_of, check_live};
+use crate::access::Admission;
 use crate::sfu::layer::Preference;
 use crate::sfu::{PeerId, Role};
 use crate::turn::ice_servers::link_headers;
@@ -31,7 +34,7 @@ fn routes_for(role: Role) -> Router<AppState> {
     router
         .route(
             &format!("/{p}/{{live}}"),
-            post(move |s, live, h, body| offer(s, live, h, body, role)),
+            post(move |s, live, remote, h, body| offer(s, live, remote, h, body, role)),
         )
         .route(
             &format!("/{p}/{{live}}/{{session}}"),
@@ -80,17 +83,6 @@ async fn layer(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn check_live(live: &str) -> Result<(), ApiError> {
-    if valid_live_name(live) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid live name: use 1-64 letters, digits, '-' or '_'",
-        ))
-    }
-}
-
 fn check_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let got = headers
         .get(header::CONTENT_TYPE)
@@ -121,18 +113,43 @@ fn session_id(session: &str) -> Result<PeerId, ApiError> {
 async fn offer(
     State(state): State<AppState>,
     Path(live): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
     role: Role,
 ) -> Response {
-    let span = tracing::info_span!("offer", %live, %role);
+    let span = tracing::info_span!("offer", %live, %role, %remote);
     async move {
         check_live(&live)?;
+        if *state.shutdown.borrow() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down; try again in a moment",
+            ));
+        }
+        // Credentials first: a refused request must not cost an SDP parse,
+        // nor disturb whoever is live.
+        let bearer = bearer_of(&headers);
+        match role {
+            Role::Cast => state.access.check_cast(&live, bearer)?,
+            Role::Play => state.access.check_play(&live, bearer)?,
+        }
         check_content_type(&headers, "application/sdp")?;
         let offer = utf8(&body)?;
         if offer.trim().is_empty() {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty SDP offer"));
         }
+        let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        state
+            .access
+            .admit(&Admission {
+                live: &live,
+                role: &role.to_string(),
+                remote,
+                forwarded_for,
+                protocol: prefix(role),
+            })
+            .await?;
         let joined = state.media.join(&live, role, offer.to_string()).await?;
         let location = format!("/{}/{}/{}", prefix(role), live, joined.peer);
         let mut response = (

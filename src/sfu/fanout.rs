@@ -14,7 +14,7 @@ use super::forward::{MediaPacket, SourceId, Verdict};
 use super::layer::LayerInfo;
 use super::live::LAYER_CHECK;
 use super::peer::{Forward, Peer, PeerRole};
-use super::{PeerId, Role, Sfu, SfuEvent, codec};
+use super::{PeerId, Role, Sfu, SfuEvent, SfuStats, codec};
 
 /// What polling one peer asks of the others.
 #[derive(Default)]
@@ -41,7 +41,7 @@ impl Sfu {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => self.transmits.push_back(t),
                 Ok(Output::Timeout(t)) => break Some(t),
-                Ok(Output::Event(e)) => on_event(peer, e, &mut fx),
+                Ok(Output::Event(e)) => on_event(peer, e, &mut fx, &mut self.stats),
                 Err(e) => {
                     tracing::warn!(live = %peer.live, peer = %id, "session failed: {e}");
                     break None;
@@ -277,6 +277,7 @@ impl Sfu {
         };
         if gate.request(now) {
             request_keyframe(peer, layer);
+            self.stats.keyframe_requests_sent += 1;
             self.drive(caster, now);
         }
     }
@@ -317,6 +318,7 @@ impl Sfu {
             }
             for layer in due {
                 request_keyframe(peer, layer);
+                self.stats.keyframe_requests_sent += 1;
             }
             self.drive(id, now);
         }
@@ -331,8 +333,10 @@ fn request_keyframe(peer: &mut Peer, layer: u32) {
 }
 
 /// Handles one str0m event of `peer`, noting what others must do.
-fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects) {
+fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects, stats: &mut SfuStats) {
     match event {
+        Event::MediaEgressStats(s) => peer.stats_seen.egress(&s, stats),
+        Event::MediaIngressStats(s) => peer.stats_seen.ingress(&s, stats),
         Event::Connected => {
             peer.connected = true;
             fx.connected = true;

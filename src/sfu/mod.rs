@@ -13,6 +13,9 @@ mod live;
 mod peer;
 pub mod shard;
 pub mod simulcast;
+mod stats;
+
+pub use stats::SfuStats;
 #[cfg(test)]
 mod tests;
 
@@ -82,6 +85,9 @@ impl fmt::Display for Role {
         })
     }
 }
+
+/// How often str0m reports per-stream stats (NACKs, loss) for `/metrics`.
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a viewer's sent packets are kept for NACKs.
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
@@ -174,6 +180,7 @@ pub struct Sfu {
     remote_out: VecDeque<(usize, shard::Remote)>,
     /// Per live, the other shards that have viewers of it (bit per shard).
     interest: HashMap<Arc<str>, u64>,
+    stats: SfuStats,
 }
 
 impl Sfu {
@@ -189,7 +196,21 @@ impl Sfu {
             events: VecDeque::new(),
             remote_out: VecDeque::new(),
             interest: HashMap::new(),
+            stats: SfuStats::default(),
         }
+    }
+
+    /// Ends every session, saying goodbye (DTLS close_notify) to each.
+    pub fn close_all(&mut self, now: Instant) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.close_peer(id, now);
+        }
+    }
+
+    /// Counters since start, for `/metrics`.
+    pub fn stats(&self) -> SfuStats {
+        self.stats
     }
 
     pub fn live_state(&self, live: &str) -> Option<LiveState> {
@@ -216,7 +237,7 @@ impl Sfu {
         let mut rtc_config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
-            .set_stats_interval(None)
+            .set_stats_interval(Some(STATS_INTERVAL))
             .set_local_ice_credentials(creds);
         // RED (RFC 2198) for audio when the client offers it: a lost Opus
         // packet is rebuilt from the next one, with no retransmission.
@@ -349,6 +370,7 @@ impl Sfu {
             connect_by: now + self.config.connect_timeout,
             timer: None,
             role: peer_role,
+            stats_seen: Default::default(),
         };
         let timeout = peer.next_timeout(rtc_timeout);
         self.peers.insert(id, peer);

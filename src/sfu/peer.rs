@@ -28,6 +28,7 @@ pub(super) struct Peer {
     /// The key of this peer in the SFU's timer set.
     pub timer: Option<Instant>,
     pub role: PeerRole,
+    pub stats_seen: super::stats::StatsSeen,
 }
 
 // Few peers are casters; boxing the viewer's role would cost every viewer a

@@ -23,7 +23,7 @@ pub use credentials::{Credentials, Nonces};
 pub use ice_servers::{IceServer, IceServers};
 pub use ledger::Ledger;
 pub use policy::{Cidr, PeerPolicy};
-pub use server::TurnServer;
+pub use server::{TurnServer, TurnStats};
 
 /// How a client reaches the TURN server. Relays themselves are always UDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +17,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 use turn_types::channel::ChannelData;
 
-use super::{ClientKey, Output, Transport, TurnServer};
+use super::{ClientKey, Output, Transport, TurnServer, TurnStats};
+use crate::metrics::Metrics;
 
 /// Stream clients beyond this are refused.
 const MAX_STREAMS: usize = 4096;
@@ -147,26 +146,6 @@ fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpL
 }
 
 /// Reads a PEM certificate chain and private key for TURN over TLS.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the certificate chain {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no certificate in {}", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-    .map_err(|e| format!("unusable TLS certificate or key: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 /// Starts the TURN thread. Relay sockets bind to `relay_ip` (or, when that
 /// address is not local, e.g. a 1:1 NAT's public IP, to every interface
 /// while `relay_ip` is still what clients are told).
@@ -179,9 +158,17 @@ pub fn spawn(
     shards: Vec<(TurnSockets, TurnServer)>,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<()> {
     for (i, (sockets, server)) in shards.into_iter().enumerate() {
-        spawn_shard(i, sockets, server, relay_ip, own_routes.clone())?;
+        spawn_shard(
+            i,
+            sockets,
+            server,
+            relay_ip,
+            own_routes.clone(),
+            metrics.clone(),
+        )?;
     }
     Ok(())
 }
@@ -192,6 +179,7 @@ fn spawn_shard(
     server: TurnServer,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<()> {
     sockets.udp.set_nonblocking(true)?;
     set_buffers(&sockets.udp, LISTENER_BUFFER);
@@ -207,7 +195,7 @@ fn spawn_shard(
                     .enable_all()
                     .build()?;
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(sockets, server, relay_ip, own_routes))
+                local.block_on(&rt, run(sockets, server, relay_ip, own_routes, metrics))
             }));
             // Without TURN some viewers silently cannot connect: exit so a
             // supervisor restarts Vessel, as for the media thread.
@@ -246,6 +234,7 @@ async fn run(
     server: TurnServer,
     relay_ip: IpAddr,
     own_routes: Vec<(SocketAddr, SocketAddr)>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<()> {
     let listen = sockets.udp.local_addr()?;
     let udp = Rc::new(UdpSocket::from_std(sockets.udp)?);
@@ -270,10 +259,20 @@ async fn run(
     let ticker = shared.clone();
     tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut published = TurnStats::default();
         loop {
             tick.tick().await;
             ticker.borrow_mut().server.handle_timeout(Instant::now());
             drive(&ticker);
+            // Once a second, what changed goes to /metrics.
+            let stats = ticker.borrow().server.stats();
+            metrics
+                .turn_allocations
+                .inc_by(stats.allocations as i64 - published.allocations as i64);
+            metrics
+                .turn_relayed_bytes
+                .inc_by(stats.relayed_bytes.saturating_sub(published.relayed_bytes));
+            published = stats;
         }
     });
     let mut buf = vec![0u8; 65_536];

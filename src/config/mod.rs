@@ -1,4 +1,10 @@
-//! Command-line flags and their `VESSEL_*` environment twins.
+//! Settings: command-line flags, their `VESSEL_*` environment twins, and
+//! the config file (`--config vessel.toml`, see `file.rs`). Flags win over
+//! the environment, which wins over the file, which wins over defaults.
+
+mod file;
+
+pub use file::{LiveFile, LoadError, parse};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,10 +19,17 @@ use crate::turn::Cidr;
     name = "vessel",
     version,
     about = "Vessel: a self-hosted live streaming server (WHIP/WHEP, WebRTC SFU, built-in pages)",
-    after_help = "Every flag can also be set by its environment variable, e.g. VESSEL_HTTP=0.0.0.0:8080.\n\
+    after_help = "Every flag can also be set by its environment variable (e.g. VESSEL_HTTP=0.0.0.0:8080)\n\
+                  or by the same key in the --config file (http = \"0.0.0.0:8080\"); flags win over the\n\
+                  environment, which wins over the file. See vessel.example.toml.\n\
                   Logs: RUST_LOG=vessel=debug for more detail."
 )]
 pub struct Config {
+    /// Config file (TOML): any flag below as `name = value`, plus per-live
+    /// `[lives.<name>]` tables with `key` and `private`.
+    #[arg(long, env = "VESSEL_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// HTTP listen address (pages, WHIP/WHEP, API).
     #[arg(long, env = "VESSEL_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -46,8 +59,79 @@ pub struct Config {
     )]
     pub cors_origin: Vec<String>,
 
+    /// HTTPS: PEM certificate chain (browsers grant the camera only on a
+    /// secure origin other than localhost).
+    #[arg(long = "tls-cert", env = "VESSEL_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+
+    /// HTTPS: PEM private key.
+    #[arg(long = "tls-key", env = "VESSEL_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(
+        long = "log-format",
+        env = "VESSEL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM: seconds to wait for sessions to end after clients are
+    /// told, before closing what is left.
+    #[arg(
+        long = "shutdown-grace",
+        env = "VESSEL_SHUTDOWN_GRACE",
+        default_value_t = 5
+    )]
+    pub shutdown_grace: u64,
+
+    #[command(flatten)]
+    pub access: AccessFlags,
+
     #[command(flatten)]
     pub turn: TurnFlags,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Who may cast and watch.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Access")]
+pub struct AccessFlags {
+    /// Let anyone cast any live that has no stream key, even when Vessel is
+    /// reachable from other machines. (On loopback-only servers this is the
+    /// default.)
+    #[arg(long, env = "VESSEL_OPEN")]
+    pub open: bool,
+
+    /// Token for the admin API (`Authorization: Bearer ...`): stream keys and
+    /// viewer tokens. Without it the admin API answers only on loopback-only
+    /// servers.
+    #[arg(
+        long = "admin-token",
+        env = "VESSEL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// HS256 secret that signs viewer tokens (JWT, claims `live` and `exp`)
+    /// for private lives.
+    #[arg(
+        long = "viewer-token-secret",
+        env = "VESSEL_VIEWER_TOKEN_SECRET",
+        hide_env_values = true
+    )]
+    pub viewer_token_secret: Option<String>,
+
+    /// URL asked before every cast and play (POST, JSON: live, role, remote,
+    /// forwarded_for, protocol); a 2xx answer admits, anything else denies.
+    #[arg(long = "admission-webhook", env = "VESSEL_ADMISSION_WEBHOOK")]
+    pub admission_webhook: Option<String>,
 }
 
 /// The built-in STUN/TURN server.
@@ -241,6 +325,18 @@ impl TurnFlags {
 }
 
 impl Config {
+    /// True when every listener is on loopback and nothing public is
+    /// announced: only this machine can reach Vessel, so casting needs no key.
+    pub fn local_only(&self) -> bool {
+        let mut ips = vec![self.http.ip(), self.media.ip()];
+        ips.extend(&self.public_ip);
+        if !self.turn.disabled {
+            ips.push(self.turn.listen.ip());
+            ips.extend(self.turn.tls_listen.map(|a| a.ip()));
+        }
+        ips.iter().all(IpAddr::is_loopback)
+    }
+
     pub fn workers(&self) -> usize {
         self.workers
             .map(usize::from)

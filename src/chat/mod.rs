@@ -1,0 +1,206 @@
+//! Chat beside a live: an ordered, bounded history per live, per-connection
+//! rate limits, and removal by the live's caster. Sans-IO: the WebSocket
+//! face (`http::chat`) feeds it text and time and relays what it returns.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Longest message, in characters.
+    pub max_len: usize,
+    /// Messages kept per live for those who join or reconnect.
+    pub history: usize,
+    /// Messages a connection may send in a burst ...
+    pub burst: u32,
+    /// ... and how often it earns one more.
+    pub refill: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_len: 500,
+            history: 200,
+            burst: 5,
+            refill: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Display names: short, printable.
+pub const MAX_NAME: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    /// Increasing within a live: the order everyone sees.
+    pub id: u64,
+    pub name: Arc<str>,
+    pub text: String,
+    /// Unix milliseconds when the server took it.
+    pub at: u64,
+    /// Sent by the live's caster.
+    pub caster: bool,
+}
+
+/// What a room tells every connection of its live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatEvent {
+    Message(Message),
+    Removed(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error("empty message")]
+    Empty,
+    #[error("message too long: {len} characters, at most {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("too many messages: wait {0} ms")]
+    RateLimited(u64),
+    #[error("only the live's caster can remove messages")]
+    NotModerator,
+    #[error("no message {0}")]
+    NoSuchMessage(u64),
+}
+
+/// One connection's identity and allowance.
+#[derive(Debug)]
+pub struct Speaker {
+    pub name: Arc<str>,
+    pub moderator: bool,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Speaker {
+    pub fn new(name: &str, moderator: bool, config: &ChatConfig, now: Instant) -> Self {
+        Self {
+            name: clean_name(name).into(),
+            moderator,
+            tokens: f64::from(config.burst),
+            last: now,
+        }
+    }
+
+    /// Takes one message's worth of allowance, or says how long to wait.
+    fn spend(&mut self, config: &ChatConfig, now: Instant) -> Result<(), ChatError> {
+        let earned =
+            now.saturating_duration_since(self.last).as_secs_f64() / config.refill.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(f64::from(config.burst));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) * config.refill.as_secs_f64();
+            Err(ChatError::RateLimited((wait * 1000.0).ceil() as u64))
+        }
+    }
+}
+
+/// A name people can read: control characters out, trimmed, at most
+/// `MAX_NAME` characters; `viewer` when nothing is left.
+pub fn clean_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(MAX_NAME)
+        .collect();
+    if name.is_empty() {
+        "viewer".into()
+    } else {
+        name
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Room {
+    next_id: u64,
+    messages: VecDeque<Message>,
+}
+
+impl Room {
+    /// Takes a message from `speaker`; returns what everyone should see.
+    pub fn say(
+        &mut self,
+        config: &ChatConfig,
+        speaker: &mut Speaker,
+        text: &str,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Result<ChatEvent, ChatError> {
+        // Line breaks stay; other control characters cannot be shown.
+        let text: String = text
+            .trim()
+            .chars()
+            .filter(|c| *c == '\n' || !c.is_control())
+            .collect();
+        if text.is_empty() {
+            return Err(ChatError::Empty);
+        }
+        let len = text.chars().count();
+        if len > config.max_len {
+            return Err(ChatError::TooLong {
+                len,
+                max: config.max_len,
+            });
+        }
+        speaker.spend(config, now)?;
+        self.next_id += 1;
+        let message = Message {
+            id: self.next_id,
+            name: speaker.name.clone(),
+            text,
+            at: unix_ms,
+            caster: speaker.moderator,
+        };
+        self.messages.push_back(message.clone());
+        while self.messages.len() > config.history {
+            self.messages.pop_front();
+        }
+        Ok(ChatEvent::Message(message))
+    }
+
+    pub fn remove(&mut self, speaker: &Speaker, id: u64) -> Result<ChatEvent, ChatError> {
+        if !speaker.moderator {
+            return Err(ChatError::NotModerator);
+        }
+        let at = self
+            .messages
+            .iter()
+            .position(|m| m.id == id)
+            .ok_or(ChatError::NoSuchMessage(id))?;
+        self.messages.remove(at);
+        Ok(ChatEvent::Removed(id))
+    }
+
+    /// The kept messages after `since` (all of them for `None`), in order.
+    pub fn since(&self, since: Option<u64>) -> Vec<Message> {
+        let since = since.unwrap_or(0);
+        self.messages
+            .iter()
+            .filter(|m| m.id > since)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Every live's room.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: HashMap<String, Room>,
+}
+
+impl Rooms {
+    pub fn room(&mut self, live: &str) -> &mut Room {
+        self.rooms.entry(live.to_string()).or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn setup() -> (ChatConfig, Room, Instant) {
+    (ChatConfig::default(), Room::default(), Instant::now())
+}
+
+fn text(event: ChatEvent) -> Message {
+    match event {
+        ChatEvent::Message(m) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[test]
+fn messages_get_increasing_ids_in_the_order_taken() {
+    let (config, mut room, now) = setup();
+    let mut a = Speaker::new("alice", false, &config, now);
+    let mut b = Speaker::new("bob", false, &config, now);
+    let first = text(room.say(&config, &mut a, "hi", now, 1).unwrap());
+    let second = text(room.say(&config, &mut b, " hello ", now, 2).unwrap());
+    assert_eq!((first.id, second.id), (1, 2));
+    assert_eq!(second.text, "hello");
+    assert_eq!(&*second.name, "bob");
+    let ids: Vec<u64> = room.since(None).iter().map(|m| m.id).collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(
+        room.since(Some(1)).len(),
+        1,
+        "a reconnect asks for what it missed"
+    );
+}
+
+#[test]
+fn the_length_limit_counts_characters_and_empty_messages_are_refused() {
+    let (config, mut room, now) = setup();
+    let mut a = Speaker::new("a", false, &config, now);
+    let long = "é".repeat(config.max_len);
+    assert!(
+        room.say(&config, &mut a, &long, now, 0).is_ok(),
+        "500 two-byte characters fit"
+    );
+    let too_long = "x".repeat(config.max_len + 1);
+    assert_eq!(
+        room.say(&config, &mut a, &too_long, now, 0),
+        Err(ChatError::TooLong { len: 501, max: 500 })
+    );
+    assert_eq!(
+        room.say(&config, &mut a, "  \u{7}  ", now, 0),
+        Err(ChatError::Empty)
+    );
+}
+
+#[test]
+fn a_connection_gets_a_burst_then_one_message_per_refill() {
+    let (config, mut room, now) = setup();
+    let mut a = Speaker::new("a", false, &config, now);
+    for i in 0..config.burst {
+        assert!(room.say(&config, &mut a, &format!("m{i}"), now, 0).is_ok());
+    }
+    let Err(ChatError::RateLimited(wait)) = room.say(&config, &mut a, "one more", now, 0) else {
+        panic!("the burst is spent");
+    };
+    assert_eq!(wait, 2000);
+    // Others are not affected by one flooder.
+    let mut b = Speaker::new("b", false, &config, now);
+    assert!(room.say(&config, &mut b, "me too", now, 0).is_ok());
+    let later = now + config.refill;
+    assert!(room.say(&config, &mut a, "again", later, 0).is_ok());
+    assert!(room.say(&config, &mut a, "and again", later, 0).is_err());
+    // Refused messages are not kept.
+    assert_eq!(room.since(None).len(), config.burst as usize + 2);
+}
+
+#[test]
+fn only_the_caster_removes_messages() {
+    let (config, mut room, now) = setup();
+    let mut viewer = Speaker::new("v", false, &config, now);
+    let caster = Speaker::new("c", true, &config, now);
+    let m = text(room.say(&config, &mut viewer, "spam", now, 0).unwrap());
+    assert_eq!(room.remove(&viewer, m.id), Err(ChatError::NotModerator));
+    assert_eq!(room.remove(&caster, m.id), Ok(ChatEvent::Removed(m.id)));
+    assert!(
+        room.since(None).is_empty(),
+        "a removed message is not replayed"
+    );
+    assert_eq!(
+        room.remove(&caster, m.id),
+        Err(ChatError::NoSuchMessage(m.id))
+    );
+}
+
+#[test]
+fn history_is_bounded() {
+    let config = ChatConfig {
+        history: 3,
+        burst: 100,
+        ..ChatConfig::default()
+    };
+    let mut room = Room::default();
+    let now = Instant::now();
+    let mut a = Speaker::new("a", false, &config, now);
+    for i in 0..5 {
+        room.say(
+            &config,
+            &mut a,
+            &format!("{i}"),
+            now + Duration::from_secs(i),
+            0,
+        )
+        .unwrap();
+    }
+    let ids: Vec<u64> = room.since(None).iter().map(|m| m.id).collect();
+    assert_eq!(ids, [3, 4, 5]);
+}
+
+#[test]
+fn names_are_cleaned() {
+    assert_eq!(clean_name("  ann\u{0} "), "ann");
+    assert_eq!(clean_name(""), "viewer");
+    assert_eq!(clean_name(&"n".repeat(100)).len(), MAX_NAME);
+}

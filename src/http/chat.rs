@@ -1,0 +1,223 @@
+//! Chat over a WebSocket: `GET /api/lives/{live}/chat?name=&since=&token=&session=`.
+//!
+//! Why a WebSocket and not a WebRTC data channel: chat must work before
+//! and without media (a viewer waiting for the caster, a caster whose
+//! camera failed), survive a media reconnect untouched, and pass the same
+//! reverse proxies as the pages; and the media workers stay free of SCTP.
+//!
+//! Frames are JSON. From the client: `{"type":"say","text":...}`,
+//! `{"type":"remove","id":N}` (the caster only). From the server:
+//! `welcome` (name, moderator), `message` (id, name, text, at, caster),
+//! `removed` (id), `error` (reason), `shutdown`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use super::{ApiError, AppState, bearer_of, check_live};
+use crate::chat::{ChatConfig, ChatError, ChatEvent, Message, Rooms, Speaker};
+use crate::sfu::PeerId;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/lives/{live}/chat", get(connect))
+}
+
+/// Every live's chat room and the channel its connections listen on.
+pub struct ChatHub {
+    config: ChatConfig,
+    state: Mutex<HubState>,
+}
+
+#[derive(Default)]
+struct HubState {
+    rooms: Rooms,
+    channels: HashMap<String, broadcast::Sender<ChatEvent>>,
+}
+
+impl ChatHub {
+    pub fn new(config: ChatConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(HubState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a new connection missed, and its subscription from then on; taken
+    /// under one lock so that nothing falls between them.
+    fn join(
+        &self,
+        live: &str,
+        since: Option<u64>,
+    ) -> (Vec<Message>, broadcast::Receiver<ChatEvent>) {
+        let mut state = self.lock();
+        let history = state.rooms.room(live).since(since);
+        let rx = state
+            .channels
+            .entry(live.to_string())
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe();
+        (history, rx)
+    }
+
+    /// Applies one client frame. Events are sent under the lock, so every
+    /// connection sees them in id order.
+    fn handle(
+        &self,
+        live: &str,
+        speaker: &mut Speaker,
+        frame: ClientFrame,
+    ) -> Result<(), ChatError> {
+        let mut state = self.lock();
+        let room = state.rooms.room(live);
+        let event = match frame {
+            ClientFrame::Say { text } => {
+                room.say(&self.config, speaker, &text, Instant::now(), unix_ms())?
+            }
+            ClientFrame::Remove { id } => room.remove(speaker, id)?,
+        };
+        if let Some(tx) = state.channels.get(live) {
+            let _ = tx.send(event);
+        }
+        Ok(())
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientFrame {
+    Say { text: String },
+    Remove { id: u64 },
+}
+
+#[derive(serde::Deserialize)]
+struct ChatQuery {
+    name: Option<String>,
+    /// The last message id this client has (a reconnect).
+    since: Option<u64>,
+    /// A viewer token for a private live (browsers cannot set headers on a
+    /// WebSocket).
+    token: Option<String>,
+    /// The caster's WHIP session id: makes this connection the moderator.
+    session: Option<String>,
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    Path(live): Path<String>,
+    Query(query): Query<ChatQuery>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = check_live(&live) {
+        return e.into_response();
+    }
+    let token = query.token.as_deref().or_else(|| bearer_of(&headers));
+    if let Err(denied) = state.access.check_play(&live, token) {
+        return ApiError::from(denied).into_response();
+    }
+    let moderator = query
+        .session
+        .as_deref()
+        .and_then(|s| s.parse::<PeerId>().ok())
+        .is_some_and(|s| state.media.caster(&live) == Some(s));
+    let name = query.name.unwrap_or_default();
+    let since = query.since;
+    tracing::debug!(%live, %remote, moderator, "chat connection");
+    ws.max_message_size(16 * 1024)
+        .on_upgrade(move |socket| run(socket, state, live, name, moderator, since))
+}
+
+async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    live: String,
+    name: String,
+    moderator: bool,
+    since: Option<u64>,
+) {
+    let hub = state.chat.clone();
+    let mut speaker = Speaker::new(&name, moderator, &hub.config, Instant::now());
+    let (history, mut events) = hub.join(&live, since);
+    let welcome = json!({"type": "welcome", "name": &*speaker.name, "moderator": moderator});
+    if send(&mut socket, &welcome).await.is_err() {
+        return;
+    }
+    for m in history {
+        if send(&mut socket, &message_json(&m)).await.is_err() {
+            return;
+        }
+    }
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            frame = socket.recv() => {
+                let text = match frame {
+                    Some(Ok(Frame::Text(t))) => t,
+                    Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                };
+                let result = serde_json::from_str::<ClientFrame>(text.as_str())
+                    .map_err(|e| format!("bad frame: {e}"))
+                    .and_then(|f| hub.handle(&live, &mut speaker, f).map_err(|e| e.to_string()));
+                if let Err(reason) = result
+                    && send(&mut socket, &json!({"type": "error", "reason": reason})).await.is_err()
+                {
+                    return;
+                }
+            }
+            event = events.recv() => {
+                let out = match event {
+                    Ok(ChatEvent::Message(m)) => message_json(&m),
+                    Ok(ChatEvent::Removed(id)) => json!({"type": "removed", "id": id}),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow to keep up: the client reconnects with
+                        // `since` and gets what it missed, in order.
+                        let _ = send(&mut socket, &json!({"type": "error",
+                            "reason": "fell behind; reconnect to catch up"})).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if send(&mut socket, &out).await.is_err() {
+                    return;
+                }
+            }
+            _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
+                let _ = send(&mut socket, &json!({"type": "shutdown"})).await;
+                let _ = socket.send(Frame::Close(None)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn message_json(m: &Message) -> serde_json::Value {
+    json!({"type": "message", "id": m.id, "name": &*m.name, "text": m.text, "at": m.at, "caster": m.caster})
+}
+
+async fn send(socket: &mut WebSocket, value: &serde_json::Value) -> Result<(), axum::Error> {
+    socket
+        .send(Frame::Text(Utf8Bytes::from(value.to_string())))
+        .await
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics (`GET /metrics`), on the official `prometheus-client`
+//! crate. Media and TURN threads add to shared counters once per loop turn
+//! or second (one atomic add each, not one per packet); the live gauges are
+//! read from the live board at scrape time.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::sfu::SfuStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    /// `in` (from casters) or `out` (to viewers).
+    pub direction: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub lives: Gauge,
+    pub casters: Gauge,
+    pub viewers: Gauge,
+    pub packets: Family<Direction, Counter>,
+    pub bytes: Family<Direction, Counter>,
+    pub packets_lost: Family<Direction, Counter>,
+    pub nacks: Family<Direction, Counter>,
+    pub keyframe_requests: Family<Direction, Counter>,
+    pub turn_allocations: Gauge,
+    pub turn_relayed_bytes: Counter,
+}
+
+pub const IN: Direction = Direction { direction: "in" };
+pub const OUT: Direction = Direction { direction: "out" };
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vessel");
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            lives: Gauge::default(),
+            casters: Gauge::default(),
+            viewers: Gauge::default(),
+            packets: Family::default(),
+            bytes: Family::default(),
+            packets_lost: Family::default(),
+            nacks: Family::default(),
+            keyframe_requests: Family::default(),
+            turn_allocations: Gauge::default(),
+            turn_relayed_bytes: Counter::default(),
+        };
+        registry.register("lives", "Lives on air", m.lives.clone());
+        registry.register("casters", "Casters connected", m.casters.clone());
+        registry.register("viewers", "Viewers connected", m.viewers.clone());
+        registry.register(
+            "media_packets",
+            "Media datagrams received from peers (in) and sent to them (out)",
+            m.packets.clone(),
+        );
+        registry.register(
+            "media_bytes",
+            "Media bytes received (in) and sent (out)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "packets_lost",
+            "RTP packets lost: from casters as Vessel counts them (in), to viewers as their receiver reports say (out)",
+            m.packets_lost.clone(),
+        );
+        registry.register(
+            "nacks",
+            "NACKs sent to casters (in) and received from viewers (out)",
+            m.nacks.clone(),
+        );
+        registry.register(
+            "keyframe_requests",
+            "Keyframe requests sent to casters (in) and PLI/FIR received from viewers (out)",
+            m.keyframe_requests.clone(),
+        );
+        registry.register(
+            "turn_allocations",
+            "TURN allocations held",
+            m.turn_allocations.clone(),
+        );
+        registry.register(
+            "turn_relayed_bytes",
+            "Bytes relayed by TURN, both ways",
+            m.turn_relayed_bytes.clone(),
+        );
+        *m.registry.lock().expect("fresh lock") = registry;
+        m
+    }
+
+    /// Adds what an `Sfu`'s counters grew by since `last`.
+    pub fn add_sfu(&self, now: &SfuStats, last: &SfuStats) {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        self.nacks
+            .get_or_create(&IN)
+            .inc_by(d(now.nacks_sent, last.nacks_sent));
+        self.nacks
+            .get_or_create(&OUT)
+            .inc_by(d(now.nacks_received, last.nacks_received));
+        self.keyframe_requests
+            .get_or_create(&IN)
+            .inc_by(d(now.keyframe_requests_sent, last.keyframe_requests_sent));
+        self.keyframe_requests.get_or_create(&OUT).inc_by(d(
+            now.keyframe_requests_received,
+            last.keyframe_requests_received,
+        ));
+        self.packets_lost
+            .get_or_create(&IN)
+            .inc_by(d(now.lost_in, last.lost_in));
+        self.packets_lost
+            .get_or_create(&OUT)
+            .inc_by(d(now.lost_out, last.lost_out));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
