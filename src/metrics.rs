@@ -97,6 +97,19 @@ impl Metrics {
             "Bytes relayed by TURN, both ways",
             m.turn_relayed_bytes.clone(),
         );
+        // Every series exists from the start, at zero, so that dashboards
+        // and alerts see 0 rather than nothing.
+        for family in [
+            &m.packets,
+            &m.bytes,
+            &m.packets_lost,
+            &m.nacks,
+            &m.keyframe_requests,
+        ] {
+            for direction in [IN, OUT] {
+                family.get_or_create(&direction);
+            }
+        }
         *m.registry.lock().expect("fresh lock") = registry;
         m
     }

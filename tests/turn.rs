@@ -237,27 +237,7 @@ fn peers_outside_the_allowed_ranges_get_403() {
 fn turn_over_tls() {
     let dir = std::env::temp_dir().join(format!("vessel-turn-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(made.success());
+    let (cert, key) = common::self_signed_cert(&dir);
     let server = Server::start_with_args(&[
         "--turn-secret",
         SECRET,

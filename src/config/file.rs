@@ -88,12 +88,14 @@ pub fn parse<T: clap::CommandFactory + FromArgMatches>(
 }
 
 /// The flags the file stands for, the keys it set, and its lives.
+type FileArgs = (Vec<OsString>, HashSet<String>, HashMap<String, LiveRules>);
+
 fn file_args(
     command: &Command,
     matches: &ArgMatches,
     table: toml::Table,
     path: &Path,
-) -> Result<(Vec<OsString>, HashSet<String>, HashMap<String, LiveRules>), LoadError> {
+) -> Result<FileArgs, LoadError> {
     let bad = |msg: String| LoadError::Invalid(format!("{}: {msg}", path.display()));
     let mut args = Vec::new();
     let mut keys = HashSet::new();

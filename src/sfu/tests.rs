@@ -680,3 +680,22 @@ fn viewers_on_other_shards_get_the_caster_through_one_hand_off_each() {
     net.pump();
     assert_eq!(net.sfus[0].interest.get("show").copied(), Some(1 << 2));
 }
+
+#[test]
+fn a_viewer_joining_mid_stream_counts_a_keyframe_request() {
+    let mut net = Net::new();
+    net.join("show", Role::Cast);
+    net.run(Duration::from_millis(500));
+    assert_eq!(net.sfus[0].stats(), SfuStats::default());
+    net.join("show", Role::Play);
+    net.run(Duration::from_millis(500));
+    let stats = net.sfus[0].stats();
+    assert!(stats.keyframe_requests_sent >= 1, "{stats:?}");
+    // str0m's periodic stats come in; on a clean network nothing is lost.
+    net.run(STATS_INTERVAL * 2);
+    let later = net.sfus[0].stats();
+    assert_eq!(
+        (later.lost_in, later.lost_out, later.nacks_received),
+        (0, 0, 0)
+    );
+}

@@ -43,8 +43,16 @@ impl Server {
     /// With extra flags, which replace the defaults `--media 127.0.0.1:0`
     /// and `--turn 127.0.0.1:0` when they name the same flag.
     pub fn start_with_args(extra: &[&str]) -> Self {
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["--http", &http];
+        Self::start_full("127.0.0.1", extra, &[])
+    }
+
+    /// HTTP on `bind_ip` (clients still connect over 127.0.0.1), with extra
+    /// flags and environment variables.
+    pub fn start_full(bind_ip: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let bind = format!("{bind_ip}:{port}");
+        let http = format!("127.0.0.1:{port}");
+        let mut args = vec!["--http", &bind];
         for (flag, default) in [("--media", "127.0.0.1:0"), ("--turn", "127.0.0.1:0")] {
             if !extra.contains(&flag) {
                 args.extend([flag, default]);
@@ -55,6 +63,7 @@ impl Server {
             .args(&args)
             .env("RUST_LOG", "vessel=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -164,6 +173,8 @@ pub struct Client {
     pub location: String,
     pub received: Vec<Received>,
     pub connected: bool,
+    /// The server ended the session (DTLS close_notify).
+    pub closed: bool,
     /// The server's SDP answer, as received.
     pub answer: String,
     /// The `Link` headers of the answer.
@@ -204,6 +215,7 @@ impl Client {
             location: String::new(),
             received: Vec::new(),
             connected: false,
+            closed: false,
             answer: String::new(),
             links: Vec::new(),
             video: Some(video),
@@ -225,15 +237,29 @@ impl Client {
 
     /// POSTs the offer to `path` (`/whip/x` or `/whep/x`) and applies the answer.
     pub fn connect(server: &Server, path: &str) -> Self {
+        Self::try_connect(server, path, None)
+            .unwrap_or_else(|(status, body)| panic!("POST {path}: {status} {body}"))
+    }
+
+    /// As `connect`, with `Authorization: Bearer <bearer>`; a refusal comes
+    /// back as (status, body).
+    pub fn try_connect(
+        server: &Server,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<Self, (u16, String)> {
         let cast = path.starts_with("/whip/");
         let (mut client, offer, pending) = Self::offer(cast);
-        let res = http()
+        let mut req = http()
             .post(server.url(path))
-            .header("content-type", "application/sdp")
-            .body(offer)
-            .send()
-            .unwrap();
-        assert_eq!(res.status(), 201, "POST {path}: {:?}", res.text());
+            .header("content-type", "application/sdp");
+        if let Some(token) = bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let res = req.body(offer).send().unwrap();
+        if res.status() != 201 {
+            return Err((res.status().as_u16(), res.text().unwrap_or_default()));
+        }
         client.location = res
             .headers()
             .get("location")
@@ -251,7 +277,7 @@ impl Client {
         client.answer = res.text().unwrap();
         let answer = SdpAnswer::from_sdp_string(&client.answer).unwrap();
         client.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-        client
+        Ok(client)
     }
 
     fn pt(&self, mid: Mid, codec: Codec) -> Pt {
@@ -324,10 +350,19 @@ impl Client {
     }
 
     fn step(&mut self, until: Instant) {
+        if self.closed || !self.rtc.is_alive() {
+            self.closed = true;
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
         let now = Instant::now();
         self.write_media(now);
         let timeout = loop {
-            match self.rtc.poll_output().unwrap() {
+            let Ok(output) = self.rtc.poll_output() else {
+                self.closed = true;
+                return;
+            };
+            match output {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => {
                     self.socket.send_to(&t.contents, t.destination).unwrap();
@@ -363,6 +398,7 @@ impl Client {
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Connected => self.connected = true,
+            Event::Closed => self.closed = true,
             Event::KeyframeRequest(_) => {
                 self.keyframe_requested = true;
                 self.keyframe_requests += 1;
@@ -429,4 +465,29 @@ pub fn run_all_until(
             c.step(Instant::now() + Duration::from_millis(2));
         }
     }
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1 in `dir`, made by
+/// openssl: (cert.pem, key.pem).
+pub fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success());
+    (cert, key)
 }
