@@ -107,7 +107,7 @@ impl Metrics {
             &m.keyframe_requests,
         ] {
             for direction in [IN, OUT] {
-                family.get_or_create(&direction);
+                let _ = family.get_or_create(&direction);
             }
         }
         *m.registry.lock().expect("fresh lock") = registry;

@@ -73,3 +73,52 @@ fn an_unreachable_server_is_an_error_not_a_hang() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the caster did not connect"), "{stderr}");
 }
+
+#[test]
+fn a_private_live_with_a_key_is_load_tested_with_key_and_token() {
+    let server = Server::start_full(
+        "0.0.0.0",
+        &["--admin-token", "adm-token", "--viewer-token-secret", "vts"],
+        &[],
+    );
+    let post = |path: &str, body: &str| -> serde_json::Value {
+        let res = common::http()
+            .post(server.url(path))
+            .header("authorization", "Bearer adm-token")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        serde_json::from_str(&res.text().unwrap()).unwrap()
+    };
+    let key = post("/api/lives", r#"{"live": "keyed", "private": true}"#)["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = post("/api/lives/keyed/tokens", "{}")["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(["loadtest", "--server", &server.base, "--live", "keyed"])
+            .args(["--viewers", "2", "--duration", "1", "--json"])
+            .args(extra)
+            .output()
+            .expect("vessel loadtest runs")
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let out = run(&["--key", &key, "--token", &token]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["receiving"], 2, "{report:#}");
+}

@@ -191,6 +191,7 @@ fn read_lives(value: toml::Value) -> Result<HashMap<String, LiveRules>, String> 
 fn check_environment(command: &Command) -> Result<(), LoadError> {
     let known: HashSet<String> = command
         .get_arguments()
+        .chain(command.get_subcommands().flat_map(Command::get_arguments))
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
         .collect();

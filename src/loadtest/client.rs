@@ -43,6 +43,9 @@ pub struct Worker {
     pub totals: Arc<Totals>,
     pub http: reqwest::Client,
     pub bind: IpAddr,
+    /// `Authorization: Bearer` for WHIP (a stream key) and WHEP (a viewer token).
+    pub key: Option<String>,
+    pub token: Option<String>,
     pub stop: watch::Receiver<bool>,
     /// The caster stops first, so that viewers get (or repair) everything
     /// it sent before they stop.
@@ -107,11 +110,14 @@ impl SeqTrack {
 async fn exchange(
     http: &reqwest::Client,
     url: &str,
+    bearer: Option<&str>,
     offer: String,
 ) -> Result<(String, String), String> {
-    let res = http
-        .post(url)
-        .header("content-type", "application/sdp")
+    let mut req = http.post(url).header("content-type", "application/sdp");
+    if let Some(b) = bearer {
+        req = req.header("authorization", format!("Bearer {b}"));
+    }
+    let res = req
         .body(offer)
         .send()
         .await
@@ -164,7 +170,9 @@ impl Session {
         let audio = api.add_media(MediaKind::Audio, dir, None, None, None);
         let video = api.add_media(MediaKind::Video, dir, None, None, None);
         let (offer, pending): (_, SdpPendingOffer) = api.apply().ok_or("no offer")?;
-        let (answer, location) = exchange(&worker.http, url, offer.to_sdp_string()).await?;
+        let bearer = if cast { &worker.key } else { &worker.token };
+        let (answer, location) =
+            exchange(&worker.http, url, bearer.as_deref(), offer.to_sdp_string()).await?;
         let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| format!("bad answer: {e}"))?;
         rtc.sdp_api()
             .accept_answer(pending, answer)

@@ -42,6 +42,14 @@ pub struct LoadtestArgs {
     #[arg(long)]
     pub whep: Option<String>,
 
+    /// Stream key for WHIP (`Authorization: Bearer`).
+    #[arg(long, env = "VESSEL_LOADTEST_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+
+    /// Viewer token for WHEP, for a private live.
+    #[arg(long, env = "VESSEL_LOADTEST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Number of viewers.
     #[arg(long, default_value_t = 100)]
     pub viewers: usize,
@@ -133,6 +141,8 @@ pub fn run(args: LoadtestArgs) -> Result<Report, String> {
                         totals,
                         http,
                         bind: args.bind,
+                        key: args.key.clone(),
+                        token: args.token.clone(),
                         stop,
                         caster_stop,
                         delay: Default::default(),
