@@ -24,7 +24,8 @@ use vessel::turn::{
     self, Credentials, IceServers, Ledger, Nonces, PeerPolicy, Quota, TurnConfig, TurnServer,
 };
 
-/// `vessel` runs the server; `vessel loadtest` measures one.
+/// Vessel: a self-hosted live streaming server (WHIP/WHEP, WebRTC SFU,
+/// STUN/TURN, built-in pages). `vessel loadtest` measures one.
 #[derive(clap::Parser)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
