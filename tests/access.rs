@@ -318,3 +318,55 @@ fn the_admission_webhook_decides_and_is_told_who_asks() {
     let server = Server::start_with_args(&["--admission-webhook", &dead_url]);
     assert_eq!(refused(&server, "/whip/hooked", None).0, 503);
 }
+
+#[test]
+fn bad_admin_requests_get_a_reason_and_the_live_goes_on() {
+    let server = Server::start_with_args(&["--admin-token", ADMIN]);
+    let (mut caster, mut viewer) = {
+        let mut caster = Client::connect(&server, "/whip/steady");
+        let mut viewer = Client::connect(&server, "/whep/steady");
+        run_all_until(
+            &mut [&mut caster, &mut viewer],
+            Duration::from_secs(15),
+            "video",
+            |c| c[1].video().len() >= 10,
+        );
+        (caster, viewer)
+    };
+    let raw = |path: &str, body: &str| {
+        let res = http()
+            .post(server.url(path))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (res.status().as_u16(), res.text().unwrap())
+    };
+    let (status, reason) = raw("/api/lives", "{not json");
+    assert_eq!(status, 400, "{reason}");
+    assert!(reason.contains("expected {\"live\""), "{reason}");
+    let (status, reason) = raw("/api/lives", r#"{"live": "steady", "colour": "red"}"#);
+    assert_eq!(status, 400, "{reason}");
+    assert!(reason.contains("colour"), "{reason}");
+    let (status, reason) = raw("/api/lives/steady/tokens", r#"{"ttl": 0}"#);
+    assert_eq!(status, 400, "{reason}");
+    // No viewer-token-secret: tokens cannot be made, and it says why.
+    let (status, reason) = raw("/api/lives/steady/tokens", "{}");
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("viewer-token-secret"), "{reason}");
+    let res = http()
+        .delete(server.url("/api/lives/steady"))
+        .header("authorization", "Bearer wrong")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().contains_key("www-authenticate"));
+    let before = viewer.video().len();
+    run_all_until(
+        &mut [&mut caster, &mut viewer],
+        Duration::from_secs(10),
+        "the live goes on",
+        |c| c[1].video().len() >= before + 30,
+    );
+}

@@ -98,6 +98,10 @@ fn long_messages_and_floods_are_refused_with_a_reason() {
     assert!(e["reason"].as_str().unwrap().contains("too long"), "{e}");
     say(&mut a, &"x".repeat(500));
     assert_eq!(message(&mut a).2.len(), 500);
+    // Garbage gets a reason, and the connection stays.
+    a.send(Message::text("{\"type\": \"shout\"}")).unwrap();
+    let e = next(&mut a);
+    assert!(e["reason"].as_str().unwrap().contains("bad frame"), "{e}");
     // The burst is 5 (one is spent); the 6th in a row is refused.
     for i in 0..5 {
         say(&mut a, &format!("flood {i}"));
