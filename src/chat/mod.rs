@@ -63,6 +63,8 @@ pub enum ChatError {
     NotModerator,
     #[error("no message {0}")]
     NoSuchMessage(u64),
+    #[error("too many chat rooms are open on this server; try again later")]
+    TooManyRooms,
 }
 
 /// One connection's identity and allowance.
@@ -190,15 +192,42 @@ impl Room {
     }
 }
 
-/// Every live's room.
-#[derive(Debug, Default)]
+/// Every live's room. Any name may have one (viewers chat while they wait
+/// for the caster), so their number is capped, and a room with no messages
+/// is dropped when its last connection goes.
+#[derive(Debug)]
 pub struct Rooms {
     rooms: HashMap<String, Room>,
+    max: usize,
 }
 
 impl Rooms {
-    pub fn room(&mut self, live: &str) -> &mut Room {
-        self.rooms.entry(live.to_string()).or_default()
+    pub fn new(max: usize) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The room of `live`, made if there is room for one more.
+    pub fn open(&mut self, live: &str) -> Result<&mut Room, ChatError> {
+        if !self.rooms.contains_key(live) && self.rooms.len() >= self.max {
+            return Err(ChatError::TooManyRooms);
+        }
+        Ok(self.rooms.entry(live.to_string()).or_default())
+    }
+
+    pub fn get(&mut self, live: &str) -> Option<&mut Room> {
+        self.rooms.get_mut(live)
+    }
+
+    /// Forgets the room of `live` if it holds no message.
+    pub fn drop_if_empty(&mut self, live: &str) -> bool {
+        let empty = self.rooms.get(live).is_some_and(|r| r.messages.is_empty());
+        if empty {
+            self.rooms.remove(live);
+        }
+        empty
     }
 }
 

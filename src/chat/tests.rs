@@ -121,3 +121,23 @@ fn names_are_cleaned() {
     assert_eq!(clean_name(""), "viewer");
     assert_eq!(clean_name(&"n".repeat(100)).len(), MAX_NAME);
 }
+
+#[test]
+fn rooms_are_capped_and_empty_ones_are_dropped() {
+    let config = ChatConfig::default();
+    let mut rooms = Rooms::new(2);
+    let now = Instant::now();
+    rooms.open("a").unwrap();
+    rooms.open("b").unwrap();
+    assert_eq!(rooms.open("c").err(), Some(ChatError::TooManyRooms));
+    assert!(rooms.open("a").is_ok(), "an existing room still opens");
+    let mut s = Speaker::new("s", false, &config, now);
+    rooms
+        .open("a")
+        .unwrap()
+        .say(&config, &mut s, "kept", now, 0)
+        .unwrap();
+    assert!(!rooms.drop_if_empty("a"), "a room with history stays");
+    assert!(rooms.drop_if_empty("b"));
+    assert!(rooms.open("c").is_ok());
+}

@@ -38,17 +38,22 @@ pub struct ChatHub {
     state: Mutex<HubState>,
 }
 
-#[derive(Default)]
 struct HubState {
     rooms: Rooms,
     channels: HashMap<String, broadcast::Sender<ChatEvent>>,
 }
 
+/// Chat rooms open at once (each keeps up to 200 messages).
+const MAX_ROOMS: usize = 10_000;
+
 impl ChatHub {
     pub fn new(config: ChatConfig) -> Self {
         Self {
             config,
-            state: Mutex::new(HubState::default()),
+            state: Mutex::new(HubState {
+                rooms: Rooms::new(MAX_ROOMS),
+                channels: HashMap::new(),
+            }),
         }
     }
 
@@ -62,15 +67,28 @@ impl ChatHub {
         &self,
         live: &str,
         since: Option<u64>,
-    ) -> (Vec<Message>, broadcast::Receiver<ChatEvent>) {
+    ) -> Result<(Vec<Message>, broadcast::Receiver<ChatEvent>), ChatError> {
         let mut state = self.lock();
-        let history = state.rooms.room(live).since(since);
+        let history = state.rooms.open(live)?.since(since);
         let rx = state
             .channels
             .entry(live.to_string())
             .or_insert_with(|| broadcast::channel(256).0)
             .subscribe();
-        (history, rx)
+        Ok((history, rx))
+    }
+
+    /// A connection ended (its receiver already dropped): the last one out
+    /// of a room without messages takes the room with it.
+    fn leave(&self, live: &str) {
+        let mut state = self.lock();
+        let unwatched = state
+            .channels
+            .get(live)
+            .is_none_or(|tx| tx.receiver_count() == 0);
+        if unwatched && state.rooms.drop_if_empty(live) {
+            state.channels.remove(live);
+        }
     }
 
     /// Applies one client frame. Events are sent under the lock, so every
@@ -82,7 +100,7 @@ impl ChatHub {
         frame: ClientFrame,
     ) -> Result<(), ChatError> {
         let mut state = self.lock();
-        let room = state.rooms.room(live);
+        let room = state.rooms.open(live)?;
         let event = match frame {
             ClientFrame::Say { text } => {
                 room.say(&self.config, speaker, &text, Instant::now(), unix_ms())?
@@ -152,13 +170,47 @@ async fn run(
 ) {
     let hub = state.chat.clone();
     let mut speaker = Speaker::new(&name, moderator, &hub.config, Instant::now());
-    let (history, mut events) = hub.join(&live, since);
-    let welcome = json!({"type": "welcome", "name": &*speaker.name, "moderator": moderator});
-    if send(&mut socket, &welcome).await.is_err() {
+    match hub.join(&live, since) {
+        Ok((history, mut events)) => {
+            converse(
+                &mut socket,
+                &state,
+                &live,
+                &mut speaker,
+                history,
+                &mut events,
+            )
+            .await;
+        }
+        Err(e) => {
+            let _ = send(
+                &mut socket,
+                &json!({"type": "error", "reason": e.to_string()}),
+            )
+            .await;
+        }
+    }
+    hub.leave(&live);
+}
+
+/// A connection's life: the welcome and history, then frames both ways
+/// until either side ends or the server shuts down.
+async fn converse(
+    socket: &mut WebSocket,
+    state: &AppState,
+    live: &str,
+    speaker: &mut Speaker,
+    history: Vec<Message>,
+    events: &mut broadcast::Receiver<ChatEvent>,
+) {
+    let hub = &state.chat;
+    let welcome =
+        json!({"type": "welcome", "name": &*speaker.name, "moderator": speaker.moderator});
+    if send(socket, &welcome).await.is_err() {
         return;
     }
     for m in history {
-        if send(&mut socket, &message_json(&m)).await.is_err() {
+        if send(socket, &message_json(&m)).await.is_err() {
             return;
         }
     }
@@ -173,9 +225,9 @@ async fn run(
                 };
                 let result = serde_json::from_str::<ClientFrame>(text.as_str())
                     .map_err(|e| format!("bad frame: {e}"))
-                    .and_then(|f| hub.handle(&live, &mut speaker, f).map_err(|e| e.to_string()));
+                    .and_then(|f| hub.handle(live, speaker, f).map_err(|e| e.to_string()));
                 if let Err(reason) = result
-                    && send(&mut socket, &json!({"type": "error", "reason": reason})).await.is_err()
+                    && send(socket, &json!({"type": "error", "reason": reason})).await.is_err()
                 {
                     return;
                 }
@@ -187,18 +239,18 @@ async fn run(
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow to keep up: the client reconnects with
                         // `since` and gets what it missed, in order.
-                        let _ = send(&mut socket, &json!({"type": "error",
+                        let _ = send(socket, &json!({"type": "error",
                             "reason": "fell behind; reconnect to catch up"})).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if send(&mut socket, &out).await.is_err() {
+                if send(socket, &out).await.is_err() {
                     return;
                 }
             }
             _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
-                let _ = send(&mut socket, &json!({"type": "shutdown"})).await;
+                let _ = send(socket, &json!({"type": "shutdown"})).await;
                 let _ = socket.send(Frame::Close(None)).await;
                 return;
             }
