@@ -9,6 +9,7 @@ pub mod http;
 pub mod loadtest;
 pub mod media;
 pub mod metrics;
+pub mod peerjs;
 pub mod sfu;
 pub mod tls;
 pub mod turn;

@@ -13,11 +13,13 @@ use vessel::access::{Access, AccessConfig, LiveRules, Webhook};
 use vessel::board::LiveBoard;
 use vessel::chat::ChatConfig;
 use vessel::config::{self, Config, LoadError, LogFormat, TurnFlags};
+use vessel::http::peerjs::PeerHub;
 use vessel::http::tls::TlsListener;
 use vessel::http::{AppState, ChatHub, router};
 use vessel::loadtest::LoadtestArgs;
 use vessel::media;
 use vessel::metrics::Metrics;
+use vessel::peerjs::PeerConfig;
 use vessel::sfu::{Sfu, SfuConfig};
 use vessel::turn::runtime::TurnSockets;
 use vessel::turn::{
@@ -177,8 +179,20 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             access: access.clone(),
             chat: Arc::new(ChatHub::new(ChatConfig::default())),
             metrics,
+            peerjs: (!config.peerjs.disabled).then(|| {
+                PeerHub::start(
+                    PeerConfig {
+                        key: config.peerjs.key.clone(),
+                        max_peers: config.peerjs.max_peers,
+                        alive_timeout: Duration::from_secs(config.peerjs.alive_timeout),
+                        ..PeerConfig::default()
+                    },
+                    config.peerjs.discovery,
+                )
+            }),
         },
         &config.cors_origin,
+        &config.peerjs.path,
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base = format!("{scheme}://{}", config.http);

@@ -90,6 +90,9 @@ pub struct Config {
     pub access: AccessFlags,
 
     #[command(flatten)]
+    pub peerjs: PeerJsFlags,
+
+    #[command(flatten)]
     pub turn: TurnFlags,
 }
 
@@ -97,6 +100,74 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The PeerJS PeerServer protocol, for pages written for `peerjs`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "PeerJS PeerServer")]
+pub struct PeerJsFlags {
+    /// Where the PeerServer protocol is served (PeerJS's `path` option).
+    #[arg(id = "peerjs_path", long = "peerjs-path", env = "VESSEL_PEERJS_PATH", default_value = "/peer",
+          value_parser = peerjs_path)]
+    pub path: String,
+
+    /// The PeerServer API key clients pass (PeerJS's `key` option).
+    #[arg(
+        id = "peerjs_key",
+        long = "peerjs-key",
+        env = "VESSEL_PEERJS_KEY",
+        default_value = "peerjs"
+    )]
+    pub key: String,
+
+    /// Let clients list connected peer ids (`GET {path}/{key}/peers`).
+    #[arg(
+        id = "peerjs_discovery",
+        long = "peerjs-discovery",
+        env = "VESSEL_PEERJS_DISCOVERY"
+    )]
+    pub discovery: bool,
+
+    /// PeerJS peers connected at once.
+    #[arg(
+        id = "peerjs_max_peers",
+        long = "peerjs-max-peers",
+        env = "VESSEL_PEERJS_MAX_PEERS",
+        default_value_t = 5000
+    )]
+    pub max_peers: usize,
+
+    /// Seconds without a message (clients send a heartbeat every 5 s)
+    /// before a peer is dropped.
+    #[arg(id = "peerjs_alive_timeout", long = "peerjs-alive-timeout", env = "VESSEL_PEERJS_ALIVE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alive_timeout: u64,
+
+    /// Run without the PeerServer protocol.
+    #[arg(id = "no_peerjs", long = "no-peerjs", env = "VESSEL_NO_PEERJS")]
+    pub disabled: bool,
+}
+
+fn peerjs_path(path: &str) -> Result<String, String> {
+    let ok = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    let reserved = ["/api", "/whip", "/whep", "/cast", "/play", "/assets"];
+    let trimmed = path.trim_end_matches('/');
+    if !ok {
+        Err("a URL path such as /peer".into())
+    } else if trimmed.is_empty()
+        || reserved
+            .iter()
+            .any(|r| trimmed == *r || trimmed.starts_with(&format!("{r}/")))
+    {
+        Err(format!(
+            "{path} is taken by Vessel's own routes; choose e.g. /peer"
+        ))
+    } else {
+        Ok(trimmed.to_string())
+    }
 }
 
 /// Who may cast and watch.
@@ -379,6 +450,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
 
     #[test]
     fn defaults_stay_on_loopback() {

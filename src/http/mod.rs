@@ -6,6 +6,7 @@ mod chat;
 mod error;
 mod ops;
 mod pages;
+pub mod peerjs;
 mod session;
 pub mod tls;
 
@@ -40,10 +41,18 @@ pub struct AppState {
     pub access: Arc<Access>,
     pub chat: Arc<ChatHub>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The PeerJS PeerServer; `None` with `--no-peerjs`.
+    pub peerjs: Option<Arc<peerjs::PeerHub>>,
 }
 
-pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+/// `peerjs_path`: where the PeerServer protocol is served (e.g. `/peer`).
+pub fn router(state: AppState, cors_origins: &[String], peerjs_path: &str) -> Router {
+    let peerjs = match state.peerjs {
+        Some(_) => peerjs::routes(peerjs_path),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(peerjs)
         .merge(session::routes())
         .merge(api::routes())
         .merge(admin::routes())

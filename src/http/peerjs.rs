@@ -1,0 +1,195 @@
+//! The PeerJS PeerServer face, under `--peerjs-path` (default `/peer`, the
+//! seed's): `GET {path}` (server info), `GET {path}/{key}/id` (a fresh id),
+//! `GET {path}/{key}/peers` (with `--peerjs-discovery`), and the WebSocket
+//! `{path}/peerjs?key=&id=&token=`. The protocol itself is the sans-IO
+//! [`PeerServer`]; this file only moves frames and time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use crate::peerjs::{ConnId, Out, PeerConfig, PeerServer};
+
+pub struct PeerHub {
+    discovery: bool,
+    next: AtomicU64,
+    state: Mutex<HubState>,
+}
+
+struct HubState {
+    server: PeerServer,
+    conns: HashMap<ConnId, mpsc::UnboundedSender<Frame>>,
+}
+
+impl PeerHub {
+    /// Starts the hub and its clock (a task that expires queued messages
+    /// and silent peers once a second).
+    pub fn start(config: PeerConfig, discovery: bool) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            discovery,
+            next: AtomicU64::new(1),
+            state: Mutex::new(HubState {
+                server: PeerServer::new(config),
+                conns: HashMap::new(),
+            }),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.with(|s| s.handle_timeout(Instant::now()));
+            }
+        });
+        hub
+    }
+
+    /// Runs `f` on the protocol, then carries out what it asked for.
+    fn with<T>(&self, f: impl FnOnce(&mut PeerServer) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let result = f(&mut state.server);
+        while let Some(out) = state.server.poll_output() {
+            match out {
+                Out::Send(conn, text) => {
+                    if let Some(tx) = state.conns.get(&conn) {
+                        let _ = tx.send(Frame::Text(Utf8Bytes::from(text)));
+                    }
+                }
+                Out::Close(conn) => {
+                    if let Some(tx) = state.conns.remove(&conn) {
+                        let _ = tx.send(Frame::Close(None));
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+pub fn routes(path: &str) -> Router<AppState> {
+    let path = path.trim_end_matches('/');
+    Router::new()
+        .route(&format!("{path}/"), get(info))
+        .route(if path.is_empty() { "/" } else { path }, get(info))
+        .route(&format!("{path}/peerjs"), get(connect))
+        .route(&format!("{path}/{{key}}/id"), get(new_id))
+        .route(&format!("{path}/{{key}}/peers"), get(peers))
+}
+
+async fn info() -> Response {
+    Json(json!({
+        "name": "PeerJS Server",
+        "description": "A server side element to broker connections between PeerJS clients.",
+        "website": "https://peerjs.com/",
+    }))
+    .into_response()
+}
+
+/// A fresh id, as PeerServer gives it (`text/html`, the key is not checked).
+async fn new_id() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        uuid::Uuid::new_v4().to_string(),
+    )
+        .into_response()
+}
+
+async fn peers(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    let Some(hub) = state.peerjs.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (right_key, ids) = hub.with(|s| (s.key() == key, s.peers()));
+    if !hub.discovery || !right_key {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    Json(ids).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ConnectQuery {
+    key: Option<String>,
+    id: Option<String>,
+    token: Option<String>,
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    Query(query): Query<ConnectQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(hub) = state.peerjs.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| run(socket, hub, query, state.shutdown.clone()))
+}
+
+async fn run(
+    mut socket: WebSocket,
+    hub: Arc<PeerHub>,
+    query: ConnectQuery,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let conn = hub.next.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    hub.state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .conns
+        .insert(conn, tx);
+    hub.with(|s| {
+        s.connect(
+            conn,
+            query.key.as_deref(),
+            query.id.as_deref(),
+            query.token.as_deref(),
+            Instant::now(),
+        )
+    });
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Frame::Close(_)) | None => {
+                    let _ = socket.send(Frame::Close(None)).await;
+                    break;
+                }
+                Some(frame) => {
+                    if socket.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            frame = socket.recv() => match frame {
+                Some(Ok(Frame::Text(text))) => {
+                    hub.with(|s| s.message(conn, text.as_str(), Instant::now()));
+                }
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
+                let _ = socket.send(Frame::Close(None)).await;
+                break;
+            }
+        }
+    }
+    hub.state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .conns
+        .remove(&conn);
+    hub.with(|s| s.disconnect(conn));
+}

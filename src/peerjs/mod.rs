@@ -1,0 +1,292 @@
+//! The PeerJS PeerServer protocol (npm `peer` 1.0), sans-IO: peers register
+//! an id over a WebSocket, and the server relays their WebRTC signaling
+//! (`OFFER`, `ANSWER`, `CANDIDATE`, `LEAVE`, `EXPIRE`) with `src` set by
+//! the server. Messages to an id that is not connected wait for it; after
+//! `expire_after` their senders get `EXPIRE`. Peers silent for
+//! `alive_timeout` are dropped.
+//!
+//! The WebSocket face (`http::peerjs`) feeds connections, frames and time
+//! in and carries out [`Out`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The API key clients connect with (PeerServer's `key`, default `peerjs`).
+    pub key: String,
+    /// Peers connected at once.
+    pub max_peers: usize,
+    /// A peer that sends nothing (not even `HEARTBEAT`) this long is dropped.
+    pub alive_timeout: Duration,
+    /// Messages for an absent id wait this long before `EXPIRE`.
+    pub expire_after: Duration,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            key: "peerjs".into(),
+            max_peers: 5000,
+            alive_timeout: Duration::from_secs(60),
+            expire_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A WebSocket connection, numbered by the runtime.
+pub type ConnId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    /// A text frame (JSON) for a connection.
+    Send(ConnId, String),
+    /// Close a connection (after what was sent to it).
+    Close(ConnId),
+}
+
+struct Client {
+    token: String,
+    conn: ConnId,
+    last_seen: Instant,
+}
+
+/// Messages waiting for an id to connect.
+struct Queue {
+    since: Instant,
+    messages: Vec<Value>,
+}
+
+pub struct PeerServer {
+    config: PeerConfig,
+    clients: HashMap<String, Client>,
+    ids: HashMap<ConnId, String>,
+    queues: HashMap<String, Queue>,
+    out: VecDeque<Out>,
+}
+
+/// The message types relayed from one peer to another.
+const RELAYED: &[&str] = &["OFFER", "ANSWER", "CANDIDATE", "LEAVE", "EXPIRE"];
+
+impl PeerServer {
+    pub fn new(config: PeerConfig) -> Self {
+        Self {
+            config,
+            clients: HashMap::new(),
+            ids: HashMap::new(),
+            queues: HashMap::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.config.key
+    }
+
+    /// The ids connected now (for `GET /{key}/peers` with discovery).
+    pub fn peers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.clients.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// A WebSocket opened at `/peerjs?key=&id=&token=`.
+    pub fn connect(
+        &mut self,
+        conn: ConnId,
+        key: Option<&str>,
+        id: Option<&str>,
+        token: Option<&str>,
+        now: Instant,
+    ) {
+        let (Some(key), Some(id), Some(token)) = (key, id, token) else {
+            return self.refuse(
+                conn,
+                "ERROR",
+                "No id, token, or key supplied to websocket server",
+            );
+        };
+        if key != self.config.key {
+            return self.refuse(conn, "ERROR", "Invalid key provided");
+        }
+        if id.is_empty() || id.len() > 256 {
+            return self.refuse(conn, "ERROR", "Invalid id");
+        }
+        if let Some(client) = self.clients.get_mut(id) {
+            if client.token != token {
+                return self.refuse(conn, "ID-TAKEN", "ID is taken");
+            }
+            // The same peer reconnecting: the new socket replaces the old,
+            // silently, as PeerServer does.
+            let old = std::mem::replace(&mut client.conn, conn);
+            client.last_seen = now;
+            self.ids.remove(&old);
+            self.ids.insert(conn, id.to_string());
+            self.out.push_back(Out::Close(old));
+        } else {
+            if self.clients.len() >= self.config.max_peers {
+                return self.refuse(
+                    conn,
+                    "ERROR",
+                    "Server has reached its concurrent user limit",
+                );
+            }
+            self.clients.insert(
+                id.to_string(),
+                Client {
+                    token: token.to_string(),
+                    conn,
+                    last_seen: now,
+                },
+            );
+            self.ids.insert(conn, id.to_string());
+            self.send(conn, json!({"type": "OPEN"}));
+        }
+        if let Some(queue) = self.queues.remove(id) {
+            for message in queue.messages {
+                self.send(conn, message);
+            }
+        }
+    }
+
+    /// A text frame from a connection.
+    pub fn message(&mut self, conn: ConnId, text: &str, now: Instant) {
+        let Some(src) = self.ids.get(&conn).cloned() else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(&src) {
+            client.last_seen = now;
+        }
+        let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(text) else {
+            tracing::debug!(peer = %src, "PeerJS: not a JSON object; ignored");
+            return;
+        };
+        let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind == "HEARTBEAT" {
+            return;
+        }
+        if !RELAYED.contains(&kind) {
+            tracing::debug!(peer = %src, kind, "PeerJS: unknown message type; ignored");
+            return;
+        }
+        let kind = kind.to_string();
+        let dst = message
+            .get("dst")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // The server, not the sender, says who it is from.
+        message.insert("src".into(), Value::String(src.clone()));
+        self.relay(&kind, &src, dst, Value::Object(message), now);
+    }
+
+    fn relay(&mut self, kind: &str, src: &str, dst: Option<String>, message: Value, now: Instant) {
+        match dst {
+            Some(dst) if self.clients.contains_key(&dst) => {
+                let conn = self.clients[&dst].conn;
+                self.send(conn, message);
+            }
+            // Nobody to tell that someone left or expired.
+            Some(_) if kind == "LEAVE" || kind == "EXPIRE" => {}
+            Some(dst) => {
+                let queue = self.queues.entry(dst).or_insert_with(|| Queue {
+                    since: now,
+                    messages: Vec::new(),
+                });
+                // A bound on what one absent id can hold.
+                if queue.messages.len() < 1000 {
+                    queue.messages.push(message);
+                }
+            }
+            // LEAVE without a destination: the sender is leaving the server.
+            None if kind == "LEAVE" => self.remove(src),
+            None => {}
+        }
+    }
+
+    /// A connection closed.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        if let Some(id) = self.ids.remove(&conn)
+            && self.clients.get(&id).is_some_and(|c| c.conn == conn)
+        {
+            self.clients.remove(&id);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Messages nobody came for: one EXPIRE per (sender, absent id).
+        let expired: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| now.saturating_duration_since(q.since) >= self.config.expire_after)
+            .map(|(dst, _)| dst.clone())
+            .collect();
+        for dst in expired {
+            let queue = self.queues.remove(&dst).expect("listed");
+            let mut told: Vec<&str> = Vec::new();
+            for message in &queue.messages {
+                let Some(src) = message.get("src").and_then(Value::as_str) else {
+                    continue;
+                };
+                if told.contains(&src) {
+                    continue;
+                }
+                told.push(src);
+                if let Some(client) = self.clients.get(src) {
+                    let conn = client.conn;
+                    self.send(conn, json!({"type": "EXPIRE", "src": dst, "dst": src}));
+                }
+            }
+        }
+        // Peers that went silent.
+        let silent: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                now.saturating_duration_since(c.last_seen) >= self.config.alive_timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in silent {
+            tracing::debug!(peer = %id, "PeerJS: no heartbeat; dropped");
+            self.remove(&id);
+        }
+    }
+
+    /// When `handle_timeout` has something to do next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let queues = self
+            .queues
+            .values()
+            .map(|q| q.since + self.config.expire_after);
+        let clients = self
+            .clients
+            .values()
+            .map(|c| c.last_seen + self.config.alive_timeout);
+        queues.chain(clients).min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Out> {
+        self.out.pop_front()
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(client) = self.clients.remove(id) {
+            self.ids.remove(&client.conn);
+            self.out.push_back(Out::Close(client.conn));
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, kind: &str, msg: &str) {
+        self.send(conn, json!({"type": kind, "payload": {"msg": msg}}));
+        self.out.push_back(Out::Close(conn));
+    }
+
+    fn send(&mut self, conn: ConnId, message: Value) {
+        self.out.push_back(Out::Send(conn, message.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests;
