@@ -39,6 +39,17 @@ fn next(ws: &mut Socket) -> Option<Value> {
     }
 }
 
+/// `GET /peer/peerjs/peers` as JSON.
+fn peers(server: &Server) -> Value {
+    let text = http()
+        .get(server.url("/peer/peerjs/peers"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 fn send(ws: &mut Socket, v: Value) {
     ws.send(Message::text(v.to_string())).unwrap();
 }
@@ -69,13 +80,7 @@ fn ids_info_and_discovery_over_http() {
     let id = res.text().unwrap();
     assert_eq!(id.len(), 36, "a UUID: {id}");
     let _a = open(&server, "peerjs", &id, "tok");
-    let peers = http()
-        .get(server.url("/peer/peerjs/peers"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&peers).unwrap(), json!([id]));
+    assert_eq!(peers(&server), json!([id]));
     assert_eq!(
         http()
             .get(server.url("/peer/wrongkey/peers"))
@@ -203,16 +208,7 @@ fn silent_peers_are_dropped_and_heartbeats_keep_peers() {
         next(&mut quiet).is_none(),
         "the silent peer's socket is closed"
     );
-    let peers = http()
-        .get(server.url("/peer/peerjs/peers"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert_eq!(
-        serde_json::from_str::<Value>(&peers).unwrap(),
-        json!(["chatty"])
-    );
+    assert_eq!(peers(&server), json!(["chatty"]));
     // A dropped id is free again.
     let mut again = open(&server, "peerjs", "quiet", "new-token");
     assert_eq!(next(&mut again).unwrap()["type"], "OPEN");
