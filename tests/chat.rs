@@ -172,6 +172,13 @@ fn only_the_caster_removes_messages() {
             (Some("removed"), Some(id))
         );
     }
+    // Someone away when it was removed hears of it on reconnecting.
+    let (mut back, _) = open(&server, "moderated", &format!("name=Back&since={id}"));
+    let r = next(&mut back);
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_u64()),
+        (Some("removed"), Some(id))
+    );
     // The caster's own messages are marked.
     say(&mut host, "welcome all");
     let m = next(&mut viewer);
@@ -208,4 +215,19 @@ fn a_private_live_chat_needs_a_token() {
         .unwrap();
     let token = token["token"].as_str().unwrap();
     open(&server, "hidden", &format!("name=In&token={token}"));
+    // The live's own caster chats (and moderates) with its WHIP session id.
+    let key: Value = serde_json::from_str(
+        &common::http()
+            .post(server.url("/api/lives"))
+            .body(r#"{"live": "hidden", "private": true}"#)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    let caster = Client::try_connect(&server, "/whip/hidden", key["key"].as_str()).unwrap();
+    let session = caster.location.rsplit('/').next().unwrap();
+    let (_, welcome) = open(&server, "hidden", &format!("name=Host&session={session}"));
+    assert_eq!(welcome["moderator"], true);
 }

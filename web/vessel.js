@@ -28,6 +28,40 @@
  * behind strict NATs or firewalls that drop UDP still connect (through the server's TURN relay).
  * Pass `iceServers` to use your own instead, and `iceTransportPolicy: 'relay'` to force the relay.
  *
+ * Stream keys and viewer tokens:
+ *
+ * ```js
+ * const publisher = publish('demo', stream, { key: savedKey });     // Authorization: Bearer <key>
+ * publisher.on('error', (err) => {
+ *   if (err.status === 401) askForKey(err.reason);                 // the server's reason
+ * });
+ * publisher.on('state', (s) => s === 'unauthorized' && console.log('waiting for a key'));
+ * await publisher.setKey(key);   // retries now; resolves once live, rejects on another 401
+ *
+ * const player = play('members', { token });                        // a private live's viewer token
+ * ```
+ *
+ * A caster that the server refuses with `401` (no key, wrong or revoked key) is not retried: it
+ * reports the error (`status` 401, `reason` the server's text), goes to state `unauthorized`
+ * and waits for `setKey()`. Both handles report `shutdown` when the server announces that it is
+ * stopping (they reconnect by themselves once it is back).
+ *
+ * Chat beside a live (a WebSocket; independent of the media connection):
+ *
+ * ```js
+ * import { chat } from '/vessel.js';
+ *
+ * const room = chat('demo', { name: 'Ada' });                      // `token` for private lives
+ * room.on('message', (m) => console.log(m.id, m.name, m.text));   // in id order, never twice
+ * room.on('removed', (id) => console.log('removed', id));
+ * room.on('error', (err) => console.log(err.reason));              // too long, too fast, …
+ * room.send('hello');
+ *
+ * // On the caster's page: its WHIP session id makes it the moderator.
+ * publisher.on('session', (id) => room.setSession(id));
+ * room.remove(12);
+ * ```
+ *
  * @module vessel
  */
 
@@ -80,6 +114,7 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  *   loaded from, so `import … from 'https://vessel.example/vessel.js'` needs no `server`).
  * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests and
  *   on the ICE servers request (not on the live's event stream: EventSource cannot send headers).
+ *   For a player: the viewer token of a private live (pass it to {@link chat} too).
  * @property {RTCIceServer[]} [iceServers] ICE servers for the RTCPeerConnection. Default: the
  *   server's own STUN/TURN servers, fetched from `{server}/api/ice-servers` before every
  *   connection and reconnection (TURN credentials are minted per request); if that request
@@ -110,6 +145,11 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  * @typedef {CommonOptions & PublishExtra} PublishOptions
  *
  * @typedef {object} PublishExtra
+ * @property {string} [key] The live's stream key, sent as `Authorization: Bearer <key>` on the
+ *   WHIP requests (it takes the place of `token`). Needed when the live has a key, and for any
+ *   live on a server reachable from other machines (unless it runs with `--open`). Without it
+ *   (or with a wrong one) the publisher waits in state `unauthorized`: see
+ *   {@link Publisher#setKey}.
  * @property {VideoOptions} [video] Encoding of the published video.
  * @property {boolean} [simulcast] `false`: send one encoding only (default `true`: up to three
  *   layers, by the track's size).
@@ -240,11 +280,18 @@ class Session extends Emitter {
     this.viewers = 0;
     /** Whether the live is on air, from the server's event stream. */
     this.onAir = false;
+    /**
+     * @type {string|null} The id of the current server session (the last segment of the
+     *   WHIP/WHEP `Location`), null while there is none. A caster's is what makes its chat
+     *   connection the moderator (see {@link chat}).
+     */
+    this.session = null;
 
     this._endpoint = endpoint;
     this._options = options;
     this._server = (options.server ?? DEFAULT_SERVER).replace(/\/+$/, '');
     this._location = null; // URL of the current WHIP/WHEP session resource
+    this._credential = options.token ?? null; // sent as Authorization: Bearer
     this._connected = false;
     this._stopped = false;
     this._generation = 0; // bumps on every (re)connection, to ignore stale callbacks
@@ -295,6 +342,14 @@ class Session extends Emitter {
   /** @protected A new server session answered (`res`: the POST's response). */
   _onSession(_res) {}
 
+  /**
+   * @protected The server answered the POST with 401 (`err`) to the credential `used`. Return
+   * true to wait for new credentials instead of failing for good.
+   */
+  _onUnauthorized(_err, _used) {
+    return false;
+  }
+
   // ---- internals ----
 
   /** Ends the session for good, in state `stopped` or `failed`. */
@@ -319,8 +374,21 @@ class Session extends Emitter {
 
   _headers(extra = {}) {
     const headers = { ...extra };
-    if (this._options.token) headers.Authorization = `Bearer ${this._options.token}`;
+    if (this._credential) headers.Authorization = `Bearer ${this._credential}`;
     return headers;
+  }
+
+  /** The session resource `resource` (a URL) is now this handle's server session. */
+  _setLocation(resource) {
+    this._location = resource;
+    let id = null;
+    try {
+      id = decodeURIComponent(new URL(resource).pathname.split('/').filter(Boolean).at(-1) ?? '') || null;
+    } catch {
+      /* not a URL we can read: no id */
+    }
+    this.session = id;
+    if (id) this.emit('session', id);
   }
 
   _later(fn, ms) {
@@ -343,6 +411,7 @@ class Session extends Emitter {
     if (this._stopped) return;
     const generation = ++this._generation;
     const stale = () => this._stopped || generation !== this._generation;
+    const credential = this._credential;
 
     this._connectTimer = this._later(() => {
       if (!stale() && !this._connected) this._reconnect(new Error('connection timed out'));
@@ -378,13 +447,14 @@ class Session extends Emitter {
           this._delete(resource, false);
           return;
         }
-        this._location = resource;
+        this._setLocation(resource);
       }
       if (stale()) return;
       this._onSession(res);
       await pc.setRemoteDescription({ type: 'answer', sdp: body });
     } catch (err) {
       if (stale()) return;
+      if (err instanceof VesselHttpError && err.status === 401 && this._onUnauthorized(err, credential)) return;
       if (err instanceof VesselHttpError && err.fatal) {
         this.emit('error', err);
         this._finish('failed');
@@ -501,6 +571,7 @@ class Session extends Emitter {
   _deleteSession(keepalive) {
     const location = this._location;
     this._location = null;
+    this.session = null;
     return location ? this._delete(location, keepalive) : Promise.resolve(null);
   }
 
@@ -527,6 +598,10 @@ class Session extends Emitter {
       }
       this._onLiveInfo(info);
     });
+    // The server is stopping (a restart, usually): the handle reconnects once it is back.
+    events.addEventListener('shutdown', (e) => {
+      if (this._events === events) this.emit('shutdown', e.data || 'the server is shutting down');
+    });
     events.addEventListener('error', () => {
       // EventSource retries by itself unless it gave up (non-200 answer): then we retry.
       if (events.readyState === EventSource.CLOSED && !this._stopped && this._events === events) {
@@ -551,9 +626,16 @@ class Session extends Emitter {
  * A live being published (WHIP). Create it with {@link publish}.
  *
  * Events:
- * - `state` (`'connecting' | 'live' | 'reconnecting' | 'stopped' | 'failed'`)
+ * - `state` (`'connecting' | 'live' | 'reconnecting' | 'unauthorized' | 'stopped' | 'failed'`):
+ *   `unauthorized` = the server refused the stream key (or its absence) with 401; nothing is
+ *   retried until {@link Publisher#setKey} gives one.
  * - `viewers` (number)
- * - `error` (Error) — also reported for errors it recovers from by reconnecting. When another
+ * - `session` (string) — the id of a new WHIP session (also in `publisher.session`): pass it
+ *   to the chat ({@link Chat#setSession}) to moderate it.
+ * - `shutdown` (string) — the server announced that it is stopping; the publisher reconnects
+ *   by itself when it is back.
+ * - `error` (Error) — also reported for errors it recovers from by reconnecting. A refused key
+ *   is a {@link VesselHttpError} with `status` 401 and the server's `reason`. When another
  *   caster replaces this one (a newer WHIP POST to the same live), the publisher does not fight
  *   back: it reports an error named `VesselReplacedError` and stops.
  */
@@ -566,11 +648,70 @@ export class Publisher extends Session {
   constructor(live, stream, options = {}) {
     // Check the layers now, so that bad options throw here rather than on every connection.
     simulcastEncodings(stream?.getVideoTracks?.()[0], options);
+    if (options.key != null && typeof options.key !== 'string') throw new TypeError('key: expected a string');
     super('whip', live, options);
+    if (options.key) this._credential = options.key;
     /** The published stream. */
     this.stream = stream;
     /** @type {RTCRtpEncodingParameters[]} The video encodings offered (several: simulcast, lowest first). */
     this.encodings = [];
+    /** @type {VesselHttpError|null} Why the server refused the key (state `unauthorized`). */
+    this.refusal = null;
+  }
+
+  /**
+   * Sets the stream key (sent as `Authorization: Bearer <key>`). In state `unauthorized` it
+   * tries again at once; otherwise the key is used from the next connection on.
+   * @param {string} key
+   * @returns {Promise<void>} resolves once live; rejects with the {@link VesselHttpError} (401)
+   *   if the server refuses this key too (state `unauthorized` again), or with an Error if the
+   *   publisher fails or is stopped first.
+   */
+  setKey(key) {
+    if (typeof key !== 'string' || !key) throw new TypeError('setKey: expected a non-empty string');
+    this._credential = key;
+    if (this._stopped) return Promise.reject(new Error(`the publisher is ${this.state}`));
+    const outcome = this._outcome();
+    if (this.state === 'unauthorized') {
+      this.refusal = null;
+      this._setState('connecting');
+      this._connect();
+    }
+    return outcome;
+  }
+
+  /** Resolves when live; rejects when refused, failed or stopped first. */
+  _outcome() {
+    if (this.state === 'live') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onState = (state) => {
+        if (state === 'live') resolve();
+        else if (state === 'unauthorized') reject(this.refusal);
+        else if (state === 'failed' || state === 'stopped') reject(new Error(`the publisher is ${state}`));
+        else return;
+        this.off('state', onState);
+      };
+      this.on('state', onState);
+    });
+  }
+
+  /** 401: no retries; wait in state `unauthorized` for `setKey`. */
+  _onUnauthorized(err, used) {
+    this._generation++; // ignore the attempt's remaining callbacks (its connection timer)
+    this._cancel(this._connectTimer);
+    this._cancel(this._retryTimer);
+    this._attempt = 0;
+    this._closePeer();
+    this.pc = null;
+    if (used !== this._credential) {
+      // setKey() came while this attempt was under way with the previous key: try the new one.
+      this._connect();
+      return true;
+    }
+    this.refusal = err;
+    this.emit('error', err);
+    this._setState('unauthorized');
+    return true;
   }
 
   _preparePeer(pc) {
@@ -627,7 +768,11 @@ export class Publisher extends Session {
  * - `viewers` (number)
  * - `stats` ({@link PlayerStats}) — every second while connected and receiving video.
  * - `layer` ({@link Layer}) — after `setLayer` changed it.
- * - `error` (Error)
+ * - `session` (string) — the id of a new WHEP session (also in `player.session`).
+ * - `shutdown` (string) — the server announced that it is stopping; the player reconnects by
+ *   itself when it is back.
+ * - `error` (Error) — a private live without a valid `token` fails with a
+ *   {@link VesselHttpError} of `status` 401.
  */
 export class Player extends Session {
   /**
@@ -811,6 +956,319 @@ export function publish(live, stream, options) {
  */
 export function play(live, options) {
   return new Player(live, options);
+}
+
+/**
+ * @typedef {object} ChatOptions
+ * @property {string} [server] Base URL of the Vessel server (default: where this module was
+ *   loaded from).
+ * @property {string} [name] Display name (the server keeps at most 32 characters, and calls a
+ *   nameless viewer `viewer`); change it with {@link Chat#setName}.
+ * @property {string} [token] A private live's viewer token (sent as `?token=`: browsers cannot
+ *   set headers on a WebSocket).
+ * @property {string} [session] The caster's WHIP session id (`publisher.session`): the chat
+ *   connection of the live's current caster is its moderator (may remove messages, and its
+ *   messages are marked `caster`). Change it with {@link Chat#setSession}.
+ *
+ * @typedef {object} ChatMessage
+ * @property {number} id Increasing within the live: the order everyone sees.
+ * @property {string} name The sender's display name.
+ * @property {string} text
+ * @property {number} at When the server took it (Unix milliseconds).
+ * @property {boolean} caster Sent by the live's caster.
+ *
+ * @typedef {object} ChatWelcome
+ * @property {string} name This connection's display name, as the server cleaned it.
+ * @property {boolean} moderator Whether this connection may remove messages.
+ */
+
+/** Messages `send()` keeps while the chat is not connected (sent once it is). */
+const CHAT_OUTBOX_MAX = 20;
+
+/** A chat message or command the server refused (`reason`: its text), or a bad server frame. */
+export class VesselChatError extends Error {
+  /** @param {string} reason */
+  constructor(reason) {
+    super(reason);
+    this.name = 'VesselChatError';
+    /** The server's reason, e.g. `too many messages: wait 1500 ms`. */
+    this.reason = reason;
+  }
+}
+
+/**
+ * A live's chat (a WebSocket to `{server}/api/lives/{live}/chat`). Create it with {@link chat}.
+ *
+ * It reconnects by itself, with backoff, asking for the messages after the last one it has
+ * (`?since=`): none is lost or shown twice, and `messages` stays in id order. After a server
+ * restart (the server keeps the history in memory) it starts over with a `reset` event. A
+ * removal made while it was disconnected is not replayed (the server only sends what came
+ * after `since`): the removed message stays until the page reloads.
+ *
+ * Events:
+ * - `state` (`'connecting' | 'open' | 'reconnecting' | 'closed'`)
+ * - `welcome` ({@link ChatWelcome}) — on every (re)connection, before its messages.
+ * - `message` ({@link ChatMessage}) — in id order, history first.
+ * - `removed` (number) — the caster removed the message with this id.
+ * - `reset` — the server lost its history (it restarted): forget the messages shown.
+ * - `shutdown` — the server is stopping; the chat reconnects once it is back.
+ * - `error` ({@link VesselChatError}) — a refused message or removal (too long, too fast, not
+ *   the moderator, …); the connection stays open.
+ */
+export class Chat extends Emitter {
+  /**
+   * @param {string} live
+   * @param {ChatOptions} [options]
+   */
+  constructor(live, options = {}) {
+    super();
+    if (!LIVE_NAME.test(live)) throw new TypeError(`invalid live name: ${JSON.stringify(live)}`);
+    /** The live's name. */
+    this.live = live;
+    /** Display name: the one asked for, then the server's (cleaned) one once welcomed. */
+    this.name = options.name ?? '';
+    /** Whether this connection may remove messages (the live's caster). */
+    this.moderator = false;
+    /** Current state (see the `state` event). */
+    this.state = 'connecting';
+    /** @type {ChatMessage[]} The messages received and not removed, in id order. */
+    this.messages = [];
+    /** The highest message id received (0: none). */
+    this.lastId = 0;
+
+    this._server = (options.server ?? DEFAULT_SERVER).replace(/\/+$/, '');
+    this._name = options.name ?? '';
+    this._token = options.token ?? null;
+    this._session = options.session ?? null;
+    this._ws = null;
+    this._since = 0; // the `since` of the current connection
+    this._open = false;
+    this._closed = false;
+    this._attempt = 0;
+    this._timer = null;
+    this._restarted = false; // the server said it was stopping: its history will be gone
+    this._outbox = [];
+    queueMicrotask(() => this._connect());
+  }
+
+  /**
+   * Sends a message. While the chat is (re)connecting, it is kept and sent once connected.
+   * Refusals (too long, too many) come back as `error` events.
+   * @param {string} text
+   * @returns {boolean} false if nothing was sent (empty text, closed, or too many waiting).
+   */
+  send(text) {
+    const t = String(text ?? '');
+    if (this._closed || !t.trim()) return false;
+    return this._frame({ type: 'say', text: t });
+  }
+
+  /**
+   * Removes a message for everyone (the moderator only; others get an `error`).
+   * @param {number} id
+   * @returns {boolean} false if nothing was sent.
+   */
+  remove(id) {
+    if (this._closed || !Number.isSafeInteger(Number(id))) return false;
+    return this._frame({ type: 'remove', id: Number(id) });
+  }
+
+  /**
+   * Changes the display name (reconnects; nothing is missed).
+   * @param {string} name
+   */
+  setName(name) {
+    name = String(name ?? '');
+    if (name === this._name) return;
+    this._name = name;
+    this.name = name;
+    this._restart();
+  }
+
+  /**
+   * Sets the caster's WHIP session id (`publisher.session`, or the publisher's `session`
+   * event), which makes this connection the moderator: reconnects with it (nothing is missed).
+   * `null` is ignored: the server honours the last session of a live's caster.
+   * @param {string|null} session
+   */
+  setSession(session) {
+    if (!session || session === this._session) return;
+    this._session = String(session);
+    this._restart();
+  }
+
+  /** Closes the chat for good. Idempotent. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._timer);
+    const ws = this._ws;
+    this._ws = null;
+    this._open = false;
+    this._outbox = [];
+    try {
+      ws?.close(1000);
+    } catch {
+      /* already closed */
+    }
+    this._setState('closed');
+  }
+
+  // ---- internals ----
+
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  _frame(frame) {
+    const data = JSON.stringify(frame);
+    if (this._open && this._ws?.readyState === WebSocket.OPEN) {
+      this._ws.send(data);
+      return true;
+    }
+    if (this._outbox.length >= CHAT_OUTBOX_MAX) return false;
+    this._outbox.push(data);
+    return true;
+  }
+
+  /** Drops the current connection and opens a new one now. */
+  _restart() {
+    if (this._closed) return;
+    clearTimeout(this._timer);
+    const ws = this._ws;
+    this._ws = null;
+    this._open = false;
+    try {
+      ws?.close(1000);
+    } catch {
+      /* already closed */
+    }
+    this._connect();
+  }
+
+  _connect() {
+    if (this._closed || this._ws) return;
+    const url = new URL(`${this._server}/api/lives/${encodeURIComponent(this.live)}/chat`);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    if (this._name) url.searchParams.set('name', this._name);
+    // After a shutdown the server's history is gone: ask for all of it, and start over.
+    const since = this._restarted ? 0 : this.lastId;
+    if (since > 0) url.searchParams.set('since', String(since));
+    if (this._token) url.searchParams.set('token', this._token);
+    if (this._session) url.searchParams.set('session', this._session);
+    let ws;
+    try {
+      ws = new WebSocket(url.href);
+    } catch (err) {
+      this.emit('error', new VesselChatError(`cannot open the chat: ${err.message}`));
+      this._retry();
+      return;
+    }
+    this._ws = ws;
+    this._since = since;
+    ws.addEventListener('message', (e) => {
+      if (ws !== this._ws) return;
+      let frame;
+      try {
+        frame = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      this._onFrame(frame);
+    });
+    ws.addEventListener('close', () => {
+      if (ws !== this._ws) return;
+      this._ws = null;
+      this._open = false;
+      this._retry();
+    });
+  }
+
+  /** Reconnects after a delay (backoff with jitter). */
+  _retry() {
+    if (this._closed) return;
+    this._setState('reconnecting');
+    const base = RETRY_DELAYS[Math.min(this._attempt, RETRY_DELAYS.length - 1)];
+    this._attempt++;
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => this._connect(), base * (0.75 + Math.random() * 0.5));
+  }
+
+  _onFrame(frame) {
+    switch (frame?.type) {
+      case 'welcome': {
+        if (this._restarted) {
+          this._restarted = false;
+          this._reset();
+        }
+        this._open = true;
+        this._attempt = 0;
+        this.name = String(frame.name ?? this._name);
+        this.moderator = Boolean(frame.moderator);
+        this._setState('open');
+        this.emit('welcome', { name: this.name, moderator: this.moderator });
+        const outbox = this._outbox;
+        this._outbox = [];
+        for (const data of outbox) this._ws?.send(data);
+        break;
+      }
+      case 'message': {
+        const id = Number(frame.id);
+        if (!Number.isSafeInteger(id) || id <= 0) return;
+        // On one server, a connection opened with `since` only gets later ids: an older one
+        // means the server restarted (its ids start again) without telling us.
+        if (id <= this._since) {
+          this._since = 0;
+          this._reset();
+        }
+        if (this.messages.some((m) => m.id === id)) return; // never twice
+        const message = {
+          id,
+          name: String(frame.name ?? ''),
+          text: String(frame.text ?? ''),
+          at: Number(frame.at) || 0,
+          caster: Boolean(frame.caster),
+        };
+        let at = this.messages.length;
+        while (at > 0 && this.messages[at - 1].id > id) at--;
+        this.messages.splice(at, 0, message);
+        if (id > this.lastId) this.lastId = id;
+        this.emit('message', message);
+        break;
+      }
+      case 'removed': {
+        const id = Number(frame.id);
+        this.messages = this.messages.filter((m) => m.id !== id);
+        this.emit('removed', id);
+        break;
+      }
+      case 'error':
+        this.emit('error', new VesselChatError(String(frame.reason ?? 'refused')));
+        break;
+      case 'shutdown':
+        this._restarted = true;
+        this.emit('shutdown');
+        break;
+    }
+  }
+
+  _reset() {
+    this.messages = [];
+    this.lastId = 0;
+    this.emit('reset');
+  }
+}
+
+/**
+ * Joins the chat of the live `live`.
+ * @param {string} live
+ * @param {ChatOptions} [options]
+ * @returns {Chat}
+ */
+export function chat(live, options) {
+  return new Chat(live, options);
 }
 
 /**

@@ -29,6 +29,9 @@ impl Default for ChatConfig {
     }
 }
 
+/// Removals remembered for reconnecting clients.
+const MAX_REMOVED: usize = 200;
+
 /// Display names: short, printable.
 pub const MAX_NAME: usize = 32;
 
@@ -124,6 +127,8 @@ pub fn clean_name(name: &str) -> String {
 pub struct Room {
     next_id: u64,
     messages: VecDeque<Message>,
+    /// Ids removed lately, for clients that were away when it happened.
+    removed: VecDeque<u64>,
 }
 
 impl Room {
@@ -178,7 +183,17 @@ impl Room {
             .position(|m| m.id == id)
             .ok_or(ChatError::NoSuchMessage(id))?;
         self.messages.remove(at);
+        self.removed.push_back(id);
+        if self.removed.len() > MAX_REMOVED {
+            self.removed.pop_front();
+        }
         Ok(ChatEvent::Removed(id))
+    }
+
+    /// Ids removed lately: a client back from a disconnection (`since`)
+    /// may still show them.
+    pub fn removed(&self) -> Vec<u64> {
+        self.removed.iter().copied().collect()
     }
 
     /// The kept messages after `since` (all of them for `None`), in order.

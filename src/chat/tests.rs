@@ -86,6 +86,11 @@ fn only_the_caster_removes_messages() {
         "a removed message is not replayed"
     );
     assert_eq!(
+        room.removed(),
+        [m.id],
+        "but its removal is, for those who were away"
+    );
+    assert_eq!(
         room.remove(&caster, m.id),
         Err(ChatError::NoSuchMessage(m.id))
     );

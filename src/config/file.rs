@@ -40,7 +40,7 @@ pub fn parse<T: clap::CommandFactory + FromArgMatches>(
     args: Vec<OsString>,
 ) -> Result<(T, HashMap<String, LiveRules>), LoadError> {
     let command = T::command();
-    check_environment(&command)?;
+    check_environment(&command);
     let matches = command
         .clone()
         .try_get_matches_from(&args)
@@ -186,9 +186,10 @@ fn read_lives(value: toml::Value) -> Result<HashMap<String, LiveRules>, String> 
     Ok(lives)
 }
 
-/// `VESSEL_*` variables that match no setting are refused: a typo must not
-/// leave a server open that was meant to be closed.
-fn check_environment(command: &Command) -> Result<(), LoadError> {
+/// `VESSEL_*` variables that match no setting get a warning: a typo must
+/// not pass silently (a server meant to be closed left open), but other
+/// tools' variables with the same prefix must not stop Vessel either.
+fn check_environment(command: &Command) {
     let known: HashSet<String> = command
         .get_arguments()
         .chain(command.get_subcommands().flat_map(Command::get_arguments))
@@ -198,13 +199,13 @@ fn check_environment(command: &Command) -> Result<(), LoadError> {
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if name.starts_with("VESSEL_") && !known.contains(&*name) {
-            return Err(LoadError::Invalid(format!(
-                "unknown environment variable {name} (settings are VESSEL_ plus the flag name \
-                 in capitals, e.g. VESSEL_HTTP; see vessel --help)"
-            )));
+            // Logging is not set up yet: straight to stderr.
+            eprintln!(
+                "warning: {name} is not a Vessel setting and is ignored (settings are VESSEL_ \
+                 plus the flag name in capitals, e.g. VESSEL_HTTP; see vessel --help)"
+            );
         }
     }
-    Ok(())
 }
 
 /// The flag clap complained about, as a file key (`--workers <N>` → `workers`).

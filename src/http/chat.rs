@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -43,6 +43,13 @@ struct HubState {
     channels: HashMap<String, broadcast::Sender<ChatEvent>>,
 }
 
+/// What a connection starts from.
+struct Joined {
+    history: Vec<Message>,
+    removed: Vec<u64>,
+    events: broadcast::Receiver<ChatEvent>,
+}
+
 /// Chat rooms open at once (each keeps up to 200 messages).
 const MAX_ROOMS: usize = 10_000;
 
@@ -63,19 +70,22 @@ impl ChatHub {
 
     /// What a new connection missed, and its subscription from then on; taken
     /// under one lock so that nothing falls between them.
-    fn join(
-        &self,
-        live: &str,
-        since: Option<u64>,
-    ) -> Result<(Vec<Message>, broadcast::Receiver<ChatEvent>), ChatError> {
+    fn join(&self, live: &str, since: Option<u64>) -> Result<Joined, ChatError> {
         let mut state = self.lock();
-        let history = state.rooms.open(live)?.since(since);
+        let room = state.rooms.open(live)?;
+        let history = room.since(since);
+        // A returning client may still show messages removed meanwhile.
+        let removed = since.map(|_| room.removed()).unwrap_or_default();
         let rx = state
             .channels
             .entry(live.to_string())
             .or_insert_with(|| broadcast::channel(256).0)
             .subscribe();
-        Ok((history, rx))
+        Ok(Joined {
+            history,
+            removed,
+            events: rx,
+        })
     }
 
     /// A connection ended (its receiver already dropped): the last one out
@@ -144,15 +154,24 @@ async fn connect(
     if let Err(e) = check_live(&live) {
         return e.into_response();
     }
-    let token = query.token.as_deref().or_else(|| bearer_of(&headers));
-    if let Err(denied) = state.access.check_play(&live, token) {
-        return ApiError::from(denied).into_response();
+    if *state.shutdown.borrow() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down; try again in a moment",
+        )
+        .into_response();
     }
+    // The live's caster (its WHIP session id) moderates, and needs no
+    // viewer token for its own private live.
     let moderator = query
         .session
         .as_deref()
         .and_then(|s| s.parse::<PeerId>().ok())
         .is_some_and(|s| state.media.caster(&live) == Some(s));
+    let token = query.token.as_deref().or_else(|| bearer_of(&headers));
+    if !moderator && let Err(denied) = state.access.check_play(&live, token) {
+        return ApiError::from(denied).into_response();
+    }
     let name = query.name.unwrap_or_default();
     let since = query.since;
     tracing::debug!(%live, %remote, moderator, "chat connection");
@@ -171,16 +190,8 @@ async fn run(
     let hub = state.chat.clone();
     let mut speaker = Speaker::new(&name, moderator, &hub.config, Instant::now());
     match hub.join(&live, since) {
-        Ok((history, mut events)) => {
-            converse(
-                &mut socket,
-                &state,
-                &live,
-                &mut speaker,
-                history,
-                &mut events,
-            )
-            .await;
+        Ok(mut joined) => {
+            converse(&mut socket, &state, &live, &mut speaker, &mut joined).await;
         }
         Err(e) => {
             let _ = send(
@@ -200,8 +211,7 @@ async fn converse(
     state: &AppState,
     live: &str,
     speaker: &mut Speaker,
-    history: Vec<Message>,
-    events: &mut broadcast::Receiver<ChatEvent>,
+    joined: &mut Joined,
 ) {
     let hub = &state.chat;
     let welcome =
@@ -209,11 +219,19 @@ async fn converse(
     if send(socket, &welcome).await.is_err() {
         return;
     }
-    for m in history {
-        if send(socket, &message_json(&m)).await.is_err() {
+    let history = std::mem::take(&mut joined.history)
+        .into_iter()
+        .map(|m| message_json(&m));
+    let removed = joined
+        .removed
+        .iter()
+        .map(|id| json!({"type": "removed", "id": id}));
+    for frame in history.chain(removed) {
+        if send(socket, &frame).await.is_err() {
             return;
         }
     }
+    let events = &mut joined.events;
     let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {

@@ -13,6 +13,8 @@ import { chromium } from 'playwright-core';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const VESSEL_BIN = process.env.VESSEL_BIN ?? path.join(REPO, 'target/release/vessel');
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+/** The harness's own environment variables, not passed to the server. */
+const HARNESS_ENV = ['VESSEL_BIN', 'VESSEL_TEST_LOG', 'VESSEL_BROWSER_TESTS_NO_NETNS'];
 
 export const CHROMIUM_ARGS = [
   '--allow-loopback-in-peer-connection',
@@ -110,7 +112,8 @@ export class VesselServer {
   /**
    * Starts on free ports (or the given ones) and waits until `GET /api/lives` answers.
    * `bind`: the address to listen on (default 127.0.0.1); `publicIps`: `--public-ip` values;
-   * `extraArgs`: more flags (e.g. `--turn-public-addr`).
+   * `extraArgs`: more flags (e.g. `--turn-public-addr`; `--open` for a server on a non-loopback
+   * address or with a non-loopback `--public-ip`, whose lives otherwise need stream keys).
    */
   async start({ httpPort, mediaPort, bind, publicIps, extraArgs } = {}) {
     this.bind = bind ?? this.bind ?? '127.0.0.1';
@@ -127,12 +130,18 @@ export class VesselServer {
       // Two media workers on every machine: sessions alternate between them, so the tests
       // cover media crossing shards (ports mediaPort and mediaPort + 1).
       '--workers', '2',
+      // After SIGTERM the server drains for this long while sessions remain (default 5 s);
+      // stop() kills it after 3 s.
+      '--shutdown-grace', '1',
     ];
     for (const ip of this.publicIps) args.push('--public-ip', ip);
     args.push(...this.extraArgs);
     this.log.add('harness', `starting ${VESSEL_BIN} ${args.join(' ')}`);
+    // The server warns about VESSEL_* variables that are not its settings: keep the harness's
+    // own (VESSEL_BIN, …) out of its environment.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !HARNESS_ENV.includes(name)));
     const proc = spawn(VESSEL_BIN, args, {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' },
+      env: { ...env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc = proc;

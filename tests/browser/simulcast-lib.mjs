@@ -24,14 +24,16 @@ const round = (x, digits = 0) => (x == null || Number.isNaN(x) ? null : Math.rou
  *
  * With the viewer namespace, TURN URLs name 10.77.0.1 (`--turn-public-addr`), the one address
  * of the server that viewers on both sides reach (127.0.0.1 is the viewer namespace's own
- * loopback); relays still use 127.0.0.1, the first announced media address.
+ * loopback); relays still use 127.0.0.1, the first announced media address. The server runs
+ * with `--open`, since lives on a server reachable from other machines need stream keys.
  */
 export async function startEnv({ wantNetns = true } = {}) {
   const reason = wantNetns ? await available() : 'not wanted';
   const env = { ns: null, nsBrowser: null, nsReason: reason === true ? null : reason, nftReason: null };
   const server =
     reason === true
-      ? { bind: '0.0.0.0', publicIps: ['127.0.0.1', HOST_IP], extraArgs: ['--turn-public-addr', HOST_IP] }
+      ? // --open: a server listening on 0.0.0.0 otherwise needs a stream key for every live.
+        { bind: '0.0.0.0', publicIps: ['127.0.0.1', HOST_IP], extraArgs: ['--turn-public-addr', HOST_IP, '--open'] }
       : undefined;
   env.h = await Harness.start({ server });
   if (reason === true) {

@@ -661,7 +661,8 @@ test('y: behind a 1:1 NAT (--public-ip, an address this host cannot reach): rela
   h.diagnose(async () => {
     // 203.0.113.7 (TEST-NET-3) is what the candidates announce; the test namespace has no route
     // to it, so only the relay's local route to the media socket can carry the media.
-    const nat = await new VesselServer(h.log).start({ publicIps: ['203.0.113.7'] });
+    // --open: with a non-loopback --public-ip, casting would need a stream key.
+    const nat = await new VesselServer(h.log).start({ publicIps: ['203.0.113.7'], extraArgs: ['--open'] });
     try {
       const live = liveName('y');
       const caster = await h.open(`/cast/${live}?relay=1`, `cast ${live} (1:1 NAT)`, { base: nat.url });
