@@ -16,6 +16,8 @@ use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::{self, Metrics};
 use crate::sfu::layer::Preference;
 use crate::sfu::shard::Remote;
@@ -375,6 +377,7 @@ pub fn spawn(
                     index: i,
                     remote_rx,
                     remotes,
+                    counters: MediaCounters::new(&metrics),
                     metrics,
                     published: Cell::new(SfuStats::default()),
                 };
@@ -414,8 +417,29 @@ struct Shard {
     remote_rx: mpsc::Receiver<Remote>,
     remotes: Vec<mpsc::Sender<Remote>>,
     metrics: Arc<Metrics>,
+    /// This shard's handles on the per-datagram counters: one atomic add
+    /// each per loop turn, no label lookup.
+    counters: MediaCounters,
     /// The `Sfu` counters as last added to `metrics`.
     published: Cell<SfuStats>,
+}
+
+struct MediaCounters {
+    packets_in: Counter,
+    bytes_in: Counter,
+    packets_out: Counter,
+    bytes_out: Counter,
+}
+
+impl MediaCounters {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            packets_in: m.packets.get_or_create(&metrics::IN).clone(),
+            bytes_in: m.bytes.get_or_create(&metrics::IN).clone(),
+            packets_out: m.packets.get_or_create(&metrics::OUT).clone(),
+            bytes_out: m.bytes.get_or_create(&metrics::OUT).clone(),
+        }
+    }
 }
 
 struct Socket {
@@ -474,8 +498,8 @@ async fn run(
                         }
                     }
                 }
-                shard.metrics.packets.get_or_create(&metrics::IN).inc_by(packets);
-                shard.metrics.bytes.get_or_create(&metrics::IN).inc_by(bytes);
+                shard.counters.packets_in.inc_by(packets);
+                shard.counters.bytes_in.inc_by(bytes);
             }
             Some(event) = tcp_rx.recv() => match event {
                 TcpEvent::Open { peer, writer } => {
@@ -708,16 +732,8 @@ async fn flush(
     let out = udp.iter().flatten();
     let (packets, bytes) = out.fold((0, 0), |(p, b), t| (p + 1, b + t.contents.len() as u64));
     if packets > 0 {
-        shard
-            .metrics
-            .packets
-            .get_or_create(&metrics::OUT)
-            .inc_by(packets);
-        shard
-            .metrics
-            .bytes
-            .get_or_create(&metrics::OUT)
-            .inc_by(bytes);
+        shard.counters.packets_out.inc_by(packets);
+        shard.counters.bytes_out.inc_by(bytes);
     }
     let stats = sfu.stats();
     if stats != shard.published.get() {
