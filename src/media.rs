@@ -506,6 +506,8 @@ async fn run(
                     tcp_conns.insert(peer, writer);
                 }
                 TcpEvent::Frame { peer, local, data } => {
+                    shard.counters.packets_in.inc();
+                    shard.counters.bytes_in.inc_by(data.len() as u64);
                     sfu.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
                 }
                 TcpEvent::Closed { peer } => {
@@ -513,6 +515,13 @@ async fn run(
                 }
             },
             cmd = commands.recv() => match cmd {
+                // The goodbyes (DTLS close_notify) leave before the reply
+                // lets the process exit.
+                Some(Command::CloseAll { reply }) => {
+                    sfu.close_all(Instant::now());
+                    flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
+                    let _ = reply.send(());
+                }
                 Some(cmd) => handle(&mut sfu, cmd),
                 None => return Ok(()),
             },
@@ -659,6 +668,7 @@ mod tcp {
 fn handle(sfu: &mut Sfu, cmd: Command) {
     let now = Instant::now();
     match cmd {
+        // The run loop takes this one itself, to flush before replying.
         Command::CloseAll { reply } => {
             sfu.close_all(now);
             let _ = reply.send(());
@@ -719,7 +729,10 @@ async fn flush(
                 (tcp_conns.get(&t.destination), tcp::frame(&t.contents))
             {
                 // A full queue drops the packet, as a congested UDP path would.
-                let _ = conn.try_send(frame);
+                if conn.try_send(frame).is_ok() {
+                    shard.counters.packets_out.inc();
+                    shard.counters.bytes_out.inc_by(t.contents.len() as u64);
+                }
             }
             continue;
         }

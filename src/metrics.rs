@@ -3,8 +3,6 @@
 //! or second (one atomic add each, not one per packet); the live gauges are
 //! read from the live board at scrape time.
 
-use std::sync::Mutex;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -21,7 +19,7 @@ pub struct Direction {
 }
 
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     pub lives: Gauge,
     pub casters: Gauge,
     pub viewers: Gauge,
@@ -45,9 +43,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("vessel");
-        let m = Self {
-            registry: Mutex::new(Registry::default()),
+        let mut m = Self {
+            registry: Registry::with_prefix("vessel"),
             lives: Gauge::default(),
             casters: Gauge::default(),
             viewers: Gauge::default(),
@@ -59,7 +56,8 @@ impl Metrics {
             turn_allocations: Gauge::default(),
             turn_relayed_bytes: Counter::default(),
         };
-        registry.register("lives", "Lives on air", m.lives.clone());
+        let registry = &mut m.registry;
+        registry.register("lives", "Lives with a caster or viewers", m.lives.clone());
         registry.register("casters", "Casters connected", m.casters.clone());
         registry.register("viewers", "Viewers connected", m.viewers.clone());
         registry.register(
@@ -110,7 +108,6 @@ impl Metrics {
                 let _ = family.get_or_create(&direction);
             }
         }
-        *m.registry.lock().expect("fresh lock") = registry;
         m
     }
 
@@ -141,8 +138,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

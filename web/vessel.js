@@ -986,6 +986,9 @@ export function play(live, options) {
 const CHAT_OUTBOX_MAX = 20;
 
 /** A chat message or command the server refused (`reason`: its text), or a bad server frame. */
+/** Messages a {@link Chat} keeps, as many as the server's history. */
+const MAX_CHAT_MESSAGES = 200;
+
 export class VesselChatError extends Error {
   /** @param {string} reason */
   constructor(reason) {
@@ -1001,9 +1004,9 @@ export class VesselChatError extends Error {
  *
  * It reconnects by itself, with backoff, asking for the messages after the last one it has
  * (`?since=`): none is lost or shown twice, and `messages` stays in id order. After a server
- * restart (the server keeps the history in memory) it starts over with a `reset` event. A
- * removal made while it was disconnected is not replayed (the server only sends what came
- * after `since`): the removed message stays until the page reloads.
+ * restart (the server keeps the history in memory) it starts over with a `reset` event. The
+ * server also tells a returning client of removals made while it was away (`removed`).
+ * `messages` keeps the last 200, as the server does.
  *
  * Events:
  * - `state` (`'connecting' | 'open' | 'reconnecting' | 'closed'`)
@@ -1223,7 +1226,8 @@ export class Chat extends Emitter {
           this._since = 0;
           this._reset();
         }
-        if (this.messages.some((m) => m.id === id)) return; // never twice
+        // Ids only grow on one server: anything not newer is a message we already have.
+        if (id <= this.lastId && this.messages.some((m) => m.id === id)) return; // never twice
         const message = {
           id,
           name: String(frame.name ?? ''),
@@ -1234,6 +1238,7 @@ export class Chat extends Emitter {
         let at = this.messages.length;
         while (at > 0 && this.messages[at - 1].id > id) at--;
         this.messages.splice(at, 0, message);
+        if (this.messages.length > MAX_CHAT_MESSAGES) this.messages.shift();
         if (id > this.lastId) this.lastId = id;
         this.emit('message', message);
         break;

@@ -10,7 +10,6 @@ mod webhook;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 pub use token::{TokenError, ViewerTokens};
@@ -162,12 +161,16 @@ impl Access {
     }
 
     /// Creates (or replaces) the stream key of `live`; returns the key.
-    pub fn create_key(&self, live: &str, private: bool) -> String {
-        let key = random_key();
+    /// `private`: `None` keeps the live's current setting.
+    pub fn create_key(&self, live: &str, private: Option<bool>) -> String {
+        // 192 random bits, as for TURN secrets.
+        let key = crate::turn::Credentials::generate_secret();
         let mut lives = self.lives.write().expect("access rules lock");
         let rules = lives.entry(live.to_string()).or_default();
         rules.key = Some(key.clone());
-        rules.private = private;
+        if let Some(private) = private {
+            rules.private = private;
+        }
         key
     }
 
@@ -200,13 +203,6 @@ impl Access {
 /// Compares secrets in constant time (a timing oracle must not leak keys).
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
-/// 128 random bits as 32 hex digits.
-fn random_key() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.

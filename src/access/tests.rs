@@ -53,10 +53,10 @@ fn a_closed_server_refuses_lives_without_a_key_and_says_how_to_fix_it() {
 #[test]
 fn created_keys_work_and_revoked_keys_stop_working() {
     let a = access(false, &[]);
-    let key = a.create_key("show", false);
-    assert_eq!(key.len(), 32);
+    let key = a.create_key("show", None);
+    assert_eq!(key.len(), 48, "192 random bits in hex");
     assert!(a.check_cast("show", Some(&key)).is_ok());
-    let rotated = a.create_key("show", false);
+    let rotated = a.create_key("show", None);
     assert_ne!(key, rotated);
     assert!(
         a.check_cast("show", Some(&key)).is_err(),
@@ -65,6 +65,12 @@ fn created_keys_work_and_revoked_keys_stop_working() {
     assert!(a.revoke_key("show"));
     assert!(a.check_cast("show", Some(&rotated)).is_err());
     assert!(!a.revoke_key("show"), "nothing left to revoke");
+    // Rotating a private live's key keeps it private unless told otherwise.
+    a.create_key("vip", Some(true));
+    a.create_key("vip", None);
+    assert!(a.is_private("vip"));
+    a.create_key("vip", Some(false));
+    assert!(!a.is_private("vip"));
 }
 
 #[test]

@@ -17,7 +17,7 @@ pub struct Admission<'a> {
     pub remote: SocketAddr,
     /// The `X-Forwarded-For` header, when a proxy set one.
     pub forwarded_for: Option<&'a str>,
-    /// `whip`, `whep`, `chat`, ...
+    /// `whip` or `whep`.
     pub protocol: &'a str,
 }
 

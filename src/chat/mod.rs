@@ -208,12 +208,29 @@ impl Room {
 }
 
 /// Every live's room. Any name may have one (viewers chat while they wait
-/// for the caster), so their number is capped, and a room with no messages
-/// is dropped when its last connection goes.
+/// for the caster), so their number is capped: a room with no messages goes
+/// with its last connection, and when the cap is reached the room idle the
+/// longest (no connection) makes way. Memory is bounded by the cap times
+/// the history.
 #[derive(Debug)]
 pub struct Rooms {
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<String, Tracked>,
     max: usize,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    room: Room,
+    connections: usize,
+    /// Since when nobody is connected.
+    idle_since: Option<Instant>,
+}
+
+/// A connection's way into a room.
+pub struct Entered<'a> {
+    pub room: &'a mut Room,
+    /// A room forgotten to make way for this one.
+    pub evicted: Option<String>,
 }
 
 impl Rooms {
@@ -224,25 +241,49 @@ impl Rooms {
         }
     }
 
-    /// The room of `live`, made if there is room for one more.
-    pub fn open(&mut self, live: &str) -> Result<&mut Room, ChatError> {
+    /// A new connection to the room of `live`.
+    pub fn enter(&mut self, live: &str) -> Result<Entered<'_>, ChatError> {
+        let mut evicted = None;
         if !self.rooms.contains_key(live) && self.rooms.len() >= self.max {
-            return Err(ChatError::TooManyRooms);
+            let oldest = self
+                .rooms
+                .iter()
+                .filter_map(|(name, t)| t.idle_since.map(|at| (at, name)))
+                .min()
+                .map(|(_, name)| name.clone())
+                .ok_or(ChatError::TooManyRooms)?;
+            self.rooms.remove(&oldest);
+            evicted = Some(oldest);
         }
-        Ok(self.rooms.entry(live.to_string()).or_default())
+        let tracked = self.rooms.entry(live.to_string()).or_default();
+        tracked.connections += 1;
+        tracked.idle_since = None;
+        Ok(Entered {
+            room: &mut tracked.room,
+            evicted,
+        })
     }
 
-    pub fn get(&mut self, live: &str) -> Option<&mut Room> {
-        self.rooms.get_mut(live)
+    /// The room of a connected client.
+    pub fn room(&mut self, live: &str) -> Option<&mut Room> {
+        self.rooms.get_mut(live).map(|t| &mut t.room)
     }
 
-    /// Forgets the room of `live` if it holds no message.
-    pub fn drop_if_empty(&mut self, live: &str) -> bool {
-        let empty = self.rooms.get(live).is_some_and(|r| r.messages.is_empty());
-        if empty {
+    /// A connection left; true if the room went with it (no messages kept).
+    pub fn leave(&mut self, live: &str, now: Instant) -> bool {
+        let Some(tracked) = self.rooms.get_mut(live) else {
+            return false;
+        };
+        tracked.connections = tracked.connections.saturating_sub(1);
+        if tracked.connections > 0 {
+            return false;
+        }
+        if tracked.room.messages.is_empty() {
             self.rooms.remove(live);
+            return true;
         }
-        empty
+        tracked.idle_since = Some(now);
+        false
     }
 }
 

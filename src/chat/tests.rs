@@ -128,21 +128,37 @@ fn names_are_cleaned() {
 }
 
 #[test]
-fn rooms_are_capped_and_empty_ones_are_dropped() {
+fn rooms_are_capped_and_the_longest_idle_one_makes_way() {
     let config = ChatConfig::default();
     let mut rooms = Rooms::new(2);
     let now = Instant::now();
-    rooms.open("a").unwrap();
-    rooms.open("b").unwrap();
-    assert_eq!(rooms.open("c").err(), Some(ChatError::TooManyRooms));
-    assert!(rooms.open("a").is_ok(), "an existing room still opens");
     let mut s = Speaker::new("s", false, &config, now);
     rooms
-        .open("a")
+        .enter("a")
         .unwrap()
+        .room
         .say(&config, &mut s, "kept", now, 0)
         .unwrap();
-    assert!(!rooms.drop_if_empty("a"), "a room with history stays");
-    assert!(rooms.drop_if_empty("b"));
-    assert!(rooms.open("c").is_ok());
+    rooms
+        .enter("b")
+        .unwrap()
+        .room
+        .say(&config, &mut s, "kept", now, 0)
+        .unwrap();
+    // Both rooms have someone in them: no room for a third.
+    assert_eq!(rooms.enter("c").err(), Some(ChatError::TooManyRooms));
+    assert!(rooms.enter("a").is_ok(), "an existing room still opens");
+    // b empties first, then a: b has been idle longest and makes way.
+    assert!(
+        !rooms.leave("b", now),
+        "a room with history stays while idle"
+    );
+    rooms.leave("a", now + Duration::from_secs(1));
+    rooms.leave("a", now + Duration::from_secs(1));
+    let entered = rooms.enter("c").unwrap();
+    assert_eq!(entered.evicted.as_deref(), Some("b"));
+    assert!(rooms.room("a").is_some() && rooms.room("b").is_none());
+    // A room without messages goes with its last connection.
+    assert!(rooms.leave("c", now));
+    assert!(rooms.room("c").is_none());
 }

@@ -153,7 +153,18 @@ fn peerjs_path(path: &str) -> Result<String, String> {
         && path
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
-    let reserved = ["/api", "/whip", "/whep", "/cast", "/play", "/assets"];
+    // Vessel's own routes (src/http): a clash would make the router panic.
+    let reserved = [
+        "/api",
+        "/whip",
+        "/whep",
+        "/cast",
+        "/play",
+        "/assets",
+        "/metrics",
+        "/healthz",
+        "/vessel.js",
+    ];
     let trimmed = path.trim_end_matches('/');
     if !ok {
         Err("a URL path such as /peer".into())
@@ -450,6 +461,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peerjs_path_cannot_take_vessel_s_own_routes() {
+        for taken in ["/metrics", "/api", "/whep/x", "/", "/vessel.js"] {
+            let e = Config::try_parse_from(["vessel", "--peerjs-path", taken]).unwrap_err();
+            assert!(e.to_string().contains("--peerjs-path"), "{taken}: {e}");
+        }
+        let c = Config::try_parse_from(["vessel", "--peerjs-path", "/signal/"]).unwrap();
+        assert_eq!(c.peerjs.path, "/signal");
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {

@@ -32,8 +32,8 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct CreateLive {
     live: String,
-    #[serde(default)]
-    private: bool,
+    /// Absent: a new live is public, an existing one keeps its setting.
+    private: Option<bool>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -65,14 +65,15 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
             json_body(&body, r#"{"live": "<name>", "private": false}"#, false)?;
         check_live(&request.live)?;
         let key = state.access.create_key(&request.live, request.private);
-        tracing::info!(live = %request.live, private = request.private, "stream key created");
+        let private = state.access.is_private(&request.live);
+        tracing::info!(live = %request.live, private, "stream key created");
         Ok::<_, ApiError>(
             (
                 StatusCode::CREATED,
                 Json(json!({
                     "live": request.live,
                     "key": key,
-                    "private": request.private,
+                    "private": private,
                     "whip": format!("/whip/{}", request.live),
                 })),
             )

@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,7 +15,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio_stream::wrappers::WatchStream;
 
-use super::{ApiError, AppState, valid_live_name};
+use super::{AppState, check_live};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,23 +43,15 @@ async fn lives(State(state): State<AppState>) -> Response {
     Json(json!({ "lives": lives })).into_response()
 }
 
-fn check(live: &str) -> Result<(), ApiError> {
-    if valid_live_name(live) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid live name"))
-    }
-}
-
 async fn live(State(state): State<AppState>, Path(live): Path<String>) -> Response {
-    match check(&live) {
+    match check_live(&live) {
         Ok(()) => Json(state.board.get(&live)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn events(State(state): State<AppState>, Path(live): Path<String>) -> Response {
-    if let Err(e) = check(&live) {
+    if let Err(e) = check_live(&live) {
         return e.into_response();
     }
     let mut shutdown = state.shutdown.clone();

@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -50,8 +50,9 @@ struct Joined {
     events: broadcast::Receiver<ChatEvent>,
 }
 
-/// Chat rooms open at once (each keeps up to 200 messages).
-const MAX_ROOMS: usize = 10_000;
+/// Chat rooms kept at once (each keeps up to 200 messages of up to 500
+/// characters: at most some 400 MB in all, far less in practice).
+const MAX_ROOMS: usize = 1000;
 
 impl ChatHub {
     pub fn new(config: ChatConfig) -> Self {
@@ -72,10 +73,13 @@ impl ChatHub {
     /// under one lock so that nothing falls between them.
     fn join(&self, live: &str, since: Option<u64>) -> Result<Joined, ChatError> {
         let mut state = self.lock();
-        let room = state.rooms.open(live)?;
-        let history = room.since(since);
+        let entered = state.rooms.enter(live)?;
+        let history = entered.room.since(since);
         // A returning client may still show messages removed meanwhile.
-        let removed = since.map(|_| room.removed()).unwrap_or_default();
+        let removed = since.map(|_| entered.room.removed()).unwrap_or_default();
+        if let Some(gone) = entered.evicted {
+            state.channels.remove(&gone);
+        }
         let rx = state
             .channels
             .entry(live.to_string())
@@ -88,15 +92,11 @@ impl ChatHub {
         })
     }
 
-    /// A connection ended (its receiver already dropped): the last one out
-    /// of a room without messages takes the room with it.
+    /// A connection ended: the last one out of a room without messages
+    /// takes the room with it.
     fn leave(&self, live: &str) {
         let mut state = self.lock();
-        let unwatched = state
-            .channels
-            .get(live)
-            .is_none_or(|tx| tx.receiver_count() == 0);
-        if unwatched && state.rooms.drop_if_empty(live) {
+        if state.rooms.leave(live, Instant::now()) {
             state.channels.remove(live);
         }
     }
@@ -110,7 +110,7 @@ impl ChatHub {
         frame: ClientFrame,
     ) -> Result<(), ChatError> {
         let mut state = self.lock();
-        let room = state.rooms.open(live)?;
+        let room = state.rooms.room(live).ok_or(ChatError::TooManyRooms)?;
         let event = match frame {
             ClientFrame::Say { text } => {
                 room.say(&self.config, speaker, &text, Instant::now(), unix_ms())?
@@ -154,12 +154,8 @@ async fn connect(
     if let Err(e) = check_live(&live) {
         return e.into_response();
     }
-    if *state.shutdown.borrow() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down; try again in a moment",
-        )
-        .into_response();
+    if let Err(e) = state.accepting() {
+        return e.into_response();
     }
     // The live's caster (its WHIP session id) moderates, and needs no
     // viewer token for its own private live.
@@ -192,6 +188,8 @@ async fn run(
     match hub.join(&live, since) {
         Ok(mut joined) => {
             converse(&mut socket, &state, &live, &mut speaker, &mut joined).await;
+            drop(joined);
+            hub.leave(&live);
         }
         Err(e) => {
             let _ = send(
@@ -201,7 +199,6 @@ async fn run(
             .await;
         }
     }
-    hub.leave(&live);
 }
 
 /// A connection's life: the welcome and history, then frames both ways

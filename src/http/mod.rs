@@ -123,6 +123,20 @@ pub fn valid_live_name(live: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+impl AppState {
+    /// New sessions and chat connections are refused once shutdown began.
+    fn accepting(&self) -> Result<(), ApiError> {
+        if *self.shutdown.borrow() {
+            Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down; try again in a moment",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 fn check_live(live: &str) -> Result<(), ApiError> {
     if valid_live_name(live) {
         Ok(())

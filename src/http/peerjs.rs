@@ -31,8 +31,12 @@ pub struct PeerHub {
 
 struct HubState {
     server: PeerServer,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<Frame>>,
+    conns: HashMap<ConnId, mpsc::Sender<Frame>>,
 }
+
+/// Frames queued towards one WebSocket; a peer that does not read them is
+/// disconnected rather than let the queue grow.
+const SEND_QUEUE: usize = 256;
 
 impl PeerHub {
     /// Starts the hub and its clock (a task that expires queued messages
@@ -62,19 +66,29 @@ impl PeerHub {
     fn with<T>(&self, f: impl FnOnce(&mut PeerServer) -> T) -> T {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let result = f(&mut state.server);
+        let mut stuck = Vec::new();
         while let Some(out) = state.server.poll_output() {
             match out {
                 Out::Send(conn, text) => {
-                    if let Some(tx) = state.conns.get(&conn) {
-                        let _ = tx.send(Frame::Text(Utf8Bytes::from(text)));
+                    let frame = Frame::Text(Utf8Bytes::from(text));
+                    if let Some(tx) = state.conns.get(&conn)
+                        && tx.try_send(frame).is_err()
+                    {
+                        stuck.push(conn);
                     }
                 }
                 Out::Close(conn) => {
                     if let Some(tx) = state.conns.remove(&conn) {
-                        let _ = tx.send(Frame::Close(None));
+                        let _ = tx.try_send(Frame::Close(None));
                     }
                 }
             }
+        }
+        for conn in stuck {
+            // Dropping the sender ends the connection's task.
+            tracing::debug!(conn, "PeerJS: peer not reading its socket; disconnected");
+            state.conns.remove(&conn);
+            state.server.disconnect(conn);
         }
         result
     }
@@ -112,11 +126,13 @@ async fn peers(State(state): State<AppState>, Path(key): Path<String>) -> Respon
     let Some(hub) = state.peerjs.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let (right_key, ids) = hub.with(|s| (s.key() == key, s.peers()));
-    if !hub.discovery || !right_key {
+    if !hub.discovery {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    Json(ids).into_response()
+    match hub.with(|s| (s.key() == key).then(|| s.peers())) {
+        Some(ids) => Json(ids).into_response(),
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -145,7 +161,7 @@ async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let conn = hub.next.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
     hub.state
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -121,12 +121,7 @@ async fn offer(
     let span = tracing::info_span!("offer", %live, %role, %remote);
     async move {
         check_live(&live)?;
-        if *state.shutdown.borrow() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down; try again in a moment",
-            ));
-        }
+        state.accepting()?;
         // Credentials first: a refused request must not cost an SDP parse,
         // nor disturb whoever is live.
         let bearer = bearer_of(&headers);
@@ -151,6 +146,14 @@ async fn offer(
             })
             .await?;
         let joined = state.media.join(&live, role, offer.to_string()).await?;
+        // The key may have been revoked while the webhook or the media
+        // worker was busy: a revoked key must not keep the cast it started.
+        if role == Role::Cast
+            && let Err(denied) = state.access.check_cast(&live, bearer)
+        {
+            let _ = state.media.leave(&live, role, joined.peer).await;
+            return Err(denied.into());
+        }
         let location = format!("/{}/{}/{}", prefix(role), live, joined.peer);
         let mut response = (
             StatusCode::CREATED,

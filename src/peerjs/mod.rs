@@ -64,8 +64,17 @@ pub struct PeerServer {
     clients: HashMap<String, Client>,
     ids: HashMap<ConnId, String>,
     queues: HashMap<String, Queue>,
+    /// Bytes held in `queues`, all ids together.
+    queued_bytes: usize,
     out: VecDeque<Out>,
 }
+
+/// What absent ids may hold: per id, and in all (a peer must not be able to
+/// fill the server's memory with messages for made-up ids).
+const MAX_QUEUED_PER_ID: usize = 100;
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// The longest id (PeerJS's are 36-character UUIDs).
+const MAX_ID: usize = 256;
 
 /// The message types relayed from one peer to another.
 const RELAYED: &[&str] = &["OFFER", "ANSWER", "CANDIDATE", "LEAVE", "EXPIRE"];
@@ -77,6 +86,7 @@ impl PeerServer {
             clients: HashMap::new(),
             ids: HashMap::new(),
             queues: HashMap::new(),
+            queued_bytes: 0,
             out: VecDeque::new(),
         }
     }
@@ -111,7 +121,7 @@ impl PeerServer {
         if key != self.config.key {
             return self.refuse(conn, "ERROR", "Invalid key provided");
         }
-        if id.is_empty() || id.len() > 256 {
+        if id.is_empty() || id.len() > MAX_ID {
             return self.refuse(conn, "ERROR", "Invalid id");
         }
         if let Some(client) = self.clients.get_mut(id) {
@@ -144,7 +154,7 @@ impl PeerServer {
             self.ids.insert(conn, id.to_string());
             self.send(conn, json!({"type": "OPEN"}));
         }
-        if let Some(queue) = self.queues.remove(id) {
+        if let Some(queue) = self.take_queue(id) {
             for message in queue.messages {
                 self.send(conn, message);
             }
@@ -189,16 +199,22 @@ impl PeerServer {
             }
             // Nobody to tell that someone left or expired.
             Some(_) if kind == "LEAVE" || kind == "EXPIRE" => {}
-            Some(dst) => {
+            Some(dst) if dst.len() <= MAX_ID => {
+                let size = message.to_string().len();
+                if self.queued_bytes + size > MAX_QUEUED_BYTES {
+                    tracing::debug!(peer = %src, "PeerJS: message queues full; dropped");
+                    return;
+                }
                 let queue = self.queues.entry(dst).or_insert_with(|| Queue {
                     since: now,
                     messages: Vec::new(),
                 });
-                // A bound on what one absent id can hold.
-                if queue.messages.len() < 1000 {
+                if queue.messages.len() < MAX_QUEUED_PER_ID {
                     queue.messages.push(message);
+                    self.queued_bytes += size;
                 }
             }
+            Some(_) => {}
             // LEAVE without a destination: the sender is leaving the server.
             None if kind == "LEAVE" => self.remove(src),
             None => {}
@@ -223,7 +239,7 @@ impl PeerServer {
             .map(|(dst, _)| dst.clone())
             .collect();
         for dst in expired {
-            let queue = self.queues.remove(&dst).expect("listed");
+            let queue = self.take_queue(&dst).expect("listed");
             let mut told: Vec<&str> = Vec::new();
             for message in &queue.messages {
                 let Some(src) = message.get("src").and_then(Value::as_str) else {
@@ -254,21 +270,15 @@ impl PeerServer {
         }
     }
 
-    /// When `handle_timeout` has something to do next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let queues = self
-            .queues
-            .values()
-            .map(|q| q.since + self.config.expire_after);
-        let clients = self
-            .clients
-            .values()
-            .map(|c| c.last_seen + self.config.alive_timeout);
-        queues.chain(clients).min()
-    }
-
     pub fn poll_output(&mut self) -> Option<Out> {
         self.out.pop_front()
+    }
+
+    fn take_queue(&mut self, id: &str) -> Option<Queue> {
+        let queue = self.queues.remove(id)?;
+        let bytes: usize = queue.messages.iter().map(|m| m.to_string().len()).sum();
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        Some(queue)
     }
 
     fn remove(&mut self, id: &str) {

@@ -184,3 +184,24 @@ fn the_peer_limit_holds() {
     );
     assert!(out.contains(&Out::Close(9)));
 }
+
+#[test]
+fn queues_for_absent_ids_are_bounded() {
+    let mut w = World::new();
+    w.connect(1, "alice", "t1");
+    for _ in 0..150 {
+        w.say(1, r#"{"type":"CANDIDATE","dst":"nobody","payload":{}}"#);
+    }
+    let long_id = "x".repeat(300);
+    w.say(
+        1,
+        &format!(r#"{{"type":"OFFER","dst":"{long_id}","payload":{{}}}}"#),
+    );
+    let out = w.connect(2, "nobody", "t2");
+    assert_eq!(
+        sent(&out, 2).len(),
+        1 + MAX_QUEUED_PER_ID,
+        "OPEN and the first 100"
+    );
+    assert!(w.server.queues.is_empty() && w.server.queued_bytes == 0);
+}

@@ -145,7 +145,6 @@ fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpL
     Ok(s.into())
 }
 
-/// Reads a PEM certificate chain and private key for TURN over TLS.
 /// Starts the TURN thread. Relay sockets bind to `relay_ip` (or, when that
 /// address is not local, e.g. a 1:1 NAT's public IP, to every interface
 /// while `relay_ip` is still what clients are told).
