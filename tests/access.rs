@@ -39,6 +39,17 @@ fn cast_and_watch(
     (caster, viewer)
 }
 
+/// The viewer keeps receiving: 30 more video packets within 10 s.
+fn live_goes_on(caster: &mut Client, viewer: &mut Client) {
+    let before = viewer.video().len();
+    run_all_until(
+        &mut [caster, viewer],
+        Duration::from_secs(10),
+        "the live goes on",
+        |c| c[1].video().len() >= before + 30,
+    );
+}
+
 fn admin_post(server: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = http()
         .post(server.url(path))
@@ -95,13 +106,7 @@ fn an_exposed_server_needs_a_stream_key_and_a_wrong_key_disturbs_nothing() {
     let (status, reason) = refused(&server, "/whip/show", Some("not-the-key"));
     assert_eq!(status, 401);
     assert!(reason.contains("wrong stream key"), "{reason}");
-    let before = viewer.video().len();
-    run_all_until(
-        &mut [&mut caster, &mut viewer],
-        Duration::from_secs(10),
-        "the live goes on",
-        |c| c[1].video().len() >= before + 30,
-    );
+    live_goes_on(&mut caster, &mut viewer);
     assert!(!caster.closed);
 }
 
@@ -357,11 +362,5 @@ fn bad_admin_requests_get_a_reason_and_the_live_goes_on() {
         .unwrap();
     assert_eq!(res.status(), 401);
     assert!(res.headers().contains_key("www-authenticate"));
-    let before = viewer.video().len();
-    run_all_until(
-        &mut [&mut caster, &mut viewer],
-        Duration::from_secs(10),
-        "the live goes on",
-        |c| c[1].video().len() >= before + 30,
-    );
+    live_goes_on(&mut caster, &mut viewer);
 }
