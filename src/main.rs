@@ -53,6 +53,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Err(message) = cli.config.check() {
+        eprintln!("error: {message}");
+        std::process::exit(2);
+    }
     match cli.command {
         Some(Command::Loadtest(args)) => loadtest(args),
         None => serve(cli.config, lives),
@@ -170,29 +174,34 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         )
     })?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        media: media.clone(),
+        board: board.clone(),
+        shutdown: shutdown_rx.clone(),
+        ice: ice.clone(),
+        access: access.clone(),
+        chat: Arc::new(ChatHub::new(ChatConfig::default())),
+        metrics,
+        peerjs: (!config.peerjs.disabled).then(|| {
+            PeerHub::start(
+                PeerConfig {
+                    key: config.peerjs.key.clone(),
+                    max_peers: config.peerjs.max_peers,
+                    alive_timeout: Duration::from_secs(config.peerjs.alive_timeout),
+                    ..PeerConfig::default()
+                },
+                config.peerjs.discovery,
+            )
+        }),
+    };
+    let socket_io = (!config.mediasoup.disabled)
+        .then(|| vessel::http::mediasoup::layer(state.clone(), &config.mediasoup.path));
+    let (socket_io_layer, socket_io) = socket_io.unzip();
     let app = router(
-        AppState {
-            media: media.clone(),
-            board: board.clone(),
-            shutdown: shutdown_rx.clone(),
-            ice: ice.clone(),
-            access: access.clone(),
-            chat: Arc::new(ChatHub::new(ChatConfig::default())),
-            metrics,
-            peerjs: (!config.peerjs.disabled).then(|| {
-                PeerHub::start(
-                    PeerConfig {
-                        key: config.peerjs.key.clone(),
-                        max_peers: config.peerjs.max_peers,
-                        alive_timeout: Duration::from_secs(config.peerjs.alive_timeout),
-                        ..PeerConfig::default()
-                    },
-                    config.peerjs.discovery,
-                )
-            }),
-        },
+        state,
         &config.cors_origin,
         &config.peerjs.path,
+        socket_io_layer,
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base = format!("{scheme}://{}", config.http);
@@ -237,6 +246,10 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         media.close_all().await;
+        // Open socket.io connections would hold up the graceful shutdown.
+        if let Some(io) = socket_io {
+            io.close().await;
+        }
         tracing::info!("sessions closed");
         // Requests still in flight get a few seconds more.
         tokio::spawn(async {

@@ -21,7 +21,11 @@ use prometheus_client::metrics::counter::Counter;
 use crate::metrics::{self, Metrics};
 use crate::sfu::layer::Preference;
 use crate::sfu::shard::Remote;
-use crate::sfu::{JoinError, Joined, NoSuchSession, PeerId, Role, Sfu, SfuEvent, SfuStats};
+use crate::sfu::{
+    Consumer, DirectError, DirectTransport, JoinError, Joined, NoSuchSession, PeerId, Produce,
+    Producer, Role, Sfu, SfuEvent, SfuStats,
+};
+use str0m::config::Fingerprint;
 
 enum Command {
     /// Ends every session (shutdown): peers get a DTLS close_notify.
@@ -51,6 +55,31 @@ enum Command {
         preference: Preference,
         reply: oneshot::Sender<Result<(), NoSuchSession>>,
     },
+    OpenDirect {
+        live: String,
+        role: Role,
+        reply: oneshot::Sender<Result<DirectTransport, DirectError>>,
+    },
+    ConnectDirect {
+        peer: PeerId,
+        fingerprint: Fingerprint,
+        reply: oneshot::Sender<Result<(), DirectError>>,
+    },
+    Produce {
+        peer: PeerId,
+        produce: Produce,
+        reply: oneshot::Sender<Result<Producer, DirectError>>,
+    },
+    Producers {
+        live: String,
+        reply: oneshot::Sender<Vec<Producer>>,
+    },
+    Consume {
+        peer: PeerId,
+        producer: Producer,
+        device_pts: Vec<u8>,
+        reply: oneshot::Sender<Result<Consumer, DirectError>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +88,8 @@ pub enum MediaError {
     Join(#[from] JoinError),
     #[error(transparent)]
     NoSuchSession(#[from] NoSuchSession),
+    #[error(transparent)]
+    Direct(#[from] DirectError),
     #[error("the media engine is not running")]
     Down,
 }
@@ -88,19 +119,97 @@ impl MediaHandle {
             })
             .await??;
         if role == Role::Cast {
-            let old = self
-                .casters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(live.to_string(), joined.peer);
-            if let Some(old) = old
-                && old.shard() != shard
-            {
-                tracing::info!(live, peer = %old, "caster replaced by a new session");
-                let _ = self.leave(live, Role::Cast, old).await;
-            }
+            self.now_casting(live, joined.peer).await;
         }
         Ok(joined)
+    }
+
+    /// `peer` is `live`'s caster now: end the one before it if it is on
+    /// another shard (on the same shard the `Sfu` does it itself).
+    async fn now_casting(&self, live: &str, peer: PeerId) {
+        let old = self
+            .casters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(live.to_string(), peer);
+        if let Some(old) = old
+            && old != peer
+            && old.shard() != peer.shard()
+        {
+            tracing::info!(live, peer = %old, "caster replaced by a new session");
+            let _ = self.leave(live, Role::Cast, old).await;
+        }
+    }
+
+    /// A transport for a client that sets up media without SDP
+    /// (mediasoup-client).
+    pub async fn open_direct(&self, live: &str, role: Role) -> Result<DirectTransport, MediaError> {
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let live = live.to_string();
+        Ok(self
+            .request(shard, |reply| Command::OpenDirect { live, role, reply })
+            .await??)
+    }
+
+    pub async fn connect_direct(
+        &self,
+        peer: PeerId,
+        fingerprint: Fingerprint,
+    ) -> Result<(), MediaError> {
+        Ok(self
+            .request(peer.shard(), |reply| Command::ConnectDirect {
+                peer,
+                fingerprint,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Caster transport `peer` of `live` sends `produce`; its first
+    /// producer makes it the live's caster.
+    pub async fn produce(
+        &self,
+        live: &str,
+        peer: PeerId,
+        produce: Produce,
+    ) -> Result<Producer, MediaError> {
+        let producer = self
+            .request(peer.shard(), |reply| Command::Produce {
+                peer,
+                produce,
+                reply,
+            })
+            .await??;
+        if self.caster(live) != Some(peer) {
+            self.now_casting(live, peer).await;
+        }
+        Ok(producer)
+    }
+
+    /// What `live`'s caster sends (asked of its shard: only it knows).
+    pub async fn producers(&self, live: &str) -> Result<Vec<Producer>, MediaError> {
+        let Some(caster) = self.caster(live) else {
+            return Ok(Vec::new());
+        };
+        let live = live.to_string();
+        self.request(caster.shard(), |reply| Command::Producers { live, reply })
+            .await
+    }
+
+    pub async fn consume(
+        &self,
+        peer: PeerId,
+        producer: Producer,
+        device_pts: Vec<u8>,
+    ) -> Result<Consumer, MediaError> {
+        Ok(self
+            .request(peer.shard(), |reply| Command::Consume {
+                peer,
+                producer,
+                device_pts,
+                reply,
+            })
+            .await??)
     }
 
     /// The live's most recent caster session (it may have ended since).
@@ -705,6 +814,34 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
             reply,
         } => {
             let _ = reply.send(sfu.set_preference(&live, peer, preference, now));
+        }
+        Command::OpenDirect { live, role, reply } => {
+            let _ = reply.send(sfu.open_direct(&live, role, now));
+        }
+        Command::ConnectDirect {
+            peer,
+            fingerprint,
+            reply,
+        } => {
+            let _ = reply.send(sfu.connect_direct(peer, fingerprint, now));
+        }
+        Command::Produce {
+            peer,
+            produce,
+            reply,
+        } => {
+            let _ = reply.send(sfu.produce(peer, produce, now));
+        }
+        Command::Producers { live, reply } => {
+            let _ = reply.send(sfu.producers(&live));
+        }
+        Command::Consume {
+            peer,
+            producer,
+            device_pts,
+            reply,
+        } => {
+            let _ = reply.send(sfu.consume(peer, producer, &device_pts, now));
         }
     }
 }

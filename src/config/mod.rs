@@ -93,6 +93,9 @@ pub struct Config {
     pub peerjs: PeerJsFlags,
 
     #[command(flatten)]
+    pub mediasoup: MediasoupFlags,
+
+    #[command(flatten)]
     pub turn: TurnFlags,
 }
 
@@ -108,7 +111,7 @@ pub enum LogFormat {
 pub struct PeerJsFlags {
     /// Where the PeerServer protocol is served (PeerJS's `path` option).
     #[arg(id = "peerjs_path", long = "peerjs-path", env = "VESSEL_PEERJS_PATH", default_value = "/peer",
-          value_parser = peerjs_path)]
+          value_parser = signaling_path)]
     pub path: String,
 
     /// The PeerServer API key clients pass (PeerJS's `key` option).
@@ -148,7 +151,44 @@ pub struct PeerJsFlags {
     pub disabled: bool,
 }
 
-fn peerjs_path(path: &str) -> Result<String, String> {
+/// The seed's socket.io "Vessel" protocol, for clients written for
+/// mediasoup-client.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "mediasoup-client (socket.io)")]
+pub struct MediasoupFlags {
+    /// Where the socket.io protocol is served (socket.io's `path` option).
+    #[arg(id = "mediasoup_path", long = "mediasoup-path", env = "VESSEL_MEDIASOUP_PATH", default_value = "/media",
+          value_parser = signaling_path)]
+    pub path: String,
+
+    /// Run without the socket.io protocol.
+    #[arg(
+        id = "no_mediasoup",
+        long = "no-mediasoup",
+        env = "VESSEL_NO_MEDIASOUP"
+    )]
+    pub disabled: bool,
+}
+
+impl Config {
+    /// Settings that are each fine but clash with one another.
+    pub fn check(&self) -> Result<(), String> {
+        let (peer, media) = (&self.peerjs, &self.mediasoup);
+        if !peer.disabled && !media.disabled {
+            let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            if inside(&peer.path, &media.path) || inside(&media.path, &peer.path) {
+                return Err(format!(
+                    "--peerjs-path {} and --mediasoup-path {} overlap; give them separate paths",
+                    peer.path, media.path
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path for a signaling protocol: not one of Vessel's own routes.
+fn signaling_path(path: &str) -> Result<String, String> {
     let ok = path.starts_with('/')
         && path
             .bytes()
@@ -167,14 +207,14 @@ fn peerjs_path(path: &str) -> Result<String, String> {
     ];
     let trimmed = path.trim_end_matches('/');
     if !ok {
-        Err("a URL path such as /peer".into())
+        Err("a URL path such as /signal".into())
     } else if trimmed.is_empty()
         || reserved
             .iter()
             .any(|r| trimmed == *r || trimmed.starts_with(&format!("{r}/")))
     {
         Err(format!(
-            "{path} is taken by Vessel's own routes; choose e.g. /peer"
+            "{path} is taken by Vessel's own routes; choose e.g. /signal"
         ))
     } else {
         Ok(trimmed.to_string())
@@ -470,6 +510,8 @@ mod tests {
         }
         let c = Config::try_parse_from(["vessel", "--peerjs-path", "/signal/"]).unwrap();
         assert_eq!(c.peerjs.path, "/signal");
+        let e = Config::try_parse_from(["vessel", "--mediasoup-path", "/api/media"]).unwrap_err();
+        assert!(e.to_string().contains("--mediasoup-path"), "{e}");
     }
 
     #[test]

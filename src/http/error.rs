@@ -3,7 +3,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::access::Denied;
 use crate::media::MediaError;
-use crate::sfu::JoinError;
+use crate::sfu::{DirectError, JoinError};
 
 /// An error answer: a status and a reason a person can act on.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ impl From<MediaError> for ApiError {
             MediaError::Join(JoinError::NoMedia(_)) => StatusCode::BAD_REQUEST,
             MediaError::Join(JoinError::Refused(_)) => StatusCode::NOT_ACCEPTABLE,
             MediaError::NoSuchSession(_) => StatusCode::NOT_FOUND,
+            MediaError::Direct(DirectError::NoSuchTransport) => StatusCode::NOT_FOUND,
+            MediaError::Direct(DirectError::Refused(_)) => StatusCode::BAD_REQUEST,
             MediaError::Down => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())

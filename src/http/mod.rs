@@ -4,6 +4,7 @@ mod admin;
 mod api;
 mod chat;
 mod error;
+pub mod mediasoup;
 mod ops;
 mod pages;
 pub mod peerjs;
@@ -45,13 +46,20 @@ pub struct AppState {
     pub peerjs: Option<Arc<peerjs::PeerHub>>,
 }
 
-/// `peerjs_path`: where the PeerServer protocol is served (e.g. `/peer`).
-pub fn router(state: AppState, cors_origins: &[String], peerjs_path: &str) -> Router {
+/// `peerjs_path`: where the PeerServer protocol is served (e.g. `/peer`);
+/// `socket_io`: the socket.io protocol for mediasoup-client, if served
+/// (see [`mediasoup::layer`]).
+pub fn router(
+    state: AppState,
+    cors_origins: &[String],
+    peerjs_path: &str,
+    socket_io: Option<socketioxide::layer::SocketIoLayer>,
+) -> Router {
     let peerjs = match state.peerjs {
         Some(_) => peerjs::routes(peerjs_path),
         None => Router::new(),
     };
-    Router::new()
+    let app = Router::new()
         .merge(peerjs)
         .merge(session::routes())
         .merge(api::routes())
@@ -60,8 +68,14 @@ pub fn router(state: AppState, cors_origins: &[String], peerjs_path: &str) -> Ro
         .merge(ops::routes())
         .merge(pages::routes())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .method_not_allowed_fallback(method_not_allowed);
+    // socket.io answers its own path before routing; everything else
+    // passes through.
+    let app = match socket_io {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
+    app.layer(DefaultBodyLimit::max(MAX_BODY))
         // Everything, /vessel.js included: a player embedded on another
         // site imports the SDK from here.
         .layer(cors(cors_origins))

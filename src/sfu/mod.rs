@@ -5,6 +5,7 @@
 //! sharded: one `Sfu` per worker.
 
 pub mod codec;
+mod direct;
 mod fanout;
 pub mod forward;
 pub mod keyframe;
@@ -15,6 +16,7 @@ pub mod shard;
 pub mod simulcast;
 mod stats;
 
+pub use direct::{Consumer, DirectError, DirectTransport, Produce, Producer};
 pub use stats::SfuStats;
 #[cfg(test)]
 mod tests;
@@ -30,9 +32,9 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
-use str0m::{Candidate, IceCreds, Input, Output, RtcConfig};
+use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use layer::Preference;
 use live::Live;
@@ -180,6 +182,8 @@ pub struct Sfu {
     remote_out: VecDeque<(usize, shard::Remote)>,
     /// Per live, the other shards that have viewers of it (bit per shard).
     interest: HashMap<Arc<str>, u64>,
+    /// Caster transports set up without SDP that have not produced yet.
+    pending: HashMap<PeerId, direct::PendingCast>,
     stats: SfuStats,
 }
 
@@ -196,6 +200,7 @@ impl Sfu {
             events: VecDeque::new(),
             remote_out: VecDeque::new(),
             interest: HashMap::new(),
+            pending: HashMap::new(),
             stats: SfuStats::default(),
         }
     }
@@ -205,6 +210,10 @@ impl Sfu {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             self.close_peer(id, now);
+        }
+        let pending: Vec<PeerId> = self.pending.keys().copied().collect();
+        for id in pending {
+            self.drop_pending(id, "the server is shutting down");
         }
     }
 
@@ -229,11 +238,8 @@ impl Sfu {
             .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
         let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
         let id = PeerId::random_on(self.config.shard);
-        let ufrag = format!("{:016x}", rand::random::<u64>());
-        let creds = IceCreds {
-            ufrag: ufrag.clone(),
-            pass: format!("{:032x}", rand::random::<u128>()),
-        };
+        let creds = new_ice_creds();
+        let ufrag = creds.ufrag.clone();
         let mut rtc_config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -250,22 +256,8 @@ impl Sfu {
             }
         }
         let mut rtc = rtc_config.build(now);
-        for addr in &self.config.candidates {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-            // ICE-TCP (RFC 6544): the media port's TCP twin, for networks
-            // that block UDP. Browsers prefer the UDP candidate when both work.
-            if self.config.ice_tcp {
-                let tcp = Candidate::builder()
-                    .tcp()
-                    .host(*addr)
-                    .tcptype(TcpType::Passive)
-                    .build();
-                if let Ok(c) = tcp {
-                    rtc.add_local_candidate(c);
-                }
-            }
+        for c in self.local_candidates() {
+            rtc.add_local_candidate(c);
         }
         // str0m may panic on SDP it does not expect; a client's offer must
         // never take the server down.
@@ -273,14 +265,7 @@ impl Sfu {
             .map_err(|_| JoinError::Refused("the offer could not be negotiated".into()))?
             .map_err(|e| JoinError::Refused(e.to_string()))?;
 
-        let rtc_timeout = loop {
-            match rtc.poll_output() {
-                Ok(Output::Event(_)) => {}
-                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
-                Ok(Output::Timeout(t)) => break t,
-                Err(e) => return Err(JoinError::Refused(e.to_string())),
-            }
-        };
+        let rtc_timeout = self.drain_setup(&mut rtc).map_err(JoinError::Refused)?;
         // The negotiated m-lines, from our side's point of view.
         let medias: Vec<(Mid, MediaKind, Direction)> = offered
             .iter()
@@ -312,7 +297,15 @@ impl Sfu {
                          (Opus, VP8, VP9, H264, AV1)",
                     ));
                 }
-                PeerRole::Cast(Cast::new(self.config.keyframe_interval))
+                let mut cast = Cast::new(self.config.keyframe_interval);
+                for kind in [MediaKind::Video, MediaKind::Audio] {
+                    if let Some(p) =
+                        first(kind, false).and_then(|mid| offered_producer(&rtc, id, mid))
+                    {
+                        cast.producers.push(p);
+                    }
+                }
+                PeerRole::Cast(cast)
             }
             Role::Play => {
                 let mut track = |kind| {
@@ -328,6 +321,7 @@ impl Sfu {
                 let play = Play {
                     audio: track(MediaKind::Audio),
                     video: track(MediaKind::Video),
+                    next_mid: 0,
                 };
                 if play.audio.is_none() && play.video.is_none() {
                     return Err(JoinError::NoMedia(
@@ -340,6 +334,29 @@ impl Sfu {
             }
         };
 
+        self.admit(id, live, rtc, ufrag, peer_role, rtc_timeout, false, now);
+        tracing::info!(live, peer = %id, %role, "session created");
+        Ok(Joined {
+            peer: id,
+            answer: answer.to_sdp_string(),
+        })
+    }
+
+    /// Makes `rtc` session `id` of `live`: a viewer joins the audience, a
+    /// caster takes over from any other. The caller has drained `rtc`'s
+    /// output up to `rtc_timeout`.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        id: PeerId,
+        live: &str,
+        rtc: Rtc,
+        ufrag: String,
+        role: PeerRole,
+        rtc_timeout: Instant,
+        learn_ufrag: bool,
+        now: Instant,
+    ) {
         let live_name: Arc<str> = match self.lives.get_key_value(live) {
             Some((k, _)) => k.clone(),
             None => Arc::from(live),
@@ -350,8 +367,8 @@ impl Sfu {
             .or_insert_with(|| Live::new(live_name.clone()));
         let mut first_viewer = false;
         let replaced = match role {
-            Role::Cast => live_entry.caster.replace(id),
-            Role::Play => {
+            PeerRole::Cast(_) => live_entry.caster.replace(id),
+            PeerRole::Play(_) => {
                 first_viewer = live_entry.viewers.is_empty();
                 live_entry.viewers.insert(id);
                 None
@@ -369,8 +386,9 @@ impl Sfu {
             connected: false,
             connect_by: now + self.config.connect_timeout,
             timer: None,
-            role: peer_role,
+            role,
             stats_seen: Default::default(),
+            learn_ufrag,
         };
         let timeout = peer.next_timeout(rtc_timeout);
         self.peers.insert(id, peer);
@@ -380,11 +398,29 @@ impl Sfu {
             tracing::info!(live = %live_name, peer = %old, "caster replaced by a new session");
             self.close_peer(old, now);
         }
-        tracing::info!(live = %live_name, peer = %id, %role, "session created");
-        Ok(Joined {
-            peer: id,
-            answer: answer.to_sdp_string(),
-        })
+    }
+
+    /// The host candidates every session announces.
+    fn local_candidates(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for addr in &self.config.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                out.push(c);
+            }
+            // ICE-TCP (RFC 6544): the media port's TCP twin, for networks
+            // that block UDP. Browsers prefer the UDP candidate when both work.
+            if self.config.ice_tcp {
+                let tcp = Candidate::builder()
+                    .tcp()
+                    .host(*addr)
+                    .tcptype(TcpType::Passive)
+                    .build();
+                if let Ok(c) = tcp {
+                    out.push(c);
+                }
+            }
+        }
+        out
     }
 
     /// Ends a session at the client's request.
@@ -395,6 +431,10 @@ impl Sfu {
         peer: PeerId,
         now: Instant,
     ) -> Result<(), NoSuchSession> {
+        if role == Role::Cast && self.pending_live(peer) == Some(live) {
+            self.drop_pending(peer, "ended by the client");
+            return Ok(());
+        }
         self.check(live, role, peer)?;
         tracing::info!(live, peer = %peer, %role, "session ended by the client");
         self.close_peer(peer, now);
@@ -457,6 +497,10 @@ impl Sfu {
         let Some(id) = self.route(source, contents) else {
             return;
         };
+        if self.keep_early(id, proto, source, destination, contents) {
+            return;
+        }
+        let raw = contents;
         let Ok(contents) = contents.try_into() else {
             return;
         };
@@ -472,6 +516,9 @@ impl Sfu {
                 contents,
             },
         );
+        if peer.learn_ufrag {
+            direct::learn_ufrag(peer, &input, raw);
+        }
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(peer = %id, "input refused: {e}");
         }
@@ -485,6 +532,9 @@ impl Sfu {
             && let Some((local, _)) = stun.split_username()
         {
             let id = *self.by_ufrag.get(local)?;
+            if !self.peers.contains_key(&id) {
+                return Some(id); // a transport not built yet: not routed by address
+            }
             if self.by_addr.get(&source) != Some(&id) {
                 if let Some(old) = self.by_addr.insert(source, id)
                     && let Some(p) = self.peers.get_mut(&old)
@@ -539,6 +589,7 @@ impl Sfu {
             self.check_layers(&live, now);
         }
         self.keyframe_timeouts(now);
+        self.expire_pending(now);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -561,8 +612,10 @@ impl Sfu {
             .values()
             .filter_map(|l| l.remote.as_ref())
             .flat_map(|r| r.video.iter().filter_map(|l| l.keyframes.poll_timeout()));
+        let pending = self.pending.values().map(|p| p.expires);
         peers
             .into_iter()
+            .chain(pending)
             .chain(lives)
             .chain(keyframes)
             .chain(remote_keyframes)
@@ -661,6 +714,29 @@ impl Sfu {
             role,
         });
     }
+}
+
+/// A fresh pair of local ICE credentials.
+fn new_ice_creds() -> IceCreds {
+    IceCreds {
+        ufrag: format!("{:016x}", rand::random::<u64>()),
+        pass: format!("{:032x}", rand::random::<u128>()),
+    }
+}
+
+/// What a WHIP caster sends on `mid`, as a producer: the codec it offered
+/// first.
+fn offered_producer(rtc: &Rtc, peer: PeerId, mid: Mid) -> Option<direct::Producer> {
+    let media = rtc.media(mid)?;
+    let spec = media.remote_pts().iter().find_map(|pt| {
+        rtc.codec_config()
+            .params()
+            .iter()
+            .find(|p| p.pt() == *pt)
+            .map(|p| p.spec())
+    })?;
+    let simulcast = matches!(media.rids_rx(), Rids::Specific(r) if r.len() > 1);
+    Some(direct::Producer::new(peer, media.kind(), spec, simulcast))
 }
 
 /// str0m's parse errors span lines and carry a memory address; keep the

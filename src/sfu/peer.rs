@@ -7,10 +7,11 @@ use std::time::Instant;
 use str0m::Rtc;
 use str0m::format::CodecSpec;
 use str0m::media::{ExtensionValues, MediaKind, Mid, Pt, Rid};
-use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionMap, RtpWrite, Ssrc};
 
 use super::PeerId;
 use super::codec::can_carry;
+use super::direct::Producer;
 use super::forward::{MediaPacket, TrackRewriter, Verdict};
 use super::layer::LayerSelector;
 use super::simulcast::Layers;
@@ -29,6 +30,9 @@ pub(super) struct Peer {
     pub timer: Option<Instant>,
     pub role: PeerRole,
     pub stats_seen: super::stats::StatsSeen,
+    /// The client never told us its ICE username fragment (mediasoup-client
+    /// does not): take it from its first authenticated binding request.
+    pub learn_ufrag: bool,
 }
 
 // Few peers are casters; boxing the viewer's role would cost every viewer a
@@ -65,6 +69,11 @@ pub(super) struct Cast {
     codecs: Vec<(Pt, Option<(CodecSpec, bool)>)>,
     /// Its video layers (one without simulcast).
     pub video: Layers,
+    /// What it sends, as mediasoup-client consumers ask for it.
+    pub producers: Vec<Producer>,
+    /// A caster set up without SDP: the header-extension ids its first
+    /// producer fixed, which later ones must keep.
+    pub direct_exts: Option<ExtensionMap>,
 }
 
 impl Cast {
@@ -73,6 +82,8 @@ impl Cast {
             streams: Vec::new(),
             codecs: Vec::new(),
             video: Layers::new(keyframe_interval),
+            producers: Vec::new(),
+            direct_exts: None,
         }
     }
 
@@ -115,6 +126,9 @@ impl Cast {
 pub(super) struct Play {
     pub audio: Option<OutTrack>,
     pub video: Option<OutTrack>,
+    /// The next mid to give a consumer (mediasoup-client takes the
+    /// server's; WHEP viewers have theirs from the SDP).
+    pub next_mid: u32,
 }
 
 impl Play {
@@ -161,6 +175,10 @@ pub(super) struct OutTrack {
     pub bwe: (u64, u64),
     /// The viewer's payload type for a caster's, resolved once per caster.
     pts: Vec<(PeerId, Pt, Option<OutPt>)>,
+    /// The payload types this track may use. Negotiated by SDP they are the
+    /// media's remote ones; a consumer made without SDP has none there, so
+    /// it names its one codec here.
+    pub allowed_pts: Option<Vec<Pt>>,
 }
 
 impl OutTrack {
@@ -178,6 +196,7 @@ impl OutTrack {
             pause_current: false,
             bwe: (0, 0),
             pts: Vec::new(),
+            allowed_pts: None,
         }
     }
 
@@ -231,10 +250,13 @@ impl OutTrack {
         }
         // Forget the payload types of casters gone by.
         self.pts.retain(|(p, _, _)| *p == caster);
-        let remote = rtc
-            .media(self.mid)
-            .map(|m| m.remote_pts().to_vec())
-            .unwrap_or_default();
+        let remote = match &self.allowed_pts {
+            Some(pts) => pts.clone(),
+            None => rtc
+                .media(self.mid)
+                .map(|m| m.remote_pts().to_vec())
+                .unwrap_or_default(),
+        };
         let params = rtc
             .codec_config()
             .find(|p| remote.contains(&p.pt()) && can_carry(&f.spec, &p.spec()));
