@@ -453,6 +453,38 @@ export async function waitForMedia(page, pcExpr, { frames = 20, audioPackets = 2
   }
 }
 
+/**
+ * Like `waitForMedia`, for video only: waits until the object that `pcExpr` names (an
+ * RTCPeerConnection, or anything with `getStats()`, e.g. an RTCRtpReceiver) decodes `frames`
+ * more video frames, measured from now. Brings the page to the front first. Returns the last stats.
+ */
+export async function waitForVideo(page, pcExpr, { frames = 20, timeoutMs = 25000, what = pcExpr } = {}) {
+  await page.bringToFront();
+  let base = null;
+  let last = null;
+  try {
+    const result = await waitFor(
+      async () => {
+        const s = await rtcStats(page, pcExpr);
+        last = s;
+        if (!s) return false;
+        const decoded = s.video?.framesDecoded ?? 0;
+        // First sample, or the page replaced its connection: count from here / from zero.
+        if (!base || base.id !== s.id) base = { id: s.id, framesDecoded: base ? 0 : decoded };
+        return decoded >= base.framesDecoded + frames && s;
+      },
+      timeoutMs,
+      `${what}: ${frames} more video frames decoded`,
+      300,
+    );
+    note(`${what}: video flowing: ${JSON.stringify(result.video)} (from ${JSON.stringify(base)})`);
+    return result;
+  } catch (err) {
+    err.message += `\n  stats at start: ${JSON.stringify(base)}\n  stats at end:   ${JSON.stringify(last)}`;
+    throw err;
+  }
+}
+
 /** Evaluates `expr` in the page until it is truthy. */
 export function waitInPage(page, expr, timeoutMs = 15000, what = expr) {
   return waitFor(() => page.evaluate((e) => new Function(`return (${e})`)(), expr), timeoutMs, what);
