@@ -13,6 +13,8 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::*;
 
+mod direct;
+
 /// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
 fn server(shard: usize) -> SocketAddr {
     SocketAddr::new([10, 0, 0, 1].into(), 5000 + shard as u16)
@@ -274,11 +276,12 @@ impl Net {
 /// One 2-packet VP8 frame on every layer; layer `i` is 3^i times larger, so
 /// measured bitrates order them. Byte 2 of the payload names the layer.
 fn write_frame(c: &mut Client, now: Instant) {
+    // Negotiated by SDP, or (a client set up without SDP) any VP8 it knows.
     let remote = c.rtc.media(c.video).unwrap().remote_pts().to_vec();
     let pt = c
         .rtc
         .codec_config()
-        .find(|p| remote.contains(&p.pt()) && p.spec().codec == Codec::Vp8)
+        .find(|p| (remote.is_empty() || remote.contains(&p.pt())) && p.spec().codec == Codec::Vp8)
         .unwrap()
         .pt();
     for (i, (rid, seq, key)) in c.layers.iter_mut().enumerate() {
