@@ -1,0 +1,271 @@
+//! The socket.io "Vessel" protocol (mediasoup-client's dialect) on the real
+//! binary, spoken by a minimal socket.io client (engine.io v4 over a
+//! WebSocket). The browser tests drive it with the real mediasoup-client;
+//! these check what a browser cannot easily: bad input, and that a socket
+//! that goes takes its transports with it.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, live_state};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha1::Sha1;
+use str0m::ice::{StunMessage, TransId};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+struct SocketIo {
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl SocketIo {
+    /// Opens `/media` with `query` and joins the default namespace.
+    fn connect(server: &Server, query: &str) -> Result<Self, String> {
+        let url = server
+            .url(&format!("/media/?EIO=4&transport=websocket&{query}"))
+            .replace("http://", "ws://");
+        let (mut ws, _) = tungstenite::connect(url).map_err(|e| e.to_string())?;
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        let mut io = Self { ws };
+        let open = io
+            .frame()
+            .ok_or("closed before the engine.io open packet")?;
+        assert!(open.starts_with('0'), "engine.io open: {open}");
+        io.ws.send(Message::text("40")).unwrap();
+        // Requests sent before the namespace's connect answer are dropped
+        // (and the socket with them), as socket.io clients know.
+        loop {
+            let f = io
+                .frame()
+                .ok_or("closed before the socket.io connect answer")?;
+            if f.starts_with("40") {
+                return Ok(io);
+            }
+            if f.starts_with("44") {
+                return Err(f);
+            }
+        }
+    }
+
+    /// The next engine.io text packet (pings answered), or None once closed.
+    fn frame(&mut self) -> Option<String> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) if t.as_str() == "2" => {
+                    self.ws.send(Message::text("3")).unwrap();
+                }
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next socket.io event as (name, argument); None once closed.
+    fn event(&mut self) -> Option<(String, Value)> {
+        loop {
+            let f = self.frame()?;
+            if let Some(body) = f.strip_prefix("42") {
+                let v: Value = serde_json::from_str(body).unwrap();
+                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
+            }
+            if f.starts_with("41") {
+                return None; // the server disconnected the socket
+            }
+        }
+    }
+
+    /// Sends `name` with `arg` and returns what `re:<name>` carries.
+    fn ask(&mut self, name: &str, arg: Value) -> Value {
+        self.ws
+            .send(Message::text(format!("42{}", json!([name, arg]))))
+            .unwrap();
+        let reply = format!("re:{name}");
+        loop {
+            match self.event() {
+                Some((n, v)) if n == reply => return v,
+                Some(_) => {}
+                None => panic!("the socket closed before {reply}"),
+            }
+        }
+    }
+
+    fn close(mut self) {
+        let _ = self.ws.send(Message::text("41"));
+        let _ = self.ws.close(None);
+        while self.ws.read().is_ok() {}
+    }
+}
+
+fn fake_fingerprint() -> String {
+    ["AB"; 32].join(":")
+}
+
+fn error_of(reply: &Value) -> &str {
+    reply["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected {{error}}, got {reply}"))
+}
+
+/// A STUN binding request to a transport's UDP candidate, signed as a
+/// browser signs it; true if it is answered.
+fn stun_answered(transport: &Value) -> bool {
+    let candidate = transport["iceCandidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["protocol"] == "udp")
+        .unwrap();
+    let to = SocketAddr::new(
+        candidate["address"].as_str().unwrap().parse().unwrap(),
+        candidate["port"].as_u64().unwrap() as u16,
+    );
+    let ice = &transport["iceParameters"];
+    let username = format!("{}:browser", ice["usernameFragment"].as_str().unwrap());
+    let password = ice["password"].as_str().unwrap();
+    let msg = StunMessage::binding_request(&username, TransId::new(), true, 7, 1_000, false);
+    let mut buf = [0u8; 512];
+    let n = msg
+        .to_bytes(Some(password.as_bytes()), &mut buf, |key, parts| {
+            let mut mac = Hmac::<Sha1>::new_from_slice(key).unwrap();
+            for p in parts {
+                mac.update(p);
+            }
+            mac.finalize().into_bytes().into()
+        })
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for _ in 0..3 {
+        socket.send_to(&buf[..n], to).unwrap();
+        let mut reply = [0u8; 1500];
+        if let Ok(len) = socket.recv(&mut reply) {
+            return StunMessage::parse(&reply[..len])
+                .is_ok_and(|m| m.is_successful_binding_response());
+        }
+    }
+    false
+}
+
+#[test]
+fn bad_requests_are_answered_with_a_reason_and_the_live_goes_on() {
+    let server = Server::start();
+    let mut caster = Client::connect(&server, "/whip/goes-on");
+    caster.run_until(Duration::from_secs(10), "the caster connects", |c| {
+        c.connected
+    });
+
+    let mut io = SocketIo::connect(&server, "live=goes-on").unwrap();
+    let produce = json!({"kind": "video", "rtpParameters": {"mid": "0",
+        "codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}],
+        "encodings": [{"rid": "r0"}]}});
+    // Before any transport.
+    let e = io.ask("produce", produce.clone());
+    assert!(error_of(&e).contains("createProducerTransport"), "{e}");
+    let e = io.ask("connectConsumerTransport", json!({"dtlsParameters": {}}));
+    assert!(error_of(&e).contains("createConsumerTransport"), "{e}");
+
+    let t = io.ask("createProducerTransport", Value::Null);
+    let id = t["id"].as_str().unwrap().to_string();
+    for (name, arg, reason) in [
+        ("produce", json!("nonsense"), "kind"),
+        (
+            "produce",
+            json!({"transportId": id, "kind": "video"}),
+            "rtpParameters",
+        ),
+        (
+            "produce",
+            json!({"transportId": id, "kind": "video", "rtpParameters": {"mid": "0",
+                   "codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}],
+                   "encodings": [{"rid": "a-rid-far-too-long"}]}}),
+            "rid",
+        ),
+        (
+            "produce",
+            json!({"transportId": id, "kind": "video", "rtpParameters": {"mid": "0",
+                   "codecs": [{"mimeType": "video/x-unknown", "payloadType": 96, "clockRate": 90000}],
+                   "encodings": [{"ssrc": 1}]}}),
+            "codec",
+        ),
+        (
+            "connectProducerTransport",
+            json!({"transportId": id, "dtlsParameters": {"fingerprints": [{"algorithm": "sha-256", "value": "zz"}]}}),
+            "fingerprint",
+        ),
+        (
+            "connectProducerTransport",
+            json!({"transportId": id, "dtlsParameters": {"role": "server",
+                   "fingerprints": [{"algorithm": "sha-256", "value": fake_fingerprint()}]}}),
+            "DTLS server",
+        ),
+        ("consume", json!({"nothing": true}), "rtpCapabilities"),
+        ("consume", json!({"codecs": []}), "consumer transport"),
+    ] {
+        let reply = io.ask(name, arg.clone());
+        let e = error_of(&reply);
+        assert!(
+            e.contains(reason),
+            "{name} {arg}: {e:?} should mention {reason:?}"
+        );
+    }
+    // What the server does not know is ignored, not fatal.
+    io.ws
+        .send(Message::text(r#"42["noSuchRequest",{}]"#))
+        .unwrap();
+    io.ws.send(Message::text("42[not json")).ok();
+    let caps = io.ask("routerCapabilities", Value::Null);
+    assert!(caps["codecs"].as_array().is_some_and(|c| !c.is_empty()));
+
+    // A bad live name is refused at connect.
+    let mut bad = SocketIo::connect(&server, "live=no%20spaces%2Fplease").unwrap();
+    let (name, arg) = bad.event().expect("an error event before the disconnect");
+    assert_eq!(name, "error");
+    assert!(error_of(&arg).contains("live"), "{arg}");
+
+    // Nothing of that disturbed the WHIP caster.
+    caster.run(Duration::from_millis(500));
+    assert!(caster.connected && !caster.closed);
+    assert_eq!(live_state(&server, "goes-on")["onAir"], true);
+    io.close();
+}
+
+#[test]
+fn a_socket_that_goes_takes_its_transports_with_it() {
+    let server = Server::start();
+    let mut io = SocketIo::connect(&server, "live=leaving").unwrap();
+    let viewer = io.ask("createConsumerTransport", Value::Null);
+    let caster = io.ask("createProducerTransport", Value::Null);
+    assert!(
+        stun_answered(&viewer),
+        "a viewer transport answers ICE checks: {viewer}"
+    );
+    // A caster transport is built at its first produce; until then its
+    // checks wait (the first few are kept for when it is).
+    assert!(
+        !stun_answered(&caster),
+        "a caster transport without a producer stays quiet"
+    );
+    io.close();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stun_answered(&viewer) {
+        assert!(
+            Instant::now() < deadline,
+            "the viewer transport outlived its socket"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("caster transport closed: ended by the client"),
+        "the pending caster transport ended with the socket:\n{log}"
+    );
+}
