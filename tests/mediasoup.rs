@@ -9,7 +9,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, live_state};
+use common::{Client, Server, http, live_state};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
@@ -24,6 +24,11 @@ struct SocketIo {
 impl SocketIo {
     /// Opens `/media` with `query` and joins the default namespace.
     fn connect(server: &Server, query: &str) -> Result<Self, String> {
+        Self::connect_with(server, query, None)
+    }
+
+    /// As [`SocketIo::connect`], with socket.io's `auth` payload.
+    fn connect_with(server: &Server, query: &str, auth: Option<Value>) -> Result<Self, String> {
         let url = server
             .url(&format!("/media/?EIO=4&transport=websocket&{query}"))
             .replace("http://", "ws://");
@@ -36,7 +41,11 @@ impl SocketIo {
             .frame()
             .ok_or("closed before the engine.io open packet")?;
         assert!(open.starts_with('0'), "engine.io open: {open}");
-        io.ws.send(Message::text("40")).unwrap();
+        let connect = match auth {
+            Some(a) => format!("40{a}"),
+            None => "40".into(),
+        };
+        io.ws.send(Message::text(connect)).unwrap();
         // Requests sent before the namespace's connect answer are dropped
         // (and the socket with them), as socket.io clients know.
         loop {
@@ -221,9 +230,16 @@ fn bad_requests_are_answered_with_a_reason_and_the_live_goes_on() {
     io.ws
         .send(Message::text(r#"42["noSuchRequest",{}]"#))
         .unwrap();
-    io.ws.send(Message::text("42[not json")).ok();
     let caps = io.ask("routerCapabilities", Value::Null);
     assert!(caps["codecs"].as_array().is_some_and(|c| !c.is_empty()));
+
+    // A packet that is not socket.io ends that socket (socketioxide's
+    // rule), and nothing else.
+    let mut junk = SocketIo::connect(&server, "live=goes-on").unwrap();
+    junk.ws.send(Message::text("42[not json")).unwrap();
+    assert!(junk.event().is_none(), "the junk socket is closed");
+    let caps = io.ask("routerCapabilities", Value::Null);
+    assert!(caps["codecs"].is_array());
 
     // A bad live name is refused at connect.
     let mut bad = SocketIo::connect(&server, "live=no%20spaces%2Fplease").unwrap();
@@ -268,4 +284,67 @@ fn a_socket_that_goes_takes_its_transports_with_it() {
         log.contains("caster transport closed: ended by the client"),
         "the pending caster transport ended with the socket:\n{log}"
     );
+}
+
+/// POST to the admin API; the JSON answer.
+fn admin(server: &Server, path: &str, body: Value) -> Value {
+    let res = http()
+        .post(server.url(path))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer admin-secret-1")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert!(res.status().is_success(), "POST {path}: {}", res.status());
+    serde_json::from_str(&res.text().unwrap()).unwrap()
+}
+
+#[test]
+fn stream_keys_and_viewer_tokens_come_in_the_auth_payload_or_the_query() {
+    let server = Server::start_with_args(&[
+        "--admin-token",
+        "admin-secret-1",
+        "--viewer-token-secret",
+        "viewer-secret-0123456789",
+    ]);
+    let key = admin(
+        &server,
+        "/api/lives",
+        json!({"live": "vip", "private": true}),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = admin(&server, "/api/lives/vip/tokens", json!({"ttl": 600}))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut anonymous = SocketIo::connect(&server, "live=vip").unwrap();
+    let e = anonymous.ask("createProducerTransport", Value::Null);
+    assert!(error_of(&e).contains("key"), "{e}");
+    let e = anonymous.ask("createConsumerTransport", Value::Null);
+    assert!(error_of(&e).contains("private"), "{e}");
+    let mut wrong =
+        SocketIo::connect_with(&server, "live=vip", Some(json!({"token": "nope-nope"}))).unwrap();
+    let e = wrong.ask("createProducerTransport", Value::Null);
+    assert!(error_of(&e).contains("key"), "{e}");
+
+    let mut caster =
+        SocketIo::connect_with(&server, "live=vip", Some(json!({"token": key}))).unwrap();
+    let t = caster.ask("createProducerTransport", Value::Null);
+    assert!(t["id"].is_string(), "the stream key in `auth` casts: {t}");
+    let mut viewer = SocketIo::connect(&server, &format!("live=vip&token={token}")).unwrap();
+    let t = viewer.ask("createConsumerTransport", Value::Null);
+    assert!(
+        t["id"].is_string(),
+        "the viewer token in the query plays: {t}"
+    );
+    // A token is for its own live only.
+    let mut elsewhere = SocketIo::connect(&server, &format!("live=other&token={token}")).unwrap();
+    let t = elsewhere.ask("createConsumerTransport", Value::Null);
+    assert!(t["id"].is_string(), "an open live needs no token: {t}");
+    for io in [anonymous, wrong, caster, viewer, elsewhere] {
+        io.close();
+    }
 }

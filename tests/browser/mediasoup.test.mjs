@@ -528,9 +528,10 @@ test('ms4e: a socket that disconnects leaves its live as it was; the live stays 
       const first = await ask(a, 'createConsumerTransport');
       assertTransportOptions(first, 'createConsumerTransport');
       a.disconnect();
-      // TODO(lead): a transport counts as a viewer only once DTLS is up, so from Node (no DTLS)
-      // this can only check that nothing is left behind and the live still answers; the count
-      // going back down after a *connected* viewer's socket goes is asserted in ms2 (browser).
+      // A transport counts as a viewer once DTLS is up, which Node cannot do: here the live is
+      // left as it was and still answers. That the socket's transports end with it is checked
+      // in tests/mediasoup.rs (their ICE checks stop being answered); ms2 checks a connected
+      // viewer's count going back down.
       await waitFor(async () => {
         const info = await liveInfo(live);
         return info.viewers === 0 && info.onAir === false && info;
