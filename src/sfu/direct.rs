@@ -633,10 +633,13 @@ fn check_fits(rtc: &Rtc, cast: &Cast, p: &Produce) -> Result<(), DirectError> {
                 | Extension::TransportSequenceNumber
         );
         if routing && exts.id_of(e.clone()) != Some(*id) {
+            // A browser keeps one id per extension on a connection, so
+            // only a hand-made client gets here.
             return Err(refused(format!(
-                "header extension {} has id {id} here but another on this transport's first \
-                 producer; produce it on a transport of its own",
-                e.as_uri()
+                "header extension {} has id {id} here but {} on this transport's first \
+                 producer; a transport's producers must share their extension ids",
+                e.as_uri(),
+                exts.id_of(e.clone()).map_or("none".into(), |i| i.to_string()),
             )));
         }
     }

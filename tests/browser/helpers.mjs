@@ -436,13 +436,14 @@ export async function waitForMedia(page, pcExpr, { frames = 20, audioPackets = 2
         }
         return (
           video.framesDecoded >= base.video.framesDecoded + frames &&
-          audio.packetsReceived >= base.audio.packetsReceived + audioPackets &&
-          audio.totalSamplesReceived > base.audio.totalSamplesReceived &&
+          (audioPackets === 0 ||
+            (audio.packetsReceived >= base.audio.packetsReceived + audioPackets &&
+              audio.totalSamplesReceived > base.audio.totalSamplesReceived)) &&
           s
         );
       },
       timeoutMs,
-      `${what}: ${frames} more video frames decoded and ${audioPackets} more audio packets received`,
+      `${what}: ${frames} more video frames decoded${audioPackets ? ` and ${audioPackets} more audio packets received` : ''}`,
       300,
     );
     note(`${what}: media flowing: ${JSON.stringify(result)} (from ${JSON.stringify(base)})`);
@@ -458,31 +459,8 @@ export async function waitForMedia(page, pcExpr, { frames = 20, audioPackets = 2
  * RTCPeerConnection, or anything with `getStats()`, e.g. an RTCRtpReceiver) decodes `frames`
  * more video frames, measured from now. Brings the page to the front first. Returns the last stats.
  */
-export async function waitForVideo(page, pcExpr, { frames = 20, timeoutMs = 25000, what = pcExpr } = {}) {
-  await page.bringToFront();
-  let base = null;
-  let last = null;
-  try {
-    const result = await waitFor(
-      async () => {
-        const s = await rtcStats(page, pcExpr);
-        last = s;
-        if (!s) return false;
-        const decoded = s.video?.framesDecoded ?? 0;
-        // First sample, or the page replaced its connection: count from here / from zero.
-        if (!base || base.id !== s.id) base = { id: s.id, framesDecoded: base ? 0 : decoded };
-        return decoded >= base.framesDecoded + frames && s;
-      },
-      timeoutMs,
-      `${what}: ${frames} more video frames decoded`,
-      300,
-    );
-    note(`${what}: video flowing: ${JSON.stringify(result.video)} (from ${JSON.stringify(base)})`);
-    return result;
-  } catch (err) {
-    err.message += `\n  stats at start: ${JSON.stringify(base)}\n  stats at end:   ${JSON.stringify(last)}`;
-    throw err;
-  }
+export function waitForVideo(page, pcExpr, options = {}) {
+  return waitForMedia(page, pcExpr, { ...options, audioPackets: 0 });
 }
 
 /** Evaluates `expr` in the page until it is truthy. */
