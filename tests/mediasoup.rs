@@ -348,3 +348,30 @@ fn stream_keys_and_viewer_tokens_come_in_the_auth_payload_or_the_query() {
         io.close();
     }
 }
+
+#[test]
+fn the_path_can_move_or_the_protocol_be_turned_off() {
+    let moved = Server::start_with_args(&["--mediasoup-path", "/signal/ms/"]);
+    let status = |server: &Server, path: &str| {
+        http()
+            .get(server.url(path))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(&moved, "/media/?EIO=4&transport=polling"), 404);
+    assert_eq!(status(&moved, "/signal/ms/?EIO=4&transport=polling"), 200);
+
+    let off = Server::start_with_args(&["--no-mediasoup"]);
+    assert_eq!(status(&off, "/media/?EIO=4&transport=polling"), 404);
+
+    // Two protocols on one path is refused at start, with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["--peerjs-path", "/signal", "--mediasoup-path", "/signal/ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("overlap"), "{stderr}");
+}

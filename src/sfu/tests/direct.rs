@@ -317,3 +317,30 @@ fn a_viewer_consumes_each_kind_once_and_only_what_its_device_receives() {
         "{e}"
     );
 }
+
+#[test]
+fn checks_that_come_before_the_first_produce_are_answered_when_it_lands() {
+    let mut net = Net::new();
+    let t = net.sfus[0].open_direct("d", Role::Cast, net.now).unwrap();
+    let (mut rtc, addr) = net.direct_client(&t, &chrome_video_exts(), 6000);
+    let mid = Mid::from("0");
+    let mut api = rtc.direct_api();
+    api.declare_media(mid, MediaKind::Video);
+    let fingerprint = api.local_dtls_fingerprint().clone();
+    net.sfus[0]
+        .connect_direct(t.peer, fingerprint, net.now)
+        .unwrap();
+    let c = net.push_client(rtc, addr, t.peer, mid, Vec::new());
+    // The browser starts its checks as it sends `produce`.
+    net.run(Duration::from_millis(20));
+    assert!(!net.clients[c].connected);
+    net.sfus[0]
+        .produce(t.peer, produce_video(chrome_video_exts()), net.now)
+        .unwrap();
+    // Answered from the kept checks, not after the browser's retransmit.
+    net.run(Duration::from_millis(10));
+    assert!(
+        net.clients[c].connected,
+        "connected within 10 ms of the produce"
+    );
+}
