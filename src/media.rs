@@ -23,7 +23,7 @@ use crate::sfu::layer::Preference;
 use crate::sfu::shard::Remote;
 use crate::sfu::{
     Consumer, DirectError, DirectTransport, JoinError, Joined, NoSuchSession, PeerId, Produce,
-    Producer, Role, Sfu, SfuEvent, SfuStats,
+    Produced, Producer, Role, Sfu, SfuEvent, SfuStats,
 };
 use str0m::config::Fingerprint;
 
@@ -68,7 +68,7 @@ enum Command {
     Produce {
         peer: PeerId,
         produce: Produce,
-        reply: oneshot::Sender<Result<Producer, DirectError>>,
+        reply: oneshot::Sender<Result<Produced, DirectError>>,
     },
     Producers {
         live: String,
@@ -173,17 +173,19 @@ impl MediaHandle {
         peer: PeerId,
         produce: Produce,
     ) -> Result<Producer, MediaError> {
-        let producer = self
+        let produced = self
             .request(peer.shard(), |reply| Command::Produce {
                 peer,
                 produce,
                 reply,
             })
             .await??;
-        if self.caster(live) != Some(peer) {
+        // Only a first producer takes the live: a later one of a caster
+        // replaced meanwhile must not take it back.
+        if produced.took_over {
             self.now_casting(live, peer).await;
         }
-        Ok(producer)
+        Ok(produced.producer)
     }
 
     /// What `live`'s caster sends (asked of its shard: only it knows).

@@ -16,7 +16,7 @@ pub mod shard;
 pub mod simulcast;
 mod stats;
 
-pub use direct::{Consumer, DirectError, DirectTransport, Produce, Producer};
+pub use direct::{Consumer, DirectError, DirectTransport, Produce, Produced, Producer};
 pub use stats::SfuStats;
 #[cfg(test)]
 mod tests;
@@ -299,8 +299,7 @@ impl Sfu {
                 }
                 let mut cast = Cast::new(self.config.keyframe_interval);
                 for kind in [MediaKind::Video, MediaKind::Audio] {
-                    if let Some(p) =
-                        first(kind, false).and_then(|mid| offered_producer(&rtc, id, mid))
+                    if let Some(p) = first(kind, false).and_then(|mid| offered_producer(&rtc, mid))
                     {
                         cast.producers.push(p);
                     }
@@ -334,7 +333,7 @@ impl Sfu {
             }
         };
 
-        self.admit(id, live, rtc, ufrag, peer_role, rtc_timeout, false, now);
+        self.admit(id, live, rtc, ufrag, peer_role, rtc_timeout, None, now);
         tracing::info!(live, peer = %id, %role, "session created");
         Ok(Joined {
             peer: id,
@@ -354,7 +353,7 @@ impl Sfu {
         ufrag: String,
         role: PeerRole,
         rtc_timeout: Instant,
-        learn_ufrag: bool,
+        direct: Option<peer::DirectPeer>,
         now: Instant,
     ) {
         let live_name: Arc<str> = match self.lives.get_key_value(live) {
@@ -388,7 +387,7 @@ impl Sfu {
             timer: None,
             role,
             stats_seen: Default::default(),
-            learn_ufrag,
+            direct,
         };
         let timeout = peer.next_timeout(rtc_timeout);
         self.peers.insert(id, peer);
@@ -516,9 +515,7 @@ impl Sfu {
                 contents,
             },
         );
-        if peer.learn_ufrag {
-            direct::learn_ufrag(peer, &input, raw);
-        }
+        direct::learn_ufrag(peer, &input, raw);
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(peer = %id, "input refused: {e}");
         }
@@ -726,7 +723,7 @@ fn new_ice_creds() -> IceCreds {
 
 /// What a WHIP caster sends on `mid`, as a producer: the codec it offered
 /// first.
-fn offered_producer(rtc: &Rtc, peer: PeerId, mid: Mid) -> Option<direct::Producer> {
+fn offered_producer(rtc: &Rtc, mid: Mid) -> Option<direct::Producer> {
     let media = rtc.media(mid)?;
     let spec = media.remote_pts().iter().find_map(|pt| {
         rtc.codec_config()
@@ -736,7 +733,7 @@ fn offered_producer(rtc: &Rtc, peer: PeerId, mid: Mid) -> Option<direct::Produce
             .map(|p| p.spec())
     })?;
     let simulcast = matches!(media.rids_rx(), Rids::Specific(r) if r.len() > 1);
-    Some(direct::Producer::new(peer, media.kind(), spec, simulcast))
+    Some(direct::Producer::new(media.kind(), spec, simulcast))
 }
 
 /// str0m's parse errors span lines and carry a memory address; keep the

@@ -30,9 +30,17 @@ pub(super) struct Peer {
     pub timer: Option<Instant>,
     pub role: PeerRole,
     pub stats_seen: super::stats::StatsSeen,
-    /// The client never told us its ICE username fragment (mediasoup-client
-    /// does not): take it from its first authenticated binding request.
+    /// Set up without SDP (mediasoup-client).
+    pub direct: Option<DirectPeer>,
+}
+
+/// What a session set up without SDP still has to learn.
+pub(super) struct DirectPeer {
+    /// The client never says its ICE username fragment: take it from its
+    /// first authenticated binding request.
     pub learn_ufrag: bool,
+    /// `connect*Transport` gave the client's DTLS fingerprint (once only).
+    pub fingerprint_set: bool,
 }
 
 // Few peers are casters; boxing the viewer's role would cost every viewer a

@@ -67,7 +67,7 @@ impl Net {
         &mut self,
         rtc: Rtc,
         addr: SocketAddr,
-        peer: PeerId,
+        (peer, shard): (PeerId, usize),
         video: Mid,
         layers: Vec<(Option<Rid>, u64, bool)>,
     ) -> usize {
@@ -75,7 +75,7 @@ impl Net {
             rtc,
             addr,
             peer,
-            shard: 0,
+            shard,
             connected: false,
             // Not a mid these clients use: their audio is not inspected.
             audio: Mid::from("none"),
@@ -115,19 +115,26 @@ impl Net {
         let produced = self.sfus[0]
             .produce(t.peer, produce_video(chrome_video_exts()), self.now)
             .unwrap();
-        assert_eq!(produced.id, format!("{}-video", t.peer));
-        assert!(produced.simulcast);
+        assert!(produced.took_over, "the first producer takes the live");
+        let id = &produced.producer.id;
+        assert!(id.starts_with("video-"), "{id}");
+        assert!(
+            !id.contains(&t.peer.to_string()),
+            "the session id is a secret: {id}"
+        );
+        assert!(produced.producer.simulcast);
         let layers = RIDS
             .iter()
             .map(|r| (Some(Rid::from(*r)), 100, true))
             .collect();
-        self.push_client(rtc, addr, t.peer, mid, layers)
+        self.push_client(rtc, addr, (t.peer, 0), mid, layers)
     }
 
-    /// A mediasoup-client viewer of `live` consuming its video.
-    fn direct_play(&mut self, live: &str) -> (usize, crate::sfu::Consumer) {
+    /// A mediasoup-client viewer of `live` on `shard` consuming its video
+    /// (the caster is on shard 0, which the runtime asks for producers).
+    fn direct_play(&mut self, live: &str, shard: usize) -> (usize, crate::sfu::Consumer) {
         let port = 6000 + self.clients.len() as u16;
-        let t = self.sfus[0]
+        let t = self.sfus[shard]
             .open_direct(live, Role::Play, self.now)
             .unwrap();
         let standard: Vec<(u8, Extension)> = ExtensionMap::standard()
@@ -145,7 +152,7 @@ impl Net {
             .iter()
             .map(|p| *p.pt())
             .collect();
-        let consumer = self.sfus[0]
+        let consumer = self.sfus[shard]
             .consume(t.peer, producer, &device_pts, self.now)
             .unwrap();
         let mid = Mid::from(consumer.mid.as_str());
@@ -158,11 +165,11 @@ impl Net {
             None,
         );
         let fingerprint = api.local_dtls_fingerprint().clone();
-        self.sfus[0]
+        self.sfus[shard]
             .connect_direct(t.peer, fingerprint, self.now)
             .unwrap();
         (
-            self.push_client(rtc, addr, t.peer, mid, Vec::new()),
+            self.push_client(rtc, addr, (t.peer, shard), mid, Vec::new()),
             consumer,
         )
     }
@@ -201,7 +208,7 @@ fn a_direct_caster_learns_the_browser_s_ufrag_and_reaches_whep_and_direct_viewer
         "ICE and DTLS up: the ufrag was learnt from STUN"
     );
     assert!(net.last_state("d").unwrap().on_air);
-    let (direct, consumer) = net.direct_play("d");
+    let (direct, consumer) = net.direct_play("d", 0);
     assert_eq!(consumer.mid, "0", "the server chooses the consumer's mid");
     assert_eq!(*consumer.params.pt(), *vp8().pt());
     net.run(Duration::from_secs(2));
@@ -240,7 +247,11 @@ fn a_second_producer_must_keep_the_first_one_s_routing_ids() {
     let audio = net.sfus[0]
         .produce(peer, produce_audio("1", same.clone()), now)
         .unwrap();
-    assert_eq!(audio.id, format!("{peer}-audio"));
+    assert!(
+        !audio.took_over,
+        "a second producer does not take the live again"
+    );
+    assert!(audio.producer.id.starts_with("audio-"));
     // One producer per kind, and a mid once.
     let again = net.sfus[0]
         .produce(peer, produce_audio("2", same), now)
@@ -254,29 +265,82 @@ fn a_second_producer_must_keep_the_first_one_s_routing_ids() {
 }
 
 #[test]
-fn bad_produce_parameters_are_refused_and_the_transport_stays_pending() {
+fn bad_produce_parameters_are_refused_and_the_caster_on_air_stays() {
+    let mut net = Net::new();
+    let whip = net.join("d", Role::Cast);
+    net.run(Duration::from_millis(300));
+    assert!(net.last_state("d").unwrap().on_air);
+    let t = net.sfus[0].open_direct("d", Role::Cast, net.now).unwrap();
+    let video = || produce_video(chrome_video_exts());
+    let audio = |ssrcs: Vec<(u32, Option<u32>)>| Produce {
+        ssrcs,
+        ..produce_audio("1", vec![(9, Extension::RtpMid)])
+    };
+    let mut bad = Vec::new();
+    let mut p = video();
+    p.mid = "x".repeat(40);
+    bad.push(("a long mid", p));
+    let mut p = video();
+    p.rids[0] = "a-very-long-rid".into();
+    bad.push(("a long rid", p));
+    let mut p = video();
+    p.rids = vec!["r-0".into(), "r_0".into()];
+    bad.push(("rids str0m would make one", p));
+    let mut p = video();
+    p.rids = vec!["a".into(), "a".into()];
+    bad.push(("a rid twice", p));
+    let mut p = video();
+    p.rids = (0..5).map(|i| format!("r{i}")).collect();
+    bad.push(("five layers", p));
+    let mut p = video();
+    p.codecs.clear();
+    bad.push(("no codec", p));
+    let mut p = video();
+    p.codecs = vec![opus()];
+    bad.push(("a codec of the other kind", p));
+    let mut p = video();
+    p.exts.push((9, Extension::AudioLevel));
+    bad.push(("an extension id twice", p));
+    bad.push(("ssrc 0", audio(vec![(0, None)])));
+    bad.push(("rtx = ssrc", audio(vec![(7, Some(7))])));
+    bad.push(("an ssrc twice", audio(vec![(7, None), (7, None)])));
+    let mut p = audio(vec![(7, None)]);
+    p.rids = vec!["r0".into()];
+    bad.push(("audio layers", p));
+    for (what, p) in bad {
+        let e = net.sfus[0].produce(t.peer, p, net.now).unwrap_err();
+        assert!(matches!(e, DirectError::Refused(_)), "{what}: {e}");
+    }
+    net.run(Duration::from_millis(100));
+    assert!(
+        !net.ended(net.clients[whip].peer),
+        "the WHIP caster goes on"
+    );
+    assert!(net.last_state("d").unwrap().on_air);
+    // Still pending: a good produce works, and takes over.
+    net.sfus[0].produce(t.peer, video(), net.now).unwrap();
+    assert_eq!(net.sfus[0].producers("d").len(), 1);
+    net.run(Duration::from_millis(10));
+    assert!(
+        net.ended(net.clients[whip].peer),
+        "replaced by the new caster"
+    );
+}
+
+#[test]
+fn a_later_producer_cannot_reuse_an_ssrc() {
     let mut net = Net::new();
     let t = net.sfus[0].open_direct("d", Role::Cast, net.now).unwrap();
-    let mut long_mid = produce_video(chrome_video_exts());
-    long_mid.mid = "x".repeat(40);
-    let mut long_rid = produce_video(chrome_video_exts());
-    long_rid.rids[0] = "a-very-long-rid".into();
-    let mut no_codec = produce_video(chrome_video_exts());
-    no_codec.codecs.clear();
-    let mut wrong_kind = produce_video(chrome_video_exts());
-    wrong_kind.codecs = vec![opus()];
-    let mut same_ids = produce_video(chrome_video_exts());
-    same_ids.exts.push((9, Extension::AudioLevel));
-    for bad in [long_mid, long_rid, no_codec, wrong_kind, same_ids] {
-        let e = net.sfus[0].produce(t.peer, bad, net.now).unwrap_err();
-        assert!(matches!(e, DirectError::Refused(_)), "{e}");
-    }
-    assert!(net.last_state("d").is_none(), "the live was never touched");
-    // Still pending: a good produce works.
-    net.sfus[0]
-        .produce(t.peer, produce_video(chrome_video_exts()), net.now)
-        .unwrap();
-    assert!(net.sfus[0].producers("d").len() == 1);
+    let first = produce_audio("1", vec![(9, Extension::RtpMid)]);
+    net.sfus[0].produce(t.peer, first, net.now).unwrap();
+    let mut video = produce_video(vec![(9, Extension::RtpMid)]);
+    video.rids.clear();
+    video.ssrcs = vec![(9000, Some(5000))];
+    let e = net.sfus[0].produce(t.peer, video, net.now).unwrap_err();
+    assert!(
+        matches!(&e, DirectError::Refused(why) if why.contains("5000")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -330,7 +394,7 @@ fn checks_that_come_before_the_first_produce_are_answered_when_it_lands() {
     net.sfus[0]
         .connect_direct(t.peer, fingerprint, net.now)
         .unwrap();
-    let c = net.push_client(rtc, addr, t.peer, mid, Vec::new());
+    let c = net.push_client(rtc, addr, (t.peer, 0), mid, Vec::new());
     // The browser starts its checks as it sends `produce`.
     net.run(Duration::from_millis(20));
     assert!(!net.clients[c].connected);
@@ -343,4 +407,38 @@ fn checks_that_come_before_the_first_produce_are_answered_when_it_lands() {
         net.clients[c].connected,
         "connected within 10 ms of the produce"
     );
+}
+
+#[test]
+fn viewers_on_another_shard_get_a_direct_caster_and_a_second_connect_is_refused() {
+    let mut net = Net::sharded(2);
+    net.direct_cast("d");
+    let whep = net.join_on(1, "d", Role::Play, false, false);
+    net.run(Duration::from_millis(300));
+    let (direct, _) = net.direct_play("d", 1);
+    let again = net.sfus[1]
+        .connect_direct(
+            net.clients[direct].peer,
+            net.clients[direct]
+                .rtc
+                .direct_api()
+                .local_dtls_fingerprint()
+                .clone(),
+            net.now,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&again, DirectError::Refused(why) if why.contains("already connected")),
+        "{again}"
+    );
+    net.run(Duration::from_secs(2));
+    for i in [whep, direct] {
+        let got = &net.clients[i].received;
+        assert!(
+            got.len() > 50,
+            "viewer {i} on shard 1 got {} packets",
+            got.len()
+        );
+        assert_one_stream(got);
+    }
 }

@@ -11,8 +11,9 @@
 //! - The client never says its ICE username fragment: it is learnt from the
 //!   first binding request that passes the integrity check.
 
-use std::net::SocketAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+mod check;
+mod pending;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,23 +21,14 @@ use str0m::bwe::Bitrate;
 use str0m::config::{DtlsCert, Fingerprint};
 use str0m::format::{CodecConfig, CodecSpec, PayloadParams};
 use str0m::ice::StunMessage;
-use str0m::media::{MediaKind, Mid, Pt, Rid};
-use str0m::net::Protocol;
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use super::codec::can_carry;
-use super::peer::{Cast, OutTrack, Peer, PeerRole, Play};
-use super::{PeerId, RTX_CACHE_AGE, Role, STATS_INTERVAL, Sfu, SfuEvent, new_ice_creds};
-
-/// Datagrams kept for a caster transport whose `Rtc` is not built yet. The
-/// browser starts ICE in the same breath as it sends `produce`; without
-/// these, the first checks are lost and STUN's retransmit costs ~0.5 s.
-const MAX_EARLY: usize = 16;
-
-/// Longest mid and rid str0m takes (its ids are fixed-size).
-const MAX_MID: usize = 16;
-const MAX_RID: usize = 8;
+use super::peer::{Cast, DirectPeer, OutTrack, Peer, PeerRole, Play};
+use super::{PeerId, RTX_CACHE_AGE, Role, STATS_INTERVAL, Sfu, new_ice_creds};
+pub(super) use pending::PendingCast;
 
 /// A transport as the client is told of it.
 #[derive(Debug, Clone)]
@@ -72,14 +64,24 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(peer: PeerId, kind: MediaKind, spec: CodecSpec, simulcast: bool) -> Self {
+    /// A producer id is handed to every viewer, so it is random: the
+    /// caster's session id is a capability and must not leak.
+    pub fn new(kind: MediaKind, spec: CodecSpec, simulcast: bool) -> Self {
         Self {
-            id: format!("{peer}-{}", kind_name(kind)),
+            id: format!("{kind}-{:016x}", rand::random::<u64>()),
             kind,
             spec,
             simulcast,
         }
     }
+}
+
+/// What `produce` did.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub producer: Producer,
+    /// This was the transport's first producer: it is the live's caster now.
+    pub took_over: bool,
 }
 
 /// A viewer's track for one producer, as the client must set it up.
@@ -106,23 +108,6 @@ pub enum DirectError {
 
 fn refused(why: impl Into<String>) -> DirectError {
     DirectError::Refused(why.into())
-}
-
-fn kind_name(kind: MediaKind) -> &'static str {
-    match kind {
-        MediaKind::Audio => "audio",
-        MediaKind::Video => "video",
-    }
-}
-
-/// A caster transport before its first `produce`.
-pub(super) struct PendingCast {
-    live: Arc<str>,
-    creds: IceCreds,
-    cert: DtlsCert,
-    fingerprint: Option<Fingerprint>,
-    early: Vec<(Protocol, SocketAddr, SocketAddr, Vec<u8>)>,
-    pub expires: Instant,
 }
 
 impl Sfu {
@@ -176,16 +161,12 @@ impl Sfu {
                     next_mid: 0,
                 };
                 let ufrag = creds.ufrag.clone();
-                self.admit(
-                    id,
-                    live,
-                    rtc,
-                    ufrag,
-                    PeerRole::Play(play),
-                    timeout,
-                    true,
-                    now,
-                );
+                let direct = DirectPeer {
+                    learn_ufrag: true,
+                    fingerprint_set: false,
+                };
+                let role = PeerRole::Play(play);
+                self.admit(id, live, rtc, ufrag, role, timeout, Some(direct), now);
             }
         }
         tracing::info!(live, peer = %id, %role, "transport created");
@@ -204,19 +185,22 @@ impl Sfu {
         fingerprint: Fingerprint,
         now: Instant,
     ) -> Result<(), DirectError> {
+        let already = || refused("the transport is already connected");
         if let Some(p) = self.pending.get_mut(&peer) {
             if p.fingerprint.is_some() {
-                return Err(refused("the transport is already connected"));
+                return Err(already());
             }
             p.fingerprint = Some(fingerprint);
             return Ok(());
         }
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(DirectError::NoSuchTransport)?;
-        if p.rtc.direct_api().remote_dtls_fingerprint().is_some() {
-            return Err(refused("the transport is already connected"));
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err(DirectError::NoSuchTransport);
+        };
+        let Some(direct) = p.direct.as_mut() else {
+            return Err(DirectError::NoSuchTransport); // a WHIP/WHEP session
+        };
+        if std::mem::replace(&mut direct.fingerprint_set, true) {
+            return Err(already());
         }
         p.rtc.direct_api().set_remote_fingerprint(fingerprint);
         self.drive(peer, now);
@@ -230,17 +214,26 @@ impl Sfu {
         peer: PeerId,
         p: Produce,
         now: Instant,
-    ) -> Result<Producer, DirectError> {
-        check_produce(&p)?;
+    ) -> Result<Produced, DirectError> {
+        check::check_produce(&p)?;
         let Some(pending) = self.pending.remove(&peer) else {
-            let Some(existing) = self.peers.get(&peer) else {
+            let Some(Peer {
+                rtc,
+                role: PeerRole::Cast(cast),
+                live,
+                ..
+            }) = self.peers.get_mut(&peer)
+            else {
                 return Err(DirectError::NoSuchTransport);
             };
-            let PeerRole::Cast(cast) = &existing.role else {
-                return Err(DirectError::NoSuchTransport);
-            };
-            check_fits(&existing.rtc, cast, &p)?;
-            return self.declare_producer(peer, &p, now);
+            check::check_fits(rtc, cast, &p)?;
+            let producer = declare(rtc, cast, &p)?;
+            tracing::info!(%live, %peer, producer = %producer.id, "producing");
+            self.drive(peer, now);
+            return Ok(Produced {
+                producer,
+                took_over: false,
+            });
         };
         self.by_ufrag.remove(&pending.creds.ufrag);
         // The browser's ids, then str0m's own for what it did not name (a
@@ -258,26 +251,44 @@ impl Sfu {
         // with them (for the other kind's producer).
         let mut params = p.codecs.clone();
         for d in CodecConfig::new_with_defaults().params() {
-            if !params.iter().any(|q| clash(q, d)) {
+            if !params.iter().any(|q| check::clash(q, d)) {
                 params.push(*d);
             }
         }
         let codecs = CodecConfig::new_from_payload_params(params);
-        let mut rtc = self.direct_rtc(
+        let built = self.direct_rtc(
             &pending.creds,
             pending.cert,
             exts.clone(),
             codecs,
             Role::Cast,
             now,
-        )?;
+        );
+        let mut cast = Cast::new(self.config.keyframe_interval);
+        cast.direct_exts = Some(exts);
+        // Declared before the session takes the live: a producer that fails
+        // here must not have ended the caster before it.
+        let setup = built.and_then(|mut rtc| {
+            let producer = declare(&mut rtc, &mut cast, &p)?;
+            let timeout = self.drain_setup(&mut rtc).map_err(refused)?;
+            Ok((rtc, producer, timeout))
+        });
+        let (mut rtc, producer, timeout) = match setup {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.transport_ended(peer, &pending.live, "its first producer failed");
+                return Err(e);
+            }
+        };
+        let fingerprint_set = pending.fingerprint.is_some();
         if let Some(fp) = pending.fingerprint {
             rtc.direct_api().set_remote_fingerprint(fp);
         }
-        let timeout = self.drain_setup(&mut rtc).map_err(refused)?;
-        let mut cast = Cast::new(self.config.keyframe_interval);
-        cast.direct_exts = Some(exts);
         let ufrag = pending.creds.ufrag.clone();
+        let direct = DirectPeer {
+            learn_ufrag: true,
+            fingerprint_set,
+        };
         self.admit(
             peer,
             &pending.live,
@@ -285,64 +296,18 @@ impl Sfu {
             ufrag,
             PeerRole::Cast(cast),
             timeout,
-            true,
+            Some(direct),
             now,
         );
-        let producer = match self.declare_producer(peer, &p, now) {
-            Ok(producer) => producer,
-            Err(e) => {
-                self.close_peer(peer, now);
-                return Err(e);
-            }
-        };
+        tracing::info!(live = %pending.live, %peer, producer = %producer.id, "producing");
+        self.drive(peer, now);
         for (proto, source, destination, data) in pending.early {
             self.handle_receive(now, proto, source, destination, &data);
         }
-        Ok(producer)
-    }
-
-    fn declare_producer(
-        &mut self,
-        id: PeerId,
-        p: &Produce,
-        now: Instant,
-    ) -> Result<Producer, DirectError> {
-        let peer = self
-            .peers
-            .get_mut(&id)
-            .ok_or(DirectError::NoSuchTransport)?;
-        let PeerRole::Cast(cast) = &mut peer.role else {
-            return Err(DirectError::NoSuchTransport);
-        };
-        if cast.producers.iter().any(|q| q.kind == p.kind) {
-            return Err(refused(format!(
-                "this transport already produces {}: a caster has one audio and one video producer",
-                kind_name(p.kind)
-            )));
-        }
-        let mid = Mid::from(p.mid.as_str());
-        if peer.rtc.media(mid).is_some() {
-            return Err(refused(format!("mid '{}' is already in use", p.mid)));
-        }
-        // str0m's direct API panics on setups it does not expect.
-        let declared = catch_unwind(AssertUnwindSafe(|| {
-            let mut api = peer.rtc.direct_api();
-            let media = api.declare_media(mid, p.kind);
-            for r in &p.rids {
-                media.expect_rid_rx(Rid::from(r.as_str()));
-            }
-            for (ssrc, rtx) in &p.ssrcs {
-                api.expect_stream_rx((*ssrc).into(), rtx.map(Into::into), mid, None);
-            }
-        }));
-        if declared.is_err() {
-            return Err(refused("the producer's RTP parameters could not be set up"));
-        }
-        let producer = Producer::new(id, p.kind, p.codecs[0].spec(), p.rids.len() > 1);
-        cast.producers.push(producer.clone());
-        tracing::info!(live = %peer.live, peer = %id, producer = %producer.id, "producing");
-        self.drive(id, now);
-        Ok(producer)
+        Ok(Produced {
+            producer,
+            took_over: true,
+        })
     }
 
     /// What the caster of `live` on this shard sends.
@@ -386,7 +351,7 @@ impl Sfu {
         if play.track(kind).is_some() {
             return Err(refused(format!(
                 "this transport already consumes {}: consume each kind once per transport",
-                kind_name(kind)
+                kind
             )));
         }
         let mid_name = play.next_mid.to_string();
@@ -487,63 +452,32 @@ impl Sfu {
             }
         }
     }
+}
 
-    /// Keeps a datagram for a caster transport that is not built yet.
-    /// False if `id` is not such a transport.
-    pub(super) fn keep_early(
-        &mut self,
-        id: PeerId,
-        proto: Protocol,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) -> bool {
-        let Some(p) = self.pending.get_mut(&id) else {
-            return false;
-        };
-        if p.early.len() < MAX_EARLY {
-            p.early
-                .push((proto, source, destination, contents.to_vec()));
-        }
-        true
+/// Declares producer `p` on a caster's session.
+fn declare(rtc: &mut Rtc, cast: &mut Cast, p: &Produce) -> Result<Producer, DirectError> {
+    check::check_free(rtc, cast, p)?;
+    let mid = Mid::from(p.mid.as_str());
+    // Media first: str0m panics on streams of an undeclared mid.
+    let mut api = rtc.direct_api();
+    let media = api.declare_media(mid, p.kind);
+    for r in &p.rids {
+        media.expect_rid_rx(Rid::from(r.as_str()));
     }
-
-    /// Ends a caster transport that never produced. False if there was none.
-    pub(super) fn drop_pending(&mut self, id: PeerId, why: &str) -> bool {
-        let Some(p) = self.pending.remove(&id) else {
-            return false;
-        };
-        self.by_ufrag.remove(&p.creds.ufrag);
-        tracing::info!(live = %p.live, peer = %id, "caster transport closed: {why}");
-        self.events.push_back(SfuEvent::SessionEnded {
-            peer: id,
-            live: p.live.to_string(),
-            role: Role::Cast,
-        });
-        true
+    for (ssrc, rtx) in &p.ssrcs {
+        api.expect_stream_rx((*ssrc).into(), rtx.map(Into::into), mid, None);
     }
-
-    pub(super) fn pending_live(&self, id: PeerId) -> Option<&str> {
-        self.pending.get(&id).map(|p| &*p.live)
-    }
-
-    /// Drops the caster transports that never produced in time.
-    pub(super) fn expire_pending(&mut self, now: Instant) {
-        let expired: Vec<PeerId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.expires <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.drop_pending(id, "nothing was produced in time");
-        }
-    }
+    let producer = Producer::new(p.kind, p.codecs[0].spec(), p.rids.len() > 1);
+    cast.producers.push(producer.clone());
+    Ok(producer)
 }
 
 /// Learns the client's ICE ufrag from its first binding request that
 /// carries our ufrag and passes the integrity check with our password.
 pub(super) fn learn_ufrag(peer: &mut Peer, input: &Input, raw: &[u8]) {
+    if !peer.direct.as_ref().is_some_and(|d| d.learn_ufrag) {
+        return;
+    }
     let Ok(stun) = StunMessage::parse(raw) else {
         return;
     };
@@ -559,100 +493,7 @@ pub(super) fn learn_ufrag(peer: &mut Peer, input: &Input, raw: &[u8]) {
         pass: String::new(),
     };
     peer.rtc.direct_api().set_remote_ice_credentials(creds);
-    peer.learn_ufrag = false;
-}
-
-/// Whether two codecs' payload types overlap.
-fn clash(a: &PayloadParams, b: &PayloadParams) -> bool {
-    let pts = |p: &PayloadParams| -> Vec<Pt> {
-        [Some(p.pt()), p.resend(), p.red()]
-            .into_iter()
-            .flatten()
-            .collect()
-    };
-    let (a, b) = (pts(a), pts(b));
-    a.iter().any(|x| b.contains(x))
-}
-
-/// Checks what str0m would otherwise panic on or misread.
-fn check_produce(p: &Produce) -> Result<(), DirectError> {
-    let id_ok = |s: &str, max: usize| {
-        !s.is_empty()
-            && s.len() <= max
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !id_ok(&p.mid, MAX_MID) {
-        return Err(refused(format!(
-            "mid must be 1 to {MAX_MID} letters or digits"
-        )));
+    if let Some(d) = peer.direct.as_mut() {
+        d.learn_ufrag = false;
     }
-    if let Some(r) = p.rids.iter().find(|r| !id_ok(r, MAX_RID)) {
-        return Err(refused(format!(
-            "rid '{r}' must be 1 to {MAX_RID} letters or digits"
-        )));
-    }
-    let Some(first) = p.codecs.first() else {
-        return Err(refused(
-            "rtpParameters.codecs names no codec Vessel forwards",
-        ));
-    };
-    if first.spec().codec.kind() != p.kind {
-        return Err(refused("the first codec is not of the producer's kind"));
-    }
-    if p.rids.is_empty() && p.ssrcs.is_empty() {
-        return Err(refused("rtpParameters.encodings names no ssrc or rid"));
-    }
-    for (i, a) in p.codecs.iter().enumerate() {
-        if p.codecs[i + 1..].iter().any(|b| clash(a, b)) {
-            return Err(refused(format!("payload type {} is used twice", *a.pt())));
-        }
-    }
-    let mut ids: Vec<u8> = p.exts.iter().map(|(id, _)| *id).collect();
-    ids.sort_unstable();
-    if ids.windows(2).any(|w| w[0] == w[1]) || ids.iter().any(|id| !(1..=14).contains(id)) {
-        return Err(refused(
-            "header extension ids must be distinct, from 1 to 14",
-        ));
-    }
-    Ok(())
-}
-
-/// A second producer must fit the session the first one built: the same
-/// ids for what str0m reads to find streams, and known payload types.
-fn check_fits(rtc: &Rtc, cast: &Cast, p: &Produce) -> Result<(), DirectError> {
-    let Some(exts) = &cast.direct_exts else {
-        return Err(DirectError::NoSuchTransport);
-    };
-    for (id, e) in &p.exts {
-        let routing = matches!(
-            e,
-            Extension::RtpMid
-                | Extension::RtpStreamId
-                | Extension::RepairedRtpStreamId
-                | Extension::TransportSequenceNumber
-        );
-        if routing && exts.id_of(e.clone()) != Some(*id) {
-            // A browser keeps one id per extension on a connection, so
-            // only a hand-made client gets here.
-            return Err(refused(format!(
-                "header extension {} has id {id} here but {} on this transport's first \
-                 producer; a transport's producers must share their extension ids",
-                e.as_uri(),
-                exts.id_of(e.clone()).map_or("none".into(), |i| i.to_string()),
-            )));
-        }
-    }
-    for c in &p.codecs {
-        let known = rtc.codec_config().params().iter().any(|k| {
-            k.pt() == c.pt() && k.resend() == c.resend() && can_carry(&c.spec(), &k.spec())
-        });
-        if !known {
-            return Err(refused(format!(
-                "payload type {} does not match this transport's first producer",
-                *c.pt()
-            )));
-        }
-    }
-    Ok(())
 }
