@@ -341,9 +341,17 @@ fn stream_keys_and_viewer_tokens_come_in_the_auth_payload_or_the_query() {
         "the viewer token in the query plays: {t}"
     );
     // A token is for its own live only.
-    let mut elsewhere = SocketIo::connect(&server, &format!("live=other&token={token}")).unwrap();
-    let t = elsewhere.ask("createConsumerTransport", Value::Null);
-    assert!(t["id"].is_string(), "an open live needs no token: {t}");
+    admin(
+        &server,
+        "/api/lives",
+        json!({"live": "vip2", "private": true}),
+    );
+    let mut elsewhere = SocketIo::connect(&server, &format!("live=vip2&token={token}")).unwrap();
+    let e = elsewhere.ask("createConsumerTransport", Value::Null);
+    assert!(
+        error_of(&e).contains("vip"),
+        "another live's token is refused: {e}"
+    );
     for io in [anonymous, wrong, caster, viewer, elsewhere] {
         io.close();
     }
@@ -374,4 +382,42 @@ fn the_path_can_move_or_the_protocol_be_turned_off() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("overlap"), "{stderr}");
+}
+
+#[test]
+fn a_key_in_the_query_is_percent_decoded() {
+    let dir = std::env::temp_dir().join(format!("vessel-mediasoup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("vessel.toml");
+    std::fs::write(&config, "[lives.odd]\nkey = \"p+ss/w=rd 123\"\n").unwrap();
+    let server = Server::start_with_args(&["--config", config.to_str().unwrap()]);
+    let mut io = SocketIo::connect(&server, "live=odd&key=p%2Bss%2Fw%3Drd%20123").unwrap();
+    let t = io.ask("createProducerTransport", Value::Null);
+    assert!(t["id"].is_string(), "the decoded key casts: {t}");
+    io.close();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_transport_made_before_its_key_was_revoked_cannot_produce() {
+    let server = Server::start_full("0.0.0.0", &["--admin-token", "admin-secret-1"], &[]);
+    let key = admin(&server, "/api/lives", json!({"live": "rev"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut io = SocketIo::connect_with(&server, "live=rev", Some(json!({"token": key}))).unwrap();
+    let t = io.ask("createProducerTransport", Value::Null);
+    let audio = json!({"transportId": t["id"], "kind": "audio", "rtpParameters": {"mid": "0",
+        "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000, "channels": 2}],
+        "encodings": [{"ssrc": 1111}]}});
+    let res = http()
+        .delete(server.url("/api/lives/rev"))
+        .header("authorization", "Bearer admin-secret-1")
+        .send()
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let e = io.ask("produce", audio);
+    assert!(error_of(&e).contains("key"), "{e}");
+    assert_eq!(live_state(&server, "rev")["onAir"], false);
+    io.close();
 }

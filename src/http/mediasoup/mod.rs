@@ -14,13 +14,17 @@ mod params;
 
 use std::net::SocketAddr;
 
-use axum::extract::ConnectInfo;
+use std::collections::HashMap;
+
+use axum::extract::{ConnectInfo, Query};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::layer::SocketIoLayer;
+use std::sync::Arc;
 use str0m::media::MediaKind;
-use tokio::sync::mpsc;
+
+use tokio::sync::{Notify, mpsc};
 use tracing::Instrument;
 
 use super::AppState;
@@ -28,14 +32,35 @@ use crate::access::Admission;
 use crate::sfu::{PeerId, Role};
 
 /// The requests, in the order a client makes them.
-const REQUESTS: [&str; 7] = [
-    "routerCapabilities",
-    "createProducerTransport",
-    "connectProducerTransport",
-    "produce",
-    "createConsumerTransport",
-    "connectConsumerTransport",
-    "consume",
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    RouterCapabilities,
+    CreateTransport(Role),
+    ConnectTransport(Role),
+    Produce,
+    Consume,
+}
+
+const REQUESTS: [(&str, Request); 7] = [
+    ("routerCapabilities", Request::RouterCapabilities),
+    (
+        "createProducerTransport",
+        Request::CreateTransport(Role::Cast),
+    ),
+    (
+        "connectProducerTransport",
+        Request::ConnectTransport(Role::Cast),
+    ),
+    ("produce", Request::Produce),
+    (
+        "createConsumerTransport",
+        Request::CreateTransport(Role::Play),
+    ),
+    (
+        "connectConsumerTransport",
+        Request::ConnectTransport(Role::Play),
+    ),
+    ("consume", Request::Consume),
 ];
 
 /// The live of a socket that names none, as the seed's client does.
@@ -43,6 +68,10 @@ const DEFAULT_LIVE: &str = "demo";
 
 /// Transports one socket may hold: a client makes one or two.
 const MAX_TRANSPORTS: usize = 8;
+
+/// Requests a socket may have waiting. A client waits for each answer; one
+/// that does not is answered `{error}` rather than queued without bound.
+const MAX_QUEUED: usize = 32;
 
 /// The socket.io endpoint at `path`, and its handle (closed on shutdown).
 pub fn layer(state: AppState, path: &str) -> (SocketIoLayer, SocketIo) {
@@ -54,23 +83,22 @@ pub fn layer(state: AppState, path: &str) -> (SocketIoLayer, SocketIo) {
     (layer, io)
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
 fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
     let parts = socket.req_parts();
-    let query = parts.uri.query().unwrap_or("");
-    let live = query_param(query, "live")
-        .unwrap_or(DEFAULT_LIVE)
+    // Percent-decoded: socket.io-client encodes query values, and a stream
+    // key may hold `+`, `/` or `=`.
+    let query: HashMap<String, String> = Query::try_from_uri(&parts.uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let live = query
+        .get("live")
+        .map_or(DEFAULT_LIVE, String::as_str)
         .to_owned();
     let credential = auth["token"]
         .as_str()
         .or(auth["key"].as_str())
-        .or(query_param(query, "token"))
-        .or(query_param(query, "key"))
+        .or(query.get("token").map(String::as_str))
+        .or(query.get("key").map(String::as_str))
         .map(str::to_owned);
     let remote = parts
         .extensions
@@ -89,18 +117,27 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
     // Requests are queued to one task per socket: they run in the order
     // they came, with no lock. The closures run inline when a packet
     // arrives (only a handler's future is spawned), so the queue keeps it.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Value)>();
-    for name in REQUESTS {
+    let (tx, mut rx) = mpsc::channel::<(&'static str, Request, Value)>(MAX_QUEUED);
+    for (name, request) in REQUESTS {
         let tx = tx.clone();
-        socket.on(name, move |Data(arg): Data<Value>| {
-            let _ = tx.send((name, arg));
+        socket.on(name, move |s: SocketRef, Data(arg): Data<Value>| {
+            if tx.try_send((name, request, arg)).is_err() {
+                let e = json!({ "error": "too many requests waiting: wait for each answer" });
+                let _ = s.emit(format!("re:{name}"), &e);
+            }
             std::future::ready(())
         });
     }
+    // The task's only way out: the handlers above hold senders and the task
+    // holds the socket, so the queue never closes by itself. Heard however
+    // full the queue is (a stored permit if nobody waits).
+    let gone = Arc::new(Notify::new());
+    let notify = gone.clone();
     socket.on_disconnect(move || {
-        let _ = tx.send(("disconnect", Value::Null));
+        notify.notify_one();
         std::future::ready(())
     });
+    drop(tx);
     let span = tracing::info_span!("socket.io", %live, socket = %socket.id);
     let mut session = Session {
         state,
@@ -112,17 +149,20 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
     };
     tokio::spawn(
         async move {
-            while let Some((name, arg)) = rx.recv().await {
-                if name == "disconnect" {
-                    break;
-                }
-                let reply = session.handle(name, arg).await.unwrap_or_else(|e| {
+            loop {
+                let (name, request, arg) = tokio::select! {
+                    biased;
+                    _ = gone.notified() => break,
+                    Some(next) = rx.recv() => next,
+                };
+                let reply = session.handle(request, arg).await.unwrap_or_else(|e| {
                     tracing::info!("{name} refused: {e}");
                     json!({ "error": e })
                 });
                 let _ = socket.emit(format!("re:{name}"), &reply);
             }
             // Disconnected (or the server is closing): end what it opened.
+            // (Dropping the session does it too, should a request panic.)
             session.close().await;
         }
         .instrument(span),
@@ -146,16 +186,13 @@ struct Session {
 }
 
 impl Session {
-    async fn handle(&mut self, name: &str, arg: Value) -> Result<Value, String> {
-        match name {
-            "routerCapabilities" => Ok(caps::router_capabilities()),
-            "createProducerTransport" => self.open(Role::Cast).await,
-            "createConsumerTransport" => self.open(Role::Play).await,
-            "connectProducerTransport" => self.connect(Role::Cast, &arg).await,
-            "connectConsumerTransport" => self.connect(Role::Play, &arg).await,
-            "produce" => self.produce(&arg).await,
-            "consume" => self.consume(&arg).await,
-            _ => Err(format!("unknown request '{name}'")),
+    async fn handle(&mut self, request: Request, arg: Value) -> Result<Value, String> {
+        match request {
+            Request::RouterCapabilities => Ok(caps::router_capabilities()),
+            Request::CreateTransport(role) => self.open(role).await,
+            Request::ConnectTransport(role) => self.connect(role, &arg).await,
+            Request::Produce => self.produce(&arg).await,
+            Request::Consume => self.consume(&arg).await,
         }
     }
 
@@ -243,12 +280,28 @@ impl Session {
     async fn produce(&mut self, arg: &Value) -> Result<Value, String> {
         let peer = self.transport(Role::Cast, arg)?.peer;
         let produce = params::produce(arg)?;
-        let producer = self
-            .state
+        // A first producer takes the live: as a WHIP offer would, it must
+        // still be welcome (not draining, key not revoked since the
+        // transport was made) before and after.
+        let state = &self.state;
+        state.accepting().map_err(|e| e.1)?;
+        let credential = self.credential.as_deref();
+        let still_allowed = || {
+            state
+                .access
+                .check_cast(&self.live, credential)
+                .map_err(|d| d.to_string())
+        };
+        still_allowed()?;
+        let producer = state
             .media
             .produce(&self.live, peer, produce)
             .await
             .map_err(|e| e.to_string())?;
+        if let Err(e) = still_allowed() {
+            let _ = state.media.leave(&self.live, Role::Cast, peer).await;
+            return Err(e);
+        }
         // The reply is the bare producer id, as the seed expects.
         Ok(json!(producer.id))
     }
@@ -297,5 +350,22 @@ impl Session {
         for t in self.transports.drain(..) {
             let _ = self.state.media.leave(&self.live, t.role, t.peer).await;
         }
+    }
+}
+
+impl Drop for Session {
+    /// What `close` did not get to (a request panicked): ended in the
+    /// background.
+    fn drop(&mut self) {
+        let left = std::mem::take(&mut self.transports);
+        if left.is_empty() {
+            return;
+        }
+        let (media, live) = (self.state.media.clone(), self.live.clone());
+        tokio::spawn(async move {
+            for t in left {
+                let _ = media.leave(&live, t.role, t.peer).await;
+            }
+        });
     }
 }

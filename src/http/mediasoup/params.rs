@@ -168,7 +168,9 @@ pub fn dtls(params: &Value) -> Result<(Fingerprint, bool), String> {
     let value = fingerprint["value"].as_str().unwrap_or_default();
     let parsed = format!("sha-256 {value}")
         .parse::<Fingerprint>()
-        .map_err(|_| format!("'{value}' is not a sha-256 fingerprint"))?;
+        .ok()
+        .filter(|f| f.bytes.len() == 32)
+        .ok_or_else(|| format!("'{value}' is not a sha-256 fingerprint (32 bytes in hex)"))?;
     Ok((parsed, params["role"] == "server"))
 }
 
@@ -359,6 +361,8 @@ mod tests {
         assert_eq!(fp.bytes.len(), 32);
         assert!(!server);
         assert!(dtls(&json!({"fingerprints": [{"algorithm": "sha-1", "value": "AB"}]})).is_err());
+        let short = json!({"fingerprints": [{"algorithm": "sha-256", "value": "AB:CD"}]});
+        assert!(dtls(&short).unwrap_err().contains("32 bytes"));
         assert!(dtls(&json!({})).is_err());
     }
 }
