@@ -78,12 +78,41 @@ pub struct LayerSelector {
     congested_at: Option<Instant>,
     /// The last change of layer was a move down forced by the estimate.
     moved_down: bool,
+    /// The estimate when the viewer capped its layer: what its link
+    /// carried before it chose to take less. While capped, the estimate
+    /// sinks to what is sent, so raising the cap would otherwise wait for
+    /// it to climb back (seconds, or longer on a busy machine).
+    before_cap: Option<u64>,
 }
 
 impl LayerSelector {
-    pub fn set_preference(&mut self, p: Preference) {
-        self.preference = p;
+    /// Sets the viewer's cap. Raising it returns the estimate the link
+    /// had before it was lowered, when that is higher than today's: the
+    /// bandwidth estimator should start again from there, as it does for
+    /// a viewer that joins (and it comes down if the link no longer
+    /// carries it).
+    pub fn set_preference(&mut self, p: Preference) -> Option<u64> {
+        let rank = |p: Preference| p.cap(3);
+        let old = std::mem::replace(&mut self.preference, p);
         self.up_since = None;
+        if rank(p) < rank(old) {
+            self.before_cap = self.before_cap.max(self.estimate);
+            return None;
+        }
+        if rank(p) == rank(old) {
+            return None;
+        }
+        // Asked for more: no waiting out an earlier congestion first. If
+        // the link is still full, the estimate says so within DOWN_HOLD.
+        self.congested_at = None;
+        let restore = self.before_cap.filter(|e| Some(*e) > self.estimate);
+        if rank(p) == rank(Preference::Auto) {
+            self.before_cap = None;
+        }
+        if restore.is_some() {
+            self.estimate = restore;
+        }
+        restore
     }
 
     /// The latest send-side bandwidth estimate towards this viewer.
@@ -218,6 +247,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
 
     fn layers() -> Vec<LayerInfo> {
         // Ids equal positions here, to keep the assertions readable.
@@ -361,6 +391,48 @@ mod tests {
         // Two layers: medium is the lower one.
         s.set_preference(Preference::Medium);
         assert_eq!(s.select(&l[..2], t), Some(0));
+    }
+
+    #[test]
+    fn raising_the_cap_goes_back_to_what_the_link_carried_before() {
+        let l = layers();
+        let mut t = Instant::now();
+        let mut s = LayerSelector::default();
+        s.set_estimate(2_500_000);
+        assert_eq!(s.select(&l, t), Some(2));
+        assert_eq!(
+            s.set_preference(Preference::Low),
+            None,
+            "lowering restores nothing"
+        );
+        assert_eq!(s.select(&l, t), Some(0));
+        // Sending the low layer only, the estimate sinks towards its rate.
+        assert_eq!(run(&mut s, &l, &mut t, 250_000, 3 * SEC), vec![0; 30]);
+        // Even shortly after a congestion, which makes automatic moves up
+        // wait (UP_HOLD): the viewer asked.
+        s.congested_at = Some(t);
+        assert_eq!(s.set_preference(Preference::Medium), Some(2_500_000));
+        assert_eq!(s.select(&l, t), Some(1), "medium at once");
+        s.set_estimate(300_000);
+        assert_eq!(s.set_preference(Preference::Auto), Some(2_500_000));
+        assert_eq!(s.select(&l, t), Some(2), "the top at once");
+        // Back to automatic, the saved estimate is spent.
+        s.set_estimate(300_000);
+        assert_eq!(s.set_preference(Preference::Low), None);
+        s.set_estimate(250_000);
+        assert_eq!(
+            s.set_preference(Preference::Auto),
+            Some(300_000),
+            "only what the link carried when the cap was set this time"
+        );
+        s.set_estimate(900_000);
+        s.set_preference(Preference::Low);
+        s.set_estimate(1_000_000);
+        assert_eq!(
+            s.set_preference(Preference::High),
+            None,
+            "today's is higher"
+        );
     }
 
     #[test]

@@ -467,10 +467,14 @@ impl Sfu {
         now: Instant,
     ) -> Result<(), NoSuchSession> {
         self.check(live, Role::Play, peer)?;
-        if let Some(PeerRole::Play(play)) = self.peers.get_mut(&peer).map(|p| &mut p.role)
+        if let Some(p) = self.peers.get_mut(&peer)
+            && let PeerRole::Play(play) = &mut p.role
             && let Some(video) = play.video.as_mut()
+            && let Some(estimate) = video.selector.set_preference(preference)
         {
-            video.selector.set_preference(preference);
+            // Start the estimator again from what the link carried before
+            // the cap, as for a viewer that joins.
+            p.rtc.bwe().reset(Bitrate::bps(estimate));
         }
         let layers = self.caster_layers(live, now);
         self.choose_layer(peer, &layers, None, now);

@@ -97,8 +97,10 @@ test('n: the cast page sends three simulcast layers; a viewer gets 1280×720 and
     await waitInPage(page, `document.getElementById('quality').textContent.startsWith('320×180 · ')`, 5000, '#quality shows 320×180');
 
     // Medium, from the SDK.
+    const tMedium = Date.now();
     assert.equal(await page.evaluate(() => window.vesselPlayer.setLayer('medium')), true, 'setLayer resolves true once the server applied it');
     await waitWidth(meter, (w) => w === MID_WIDTH, 'viewer at the medium layer (640 wide)');
+    h.note(`switch to medium: ${Date.now() - tMedium} ms`);
 
     // Kept across the SDK's own reconnection.
     await page.evaluate(() => window.vesselPlayer.setLayer('low'));
