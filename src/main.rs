@@ -204,7 +204,9 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         socket_io_layer,
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let base = format!("{scheme}://{}", config.http);
+    // The bound address: with port 0 (as tests use) the system chose it.
+    let http = listener.local_addr().unwrap_or(config.http);
+    let base = format!("{scheme}://{http}");
     tracing::info!(
         "Vessel is running: open {base}/cast/demo to go live and {base}/play/demo to watch \
          (WHIP: {base}/whip/demo, WHEP: {base}/whep/demo; media on udp and tcp {})",

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,14 +19,6 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub log: Arc<Mutex<Vec<String>>>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Server {
@@ -48,10 +40,11 @@ impl Server {
 
     /// HTTP on `bind_ip` (clients still connect over 127.0.0.1), with extra
     /// flags and environment variables.
+    /// The HTTP port is the system's choice (port 0), read back from the
+    /// server's "running" line: a port picked here and bound there could be
+    /// taken in between by a test running alongside.
     pub fn start_full(bind_ip: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let bind = format!("{bind_ip}:{port}");
-        let http = format!("127.0.0.1:{port}");
+        let bind = format!("{bind_ip}:0");
         let mut args = vec!["--http", &bind];
         for (flag, default) in [("--media", "127.0.0.1:0"), ("--turn", "127.0.0.1:0")] {
             if !extra.contains(&flag) {
@@ -77,7 +70,20 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(&http).is_err() {
+        let running_on = || {
+            log.lock().unwrap().iter().find_map(|line| {
+                let url = line.split("Vessel is running: open ").nth(1)?;
+                let host = url.split("://").nth(1)?.split('/').next()?;
+                let port = host.rsplit(':').next()?;
+                Some(format!("127.0.0.1:{port}"))
+            })
+        };
+        let http = loop {
+            if let Some(http) = running_on()
+                && TcpStream::connect(&http).is_ok()
+            {
+                break http;
+            }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!(
@@ -87,7 +93,7 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "vessel did not start listening");
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         str0m::crypto::from_feature_flags().install_process_default();
         Server {
             child,
