@@ -41,6 +41,9 @@ pub(super) struct DirectPeer {
     pub learn_ufrag: bool,
     /// `connect*Transport` gave the client's DTLS fingerprint (once only).
     pub fingerprint_set: bool,
+    /// The header-extension ids the session was built with (a caster's
+    /// first producer fixed them; later ones must keep them).
+    pub exts: ExtensionMap,
 }
 
 // Few peers are casters; boxing the viewer's role would cost every viewer a
@@ -79,9 +82,6 @@ pub(super) struct Cast {
     pub video: Layers,
     /// What it sends, as mediasoup-client consumers ask for it.
     pub producers: Vec<Producer>,
-    /// A caster set up without SDP: the header-extension ids its first
-    /// producer fixed, which later ones must keep.
-    pub direct_exts: Option<ExtensionMap>,
 }
 
 impl Cast {
@@ -91,7 +91,6 @@ impl Cast {
             codecs: Vec::new(),
             video: Layers::new(keyframe_interval),
             producers: Vec::new(),
-            direct_exts: None,
         }
     }
 
@@ -183,10 +182,10 @@ pub(super) struct OutTrack {
     pub bwe: (u64, u64),
     /// The viewer's payload type for a caster's, resolved once per caster.
     pts: Vec<(PeerId, Pt, Option<OutPt>)>,
-    /// The payload types this track may use. Negotiated by SDP they are the
-    /// media's remote ones; a consumer made without SDP has none there, so
-    /// it names its one codec here.
-    pub allowed_pts: Option<Vec<Pt>>,
+    /// The one payload type of a consumer made without SDP. Negotiated by
+    /// SDP, the allowed ones are the media's remote ones; a direct media
+    /// has none there.
+    pub direct_pt: Option<Pt>,
 }
 
 impl OutTrack {
@@ -204,7 +203,7 @@ impl OutTrack {
             pause_current: false,
             bwe: (0, 0),
             pts: Vec::new(),
-            allowed_pts: None,
+            direct_pt: None,
         }
     }
 
@@ -258,8 +257,8 @@ impl OutTrack {
         }
         // Forget the payload types of casters gone by.
         self.pts.retain(|(p, _, _)| *p == caster);
-        let remote = match &self.allowed_pts {
-            Some(pts) => pts.clone(),
+        let remote = match self.direct_pt {
+            Some(pt) => vec![pt],
             None => rtc
                 .media(self.mid)
                 .map(|m| m.remote_pts().to_vec())

@@ -5,7 +5,7 @@
 use str0m::Rtc;
 use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Pt};
-use str0m::rtp::Extension;
+use str0m::rtp::{Extension, ExtensionMap};
 
 use super::{DirectError, Produce, refused};
 use crate::sfu::codec::can_carry;
@@ -133,10 +133,7 @@ pub(super) fn check_free(rtc: &mut Rtc, cast: &Cast, p: &Produce) -> Result<(), 
 
 /// A later producer must fit the session the first one built: the same
 /// ids for what str0m reads to find streams, and known payload types.
-pub(super) fn check_fits(rtc: &Rtc, cast: &Cast, p: &Produce) -> Result<(), DirectError> {
-    let Some(exts) = &cast.direct_exts else {
-        return Err(DirectError::NoSuchTransport);
-    };
+pub(super) fn check_fits(rtc: &Rtc, exts: &ExtensionMap, p: &Produce) -> Result<(), DirectError> {
     for (id, e) in &p.exts {
         let routing = matches!(
             e,

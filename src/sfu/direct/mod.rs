@@ -164,6 +164,7 @@ impl Sfu {
                 let direct = DirectPeer {
                     learn_ufrag: true,
                     fingerprint_set: false,
+                    exts: ExtensionMap::standard(),
                 };
                 let role = PeerRole::Play(play);
                 self.admit(id, live, rtc, ufrag, role, timeout, Some(direct), now);
@@ -221,12 +222,13 @@ impl Sfu {
                 rtc,
                 role: PeerRole::Cast(cast),
                 live,
+                direct: Some(direct),
                 ..
             }) = self.peers.get_mut(&peer)
             else {
                 return Err(DirectError::NoSuchTransport);
             };
-            check::check_fits(rtc, cast, &p)?;
+            check::check_fits(rtc, &direct.exts, &p)?;
             let producer = declare(rtc, cast, &p)?;
             tracing::info!(%live, %peer, producer = %producer.id, "producing");
             self.drive(peer, now);
@@ -265,7 +267,6 @@ impl Sfu {
             now,
         );
         let mut cast = Cast::new(self.config.keyframe_interval);
-        cast.direct_exts = Some(exts);
         // Declared before the session takes the live: a producer that fails
         // here must not have ended the caster before it.
         let setup = built.and_then(|mut rtc| {
@@ -288,6 +289,7 @@ impl Sfu {
         let direct = DirectPeer {
             learn_ufrag: true,
             fingerprint_set,
+            exts,
         };
         self.admit(
             peer,
@@ -377,7 +379,7 @@ impl Sfu {
             .map(|m| m.cname().to_string())
             .unwrap_or_default();
         let mut track = OutTrack::new(mid, ssrc, kind);
-        track.allowed_pts = Some(vec![params.pt()]);
+        track.direct_pt = Some(params.pt());
         match kind {
             MediaKind::Audio => play.audio = Some(track),
             MediaKind::Video => play.video = Some(track),
