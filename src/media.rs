@@ -905,7 +905,9 @@ async fn flush(
     while let Some(e) = sfu.poll_event() {
         match e {
             SfuEvent::Live(state) => board.update_from(shard.index, state),
-            SfuEvent::SessionEnded { .. } => {}
+            SfuEvent::SessionEnded { .. }
+            | SfuEvent::CastStarted { .. }
+            | SfuEvent::CastEnded { .. } => {}
         }
     }
 }

@@ -6,23 +6,24 @@ use std::time::Instant;
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
-use str0m::media::{ExtensionValues, KeyframeRequestKind, MediaKind};
+use str0m::media::{ExtensionValues, KeyframeRequestKind, MediaKind, Mid};
 use str0m::rtp::{RedDecoder, RtpPacket, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Output};
 
 use super::forward::{MediaPacket, SourceId, Verdict};
 use super::layer::LayerInfo;
 use super::live::LAYER_CHECK;
-use super::peer::{Forward, Peer, PeerRole};
-use super::{PeerId, Role, Sfu, SfuEvent, SfuStats, codec};
+use super::peer::{Forward, Peer, same_live};
+use super::{PeerId, Sfu, SfuEvent, SfuStats, codec};
 
 /// What polling one peer asks of the others.
 #[derive(Default)]
 struct Effects {
     forwards: Vec<Forward>,
     connected: bool,
-    /// A viewer asked for a keyframe (PLI/FIR) of what it is being sent.
-    keyframe_request: bool,
+    /// A viewer asked for a keyframe (PLI/FIR) of what it is sent on
+    /// these m-lines.
+    keyframe_requests: Vec<Mid>,
     estimate: Option<u64>,
     /// A caster started sending a new layer.
     new_layer: bool,
@@ -48,8 +49,7 @@ impl Sfu {
                 }
             }
         };
-        let live = peer.live.clone();
-        let role = peer.role();
+        let cast_live = peer.cast.as_ref().map(|c| c.live.clone());
         match rtc_timeout.map(|t| peer.next_timeout(t)) {
             Some(t) if !fx.dead && peer.rtc.is_alive() => self.set_timer(id, t),
             _ => {
@@ -58,44 +58,96 @@ impl Sfu {
             }
         }
         if fx.connected {
-            self.on_connected(&live, role, id, now);
+            self.on_connected(id, now);
         }
-        if fx.new_layer {
-            // Viewers waiting for video get a layer without waiting for the
-            // next periodic check.
-            self.check_layers(&live, now);
-        }
-        if !fx.forwards.is_empty() {
-            self.forward(&live, id, &fx.forwards, now);
+        if let Some(live) = &cast_live {
+            if fx.new_layer {
+                // Viewers waiting for video get a layer without waiting for
+                // the next periodic check.
+                self.check_layers(live, now);
+            }
+            if !fx.forwards.is_empty() {
+                self.forward(live, id, &fx.forwards, now);
+            }
         }
         if fx.estimate.is_some() {
-            let layers = self.caster_layers(&live, now);
-            self.choose_layer(id, &layers, fx.estimate, now);
+            for live in self.watched(id) {
+                let layers = self.caster_layers(&live, now);
+                self.choose_layer(id, &live, &layers, fx.estimate, now);
+            }
         }
-        if fx.keyframe_request
-            && let Some(layer) = self.layer_sent_to(id)
-        {
-            self.want_keyframe(&live, layer, now);
+        for mid in fx.keyframe_requests {
+            if let Some(live) = self.watched_on(id, mid)
+                && let Some(layer) = self.layer_sent_to(id, &live)
+            {
+                self.want_keyframe(&live, layer, now);
+            }
         }
     }
 
-    fn on_connected(&mut self, live: &str, role: Role, id: PeerId, now: Instant) {
+    /// The lives session `id` watches.
+    pub(super) fn watched(&self, id: PeerId) -> Vec<Arc<str>> {
+        self.peers
+            .get(&id)
+            .map(|p| p.plays.iter().map(|pl| pl.live.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The live session `id` watches on video m-line `mid`.
+    fn watched_on(&self, id: PeerId, mid: Mid) -> Option<Arc<str>> {
+        let peer = self.peers.get(&id)?;
+        peer.plays
+            .iter()
+            .find(|p| p.video.as_ref().is_some_and(|t| t.mid == mid))
+            .map(|p| p.live.clone())
+    }
+
+    /// Session `id`'s connection is up: its cast goes on air, its plays
+    /// count as watching and get a layer.
+    fn on_connected(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let cast_live = peer.cast.as_ref().map(|c| c.live.clone());
+        if let Some(live) = cast_live {
+            self.on_air(id, &live, now);
+        }
+        for live in self.watched(id) {
+            self.now_watching(id, &live, now);
+        }
+    }
+
+    /// Caster `id`, connected, is on air as `live`'s caster.
+    pub(super) fn on_air(&mut self, id: PeerId, live: &str, now: Instant) {
         let Some(l) = self.lives.get_mut(live) else {
             return;
         };
-        match role {
-            Role::Cast if l.caster == Some(id) => {
-                l.on_air = true;
-                l.next_layer_check = Some(now + LAYER_CHECK);
-            }
-            Role::Cast => return,
-            Role::Play => l.watching += 1,
+        if l.caster != Some(id) {
+            return;
         }
+        // A caster replacing another keeps the live on air.
+        if !l.on_air {
+            l.on_air = true;
+            l.next_layer_check = Some(now + LAYER_CHECK);
+            self.events.push_back(SfuEvent::Live(l.state()));
+        }
+        if l.announced.replace(id) != Some(id) {
+            self.events.push_back(SfuEvent::CastStarted {
+                live: live.to_string(),
+                caster: id,
+            });
+        }
+    }
+
+    /// Viewer `id`, connected, counts in `live`'s audience and gets a layer.
+    pub(super) fn now_watching(&mut self, id: PeerId, live: &str, now: Instant) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        l.watching += 1;
         self.events.push_back(SfuEvent::Live(l.state()));
-        if role == Role::Play {
-            let layers = self.caster_layers(live, now);
-            self.choose_layer(id, &layers, None, now);
-        }
+        let layers = self.caster_layers(live, now);
+        self.choose_layer(id, live, &layers, None, now);
     }
 
     /// The current caster's video layers, lowest first.
@@ -103,9 +155,13 @@ impl Sfu {
         let Some(l) = self.lives.get(live) else {
             return Vec::new();
         };
-        match l.caster.and_then(|c| self.peers.get(&c)).map(|p| &p.role) {
-            Some(PeerRole::Cast(cast)) => cast.video.infos(now),
-            _ => l
+        match l
+            .caster
+            .and_then(|c| self.peers.get(&c))
+            .and_then(|p| p.cast.as_ref())
+        {
+            Some(cast) => cast.video.infos(now),
+            None => l
                 .remote
                 .as_ref()
                 .map(|r| r.video.infos(now))
@@ -113,11 +169,13 @@ impl Sfu {
         }
     }
 
-    /// Chooses viewer `id`'s video layer, and lets its bandwidth estimate
-    /// reach for the next layer up.
+    /// Chooses viewer `id`'s video layer of `live`, and lets its bandwidth
+    /// estimate reach for the next layer up. The estimate is the whole
+    /// connection's: a room member watching several lives shares it evenly.
     pub(super) fn choose_layer(
         &mut self,
         id: PeerId,
+        live: &str,
         layers: &[LayerInfo],
         estimate: Option<u64>,
         now: Instant,
@@ -125,14 +183,23 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        let PeerRole::Play(play) = &mut peer.role else {
-            return;
-        };
-        let Some(track) = play.video.as_mut() else {
+        let Peer {
+            plays,
+            rtc,
+            bwe,
+            live: session_live,
+            ..
+        } = peer;
+        let videos = plays.iter().filter(|p| p.video.is_some()).count().max(1) as u64;
+        let Some(track) = plays
+            .iter_mut()
+            .find(|p| same_live(&p.live, live))
+            .and_then(|p| p.video.as_mut())
+        else {
             return;
         };
         if let Some(e) = estimate {
-            track.selector.set_estimate(e);
+            track.selector.set_estimate(e / videos);
         }
         if layers.is_empty() {
             return;
@@ -145,31 +212,31 @@ impl Sfu {
         }
         let target = track.selector.select(layers, now);
         if target != track.target {
-            tracing::debug!(live = %peer.live, peer = %id, ?target, "video layer chosen");
+            tracing::debug!(live = %session_live, peer = %id, ?target, "video layer chosen");
             track.target = target;
             track.pause_current = track.selector.moved_down();
         }
         if let Some(desired) = track.selector.desired_bitrate(layers) {
             // Padding up to the next layer's rate (capped by the estimate
             // inside str0m) lets the estimate grow into it.
-            let next = desired * 4 / 5;
-            if track.bwe != (next, desired) {
-                track.bwe = (next, desired);
-                peer.rtc
-                    .bwe()
-                    .set_bitrate(Bitrate::bps(next), Bitrate::bps(desired));
-            }
+            track.bwe = (desired * 4 / 5, desired);
+        }
+        let wanted = plays
+            .iter()
+            .filter_map(|p| p.video.as_ref())
+            .fold((0, 0), |(n, d), t| (n + t.bwe.0, d + t.bwe.1));
+        if wanted.1 > 0 && *bwe != wanted {
+            *bwe = wanted;
+            rtc.bwe()
+                .set_bitrate(Bitrate::bps(wanted.0), Bitrate::bps(wanted.1));
         }
     }
 
-    /// The caster layer viewer `id` is being sent (or about to be).
-    fn layer_sent_to(&self, id: PeerId) -> Option<u32> {
-        let peer = self.peers.get(&id)?;
-        let PeerRole::Play(play) = &peer.role else {
-            return None;
-        };
-        let track = play.video.as_ref()?;
-        let l = self.lives.get(&peer.live)?;
+    /// The caster layer viewer `id` is being sent of `live` (or is about
+    /// to be).
+    fn layer_sent_to(&self, id: PeerId, live: &str) -> Option<u32> {
+        let track = self.peers.get(&id)?.play_of(live)?.video.as_ref()?;
+        let l = self.lives.get(live)?;
         let caster = l.caster.or(l.remote.as_ref().map(|r| r.peer))?;
         match track.source() {
             Some(src) if src.peer == caster => Some(src.ssrc),
@@ -188,17 +255,17 @@ impl Sfu {
             remote.video.refresh(now);
         }
         let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
-        if let Some(PeerRole::Cast(cast)) = l
+        if let Some(cast) = l
             .caster
             .and_then(|c| self.peers.get_mut(&c))
-            .map(|p| &mut p.role)
+            .and_then(|p| p.cast.as_mut())
             && cast.video.refresh(now)
         {
             tracing::debug!(%live, layers = ?cast.video.infos(now), "caster layers changed");
         }
         let layers = self.caster_layers(live, now);
         for v in viewers {
-            self.choose_layer(v, &layers, None, now);
+            self.choose_layer(v, live, &layers, None, now);
         }
     }
 
@@ -220,20 +287,27 @@ impl Sfu {
             return;
         };
         let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
+        let caster = forwards.first().map(|f| f.media.source.peer);
         let mut need_keyframe: Vec<u32> = Vec::new();
         for v in viewers {
+            // A room member that just took over a live it watched: not its
+            // own media back while the re-offer that stops it is out.
+            if Some(v) == caster {
+                continue;
+            }
             let Some(peer) = self.peers.get_mut(&v) else {
                 continue;
             };
             if !peer.connected {
                 continue;
             }
-            let PeerRole::Play(play) = &mut peer.role else {
+            let Peer { plays, rtc, .. } = peer;
+            let Some(play) = plays.iter_mut().find(|p| same_live(&p.live, live)) else {
                 continue;
             };
             for f in forwards {
                 if let Some(track) = play.track(f.kind)
-                    && track.send(&mut peer.rtc, f) == Verdict::NeedKeyframe
+                    && track.send(rtc, f) == Verdict::NeedKeyframe
                 {
                     need_keyframe.push(f.media.source.ssrc);
                 }
@@ -269,7 +343,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&caster) else {
             return;
         };
-        let PeerRole::Cast(cast) = &mut peer.role else {
+        let Some(cast) = peer.cast.as_mut() else {
             return;
         };
         let Some(gate) = cast.video.get_mut(layer).map(|l| &mut l.keyframes) else {
@@ -305,7 +379,7 @@ impl Sfu {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            let PeerRole::Cast(cast) = &mut peer.role else {
+            let Some(cast) = peer.cast.as_mut() else {
                 continue;
             };
             let due: Vec<u32> = cast
@@ -340,11 +414,11 @@ fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects, stats: &mut SfuStat
         Event::Connected => {
             peer.connected = true;
             fx.connected = true;
-            tracing::info!(live = %peer.live, peer = %peer.id, role = %peer.role(), "connected");
+            tracing::info!(live = %peer.live, peer = %peer.id, role = %peer.role, "connected");
         }
         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => fx.dead = true,
         Event::Closed => fx.dead = true,
-        Event::KeyframeRequest(_) => fx.keyframe_request = true,
+        Event::KeyframeRequest(r) => fx.keyframe_requests.push(r.mid),
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             fx.estimate = Some(estimate.as_u64());
         }
@@ -360,16 +434,15 @@ fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects, stats: &mut SfuStat
 /// Turns a caster's RTP packet into a [`Forward`], or `None` if it is not
 /// forwarded (padding, unknown stream).
 fn prepare(peer: &mut Peer, pkt: RtpPacket, new_layer: &mut bool) -> Option<Forward> {
-    let PeerRole::Cast(cast) = &mut peer.role else {
-        return None;
-    };
+    let Peer { cast, rtc, .. } = peer;
+    let cast = cast.as_mut()?;
     if pkt.payload.is_empty() {
         return None; // padding / bandwidth probes
     }
     let ssrc = pkt.header.ssrc;
-    let (kind, rid) = cast.stream(&mut peer.rtc, ssrc)?;
+    let (kind, rid) = cast.stream(rtc, ssrc)?;
     let pt = pkt.header.payload_type;
-    let (spec, red) = cast.codec(&peer.rtc, pt)?;
+    let (spec, red) = cast.codec(rtc, pt)?;
     let keyframe = kind == MediaKind::Video && codec::starts_keyframe(spec.codec, &pkt.payload);
     if kind == MediaKind::Video {
         *new_layer |= cast

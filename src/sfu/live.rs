@@ -14,6 +14,8 @@ pub(super) struct Live {
     pub caster: Option<PeerId>,
     /// The caster's media is flowing (its connection is up).
     pub on_air: bool,
+    /// The caster whose `CastStarted` was told (and no `CastEnded` yet).
+    pub announced: Option<PeerId>,
     /// Every viewer session, connected or not.
     pub viewers: BTreeSet<PeerId>,
     /// Viewers whose connection is up: the figure shown to people.
@@ -35,6 +37,7 @@ impl Live {
             name,
             caster: None,
             on_air: false,
+            announced: None,
             viewers: BTreeSet::new(),
             watching: 0,
             next_layer_check: None,

@@ -11,12 +11,14 @@ pub mod forward;
 pub mod keyframe;
 pub mod layer;
 mod live;
+mod member;
 mod peer;
 pub mod shard;
 pub mod simulcast;
 mod stats;
 
 pub use direct::{Consumer, DirectError, DirectTransport, Produce, Produced, Producer};
+pub use member::{Answered, MAX_MLINES, MemberError, MemberOffer, Subscription};
 pub use stats::SfuStats;
 #[cfg(test)]
 mod tests;
@@ -38,7 +40,7 @@ use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use layer::Preference;
 use live::Live;
-use peer::{Cast, OutTrack, Peer, PeerRole, Play};
+use peer::{Cast, OutTrack, Peer, Play};
 
 /// A session (one caster or viewer connection). Random and unguessable: it
 /// is the capability that lets a client end or patch its own session.
@@ -146,6 +148,13 @@ pub enum SfuEvent {
         live: String,
         role: Role,
     },
+    /// Session `caster` is on air as `live`'s caster (its connection is
+    /// up). Told by the caster's shard, as is the matching `CastEnded`, so
+    /// the two never cross.
+    CastStarted { live: String, caster: PeerId },
+    /// Session `caster` is no longer `live`'s caster (it ended, was
+    /// replaced, or a room member stopped publishing).
+    CastEnded { live: String, caster: PeerId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,14 +306,14 @@ impl Sfu {
                          (Opus, VP8, VP9, H264, AV1)",
                     ));
                 }
-                let mut cast = Cast::new(self.config.keyframe_interval);
+                let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval);
                 for kind in [MediaKind::Video, MediaKind::Audio] {
                     if let Some(p) = first(kind, false).and_then(|mid| offered_producer(&rtc, mid))
                     {
                         cast.producers.push(p);
                     }
                 }
-                PeerRole::Cast(cast)
+                (Some(cast), Vec::new())
             }
             Role::Play => {
                 let mut track = |kind| {
@@ -317,11 +326,9 @@ impl Sfu {
                     let ssrc = tx.ssrc();
                     Some(OutTrack::new(mid, ssrc, kind))
                 };
-                let play = Play {
-                    audio: track(MediaKind::Audio),
-                    video: track(MediaKind::Video),
-                    next_mid: 0,
-                };
+                let mut play = Play::new(self.live_name(live));
+                play.audio = track(MediaKind::Audio);
+                play.video = track(MediaKind::Video);
                 if play.audio.is_none() && play.video.is_none() {
                     return Err(JoinError::NoMedia(
                         "the offer receives no audio or video: a WHEP offer needs an m=audio or \
@@ -329,11 +336,12 @@ impl Sfu {
                          (Opus, VP8, VP9, H264, AV1)",
                     ));
                 }
-                PeerRole::Play(play)
+                (None, vec![play])
             }
         };
-
-        self.admit(id, live, rtc, ufrag, peer_role, rtc_timeout, None, now);
+        let (cast, plays) = peer_role;
+        let peer = self.new_peer(id, live, rtc, ufrag, role, cast, plays);
+        self.admit(peer, rtc_timeout, now);
         tracing::info!(live, peer = %id, %role, "session created");
         Ok(Joined {
             peer: id,
@@ -341,62 +349,118 @@ impl Sfu {
         })
     }
 
-    /// Makes `rtc` session `id` of `live`: a viewer joins the audience, a
-    /// caster takes over from any other. The caller has drained `rtc`'s
-    /// output up to `rtc_timeout`.
+    /// A session's state before it is admitted.
     #[allow(clippy::too_many_arguments)]
-    fn admit(
+    fn new_peer(
         &mut self,
         id: PeerId,
         live: &str,
         rtc: Rtc,
         ufrag: String,
-        role: PeerRole,
-        rtc_timeout: Instant,
-        direct: Option<peer::DirectPeer>,
-        now: Instant,
-    ) {
-        let live_name: Arc<str> = match self.lives.get_key_value(live) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(live),
-        };
-        let live_entry = self
-            .lives
-            .entry(live_name.clone())
-            .or_insert_with(|| Live::new(live_name.clone()));
-        let mut first_viewer = false;
-        let replaced = match role {
-            PeerRole::Cast(_) => live_entry.caster.replace(id),
-            PeerRole::Play(_) => {
-                first_viewer = live_entry.viewers.is_empty();
-                live_entry.viewers.insert(id);
-                None
-            }
-        };
-        if first_viewer {
-            self.announce_interest(&live_name, true);
-        }
-        let peer = Peer {
+        role: Role,
+        cast: Option<Cast>,
+        plays: Vec<Play>,
+    ) -> Peer {
+        Peer {
             id,
-            live: live_name.clone(),
+            live: self.live_name(live),
             rtc,
-            ufrag: ufrag.clone(),
+            ufrag,
             addrs: Vec::new(),
             connected: false,
-            connect_by: now + self.config.connect_timeout,
+            connect_by: Instant::now(),
             timer: None,
             role,
+            cast,
+            plays,
+            bwe: (0, 0),
             stats_seen: Default::default(),
-            direct,
-        };
-        let timeout = peer.next_timeout(rtc_timeout);
-        self.peers.insert(id, peer);
-        self.by_ufrag.insert(ufrag, id);
-        self.set_timer(id, timeout);
-        if let Some(old) = replaced {
-            tracing::info!(live = %live_name, peer = %old, "caster replaced by a new session");
-            self.close_peer(old, now);
+            direct: None,
+            member: None,
         }
+    }
+
+    /// The name of `live` as this shard shares it (one `Arc` per live).
+    fn live_name(&self, live: &str) -> Arc<str> {
+        match self.lives.get_key_value(live) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(live),
+        }
+    }
+
+    /// Makes `peer` a session: its cast takes its live over from any
+    /// other, its plays join their lives' audiences. The caller has drained
+    /// its `Rtc`'s output up to `rtc_timeout`.
+    fn admit(&mut self, mut peer: Peer, rtc_timeout: Instant, now: Instant) {
+        let id = peer.id;
+        peer.connect_by = now + self.config.connect_timeout;
+        let cast_live = peer.cast.as_ref().map(|c| c.live.clone());
+        let play_lives: Vec<Arc<str>> = peer.plays.iter().map(|p| p.live.clone()).collect();
+        let timeout = peer.next_timeout(rtc_timeout);
+        self.by_ufrag.insert(peer.ufrag.clone(), id);
+        self.peers.insert(id, peer);
+        self.set_timer(id, timeout);
+        for live in play_lives {
+            self.watch(id, &live);
+        }
+        if let Some(live) = cast_live {
+            self.take_live(id, &live, now);
+        }
+    }
+
+    /// Viewer `id` joins `live`'s audience (its play is already there).
+    fn watch(&mut self, id: PeerId, live: &Arc<str>) {
+        let entry = self
+            .lives
+            .entry(live.clone())
+            .or_insert_with(|| Live::new(live.clone()));
+        let first_viewer = entry.viewers.is_empty();
+        entry.viewers.insert(id);
+        if first_viewer {
+            self.announce_interest(live, true);
+        }
+    }
+
+    /// Caster `id` (whose cast of `live` is there) takes the live over: the
+    /// caster before it stops casting.
+    fn take_live(&mut self, id: PeerId, live: &Arc<str>, now: Instant) {
+        let entry = self
+            .lives
+            .entry(live.clone())
+            .or_insert_with(|| Live::new(live.clone()));
+        let Some(old) = entry.caster.replace(id) else {
+            return;
+        };
+        if old == id {
+            return;
+        }
+        if entry.announced == Some(old) {
+            entry.announced = None;
+            self.events.push_back(SfuEvent::CastEnded {
+                live: live.to_string(),
+                caster: old,
+            });
+        }
+        tracing::info!(%live, peer = %old, "caster replaced by a new session");
+        self.end_cast(old, live, now);
+    }
+
+    /// Session `id` no longer casts `live`: a caster session ends; a room
+    /// member stops publishing but keeps watching.
+    fn end_cast(&mut self, id: PeerId, live: &str, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !peer.casts(live) {
+            return;
+        }
+        if peer.member.is_none() {
+            self.close_peer(id, now);
+            return;
+        }
+        peer.cast = None;
+        tracing::info!(live, peer = %id, "no longer publishing");
+        self.release_live(id, live, now);
     }
 
     /// The host candidates every session announces.
@@ -434,6 +498,17 @@ impl Sfu {
             self.drop_pending(peer, "ended by the client");
             return Ok(());
         }
+        // A live's caster ended from elsewhere (replaced on another shard,
+        // kicked by the admin API) may be a room member: it only stops
+        // publishing.
+        if role == Role::Cast
+            && let Some(p) = self.peers.get(&peer)
+            && p.member.is_some()
+            && p.casts(live)
+        {
+            self.end_cast(peer, live, now);
+            return Ok(());
+        }
         self.check(live, role, peer)?;
         tracing::info!(live, peer = %peer, %role, "session ended by the client");
         self.close_peer(peer, now);
@@ -468,7 +543,10 @@ impl Sfu {
     ) -> Result<(), NoSuchSession> {
         self.check(live, Role::Play, peer)?;
         if let Some(p) = self.peers.get_mut(&peer)
-            && let PeerRole::Play(play) = &mut p.role
+            && let Some(play) = p
+                .plays
+                .iter_mut()
+                .find(|pl| peer::same_live(&pl.live, live))
             && let Some(video) = play.video.as_mut()
             && let Some(estimate) = video.selector.set_preference(preference)
         {
@@ -477,13 +555,13 @@ impl Sfu {
             p.rtc.bwe().reset(Bitrate::bps(estimate));
         }
         let layers = self.caster_layers(live, now);
-        self.choose_layer(peer, &layers, None, now);
+        self.choose_layer(peer, live, &layers, None, now);
         Ok(())
     }
 
     fn check(&self, live: &str, role: Role, peer: PeerId) -> Result<(), NoSuchSession> {
         match self.peers.get(&peer) {
-            Some(p) if &*p.live == live && p.role() == role => Ok(()),
+            Some(p) if &*p.live == live && p.role == role && p.member.is_none() => Ok(()),
             _ => Err(NoSuchSession),
         }
     }
@@ -628,10 +706,7 @@ impl Sfu {
         self.lives
             .values()
             .filter_map(|l| self.peers.get(&l.caster?))
-            .filter_map(|p| match &p.role {
-                PeerRole::Cast(c) => Some(c),
-                PeerRole::Play(_) => None,
-            })
+            .filter_map(|p| p.cast.as_ref())
     }
 
     fn set_timer(&mut self, id: PeerId, at: Instant) {
@@ -673,40 +748,12 @@ impl Sfu {
                 self.by_addr.remove(a);
             }
         }
-        let role = peer.role();
-        let mut caster_gone = false;
-        let mut unwatched = false;
-        if let Some(l) = self.lives.get_mut(&peer.live) {
-            let changed = match role {
-                Role::Cast if l.caster == Some(id) => {
-                    l.caster = None;
-                    l.next_layer_check = l.remote.as_ref().map(|_| now + live::LAYER_CHECK);
-                    caster_gone = true;
-                    std::mem::replace(&mut l.on_air, false)
-                }
-                // A replaced caster: the live carries on with the new one.
-                Role::Cast => false,
-                Role::Play => {
-                    l.viewers.remove(&id);
-                    unwatched = l.viewers.is_empty();
-                    if peer.connected {
-                        l.watching -= 1;
-                    }
-                    peer.connected
-                }
-            };
-            if changed {
-                self.events.push_back(SfuEvent::Live(l.state()));
-            }
-            if l.is_empty() {
-                self.lives.remove(&peer.live);
-            }
+        let role = peer.role;
+        if let Some(cast) = &peer.cast {
+            self.release_live(id, &cast.live.clone(), now);
         }
-        if caster_gone {
-            self.announce_caster_gone(&peer.live, id);
-        }
-        if unwatched {
-            self.announce_interest(&peer.live, false);
+        for play in &peer.plays {
+            self.unwatch(id, &play.live, peer.connected);
         }
         tracing::info!(live = %peer.live, peer = %id, %role, "session closed");
         self.events.push_back(SfuEvent::SessionEnded {
@@ -714,6 +761,54 @@ impl Sfu {
             live: peer.live.to_string(),
             role,
         });
+    }
+
+    /// Caster `id` leaves `live`'s caster slot, if it still holds it.
+    fn release_live(&mut self, id: PeerId, live: &str, now: Instant) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        if l.caster != Some(id) {
+            return; // replaced: the live carries on with the new caster
+        }
+        l.caster = None;
+        l.next_layer_check = l.remote.as_ref().map(|_| now + live::LAYER_CHECK);
+        let was_on_air = std::mem::replace(&mut l.on_air, false);
+        let name = l.name.clone();
+        if was_on_air {
+            self.events.push_back(SfuEvent::Live(l.state()));
+        }
+        if l.announced.take() == Some(id) {
+            self.events.push_back(SfuEvent::CastEnded {
+                live: name.to_string(),
+                caster: id,
+            });
+        }
+        if l.is_empty() {
+            self.lives.remove(live);
+        }
+        self.announce_caster_gone(&name, id);
+    }
+
+    /// Viewer `id` leaves `live`'s audience.
+    fn unwatch(&mut self, id: PeerId, live: &str, connected: bool) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        if !l.viewers.remove(&id) {
+            return;
+        }
+        if connected {
+            l.watching -= 1;
+            self.events.push_back(SfuEvent::Live(l.state()));
+        }
+        let (unwatched, name) = (l.viewers.is_empty(), l.name.clone());
+        if l.is_empty() {
+            self.lives.remove(live);
+        }
+        if unwatched {
+            self.announce_interest(&name, false);
+        }
     }
 }
 

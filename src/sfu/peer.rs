@@ -18,6 +18,7 @@ use super::simulcast::Layers;
 
 pub(super) struct Peer {
     pub id: PeerId,
+    /// The live (a room's name, for a member) the session was opened for.
     pub live: Arc<str>,
     pub rtc: Rtc,
     pub ufrag: String,
@@ -28,10 +29,24 @@ pub(super) struct Peer {
     pub connect_by: Instant,
     /// The key of this peer in the SFU's timer set.
     pub timer: Option<Instant>,
-    pub role: PeerRole,
+    /// What the session was opened as: a caster (WHIP, a mediasoup
+    /// producer transport) or a viewer (WHEP, a consumer transport, a
+    /// room member).
+    pub role: super::Role,
+    /// What it casts: always for a caster session, while it publishes for a
+    /// room member.
+    pub cast: Option<Cast>,
+    /// What it watches, one per live: one for a viewer session, one per
+    /// other publisher for a room member.
+    pub plays: Vec<Play>,
+    /// The (minimum, desired) bitrates last given to str0m's BWE, all
+    /// video tracks together.
+    pub bwe: (u64, u64),
     pub stats_seen: super::stats::StatsSeen,
     /// Set up without SDP (mediasoup-client).
     pub direct: Option<DirectPeer>,
+    /// Set up by server offers (SkyWay SFU rooms).
+    pub member: Option<Box<super::member::Negotiation>>,
 }
 
 /// What a session set up without SDP still has to learn.
@@ -46,22 +61,7 @@ pub(super) struct DirectPeer {
     pub exts: ExtensionMap,
 }
 
-// Few peers are casters; boxing the viewer's role would cost every viewer a
-// pointer chase on the hot path for no gain.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum PeerRole {
-    Cast(Cast),
-    Play(Play),
-}
-
 impl Peer {
-    pub fn role(&self) -> super::Role {
-        match self.role {
-            PeerRole::Cast(_) => super::Role::Cast,
-            PeerRole::Play(_) => super::Role::Play,
-        }
-    }
-
     pub fn next_timeout(&self, rtc_timeout: Instant) -> Instant {
         if self.connected {
             rtc_timeout
@@ -69,10 +69,27 @@ impl Peer {
             rtc_timeout.min(self.connect_by)
         }
     }
+
+    /// What it watches of `live`.
+    pub fn play_of(&self, live: &str) -> Option<&Play> {
+        self.plays.iter().find(|p| same_live(&p.live, live))
+    }
+
+    /// Its caster session is `live`'s caster (a member's cast may have
+    /// been taken over).
+    pub fn casts(&self, live: &str) -> bool {
+        self.cast.as_ref().is_some_and(|c| same_live(&c.live, live))
+    }
+}
+
+pub(super) fn same_live(a: &Arc<str>, b: &str) -> bool {
+    **a == *b
 }
 
 /// What a caster sends.
 pub(super) struct Cast {
+    /// The live it casts.
+    pub live: Arc<str>,
     /// Incoming streams seen so far, by SSRC.
     streams: Vec<(Ssrc, MediaKind, Option<Rid>)>,
     /// The caster's payload types resolved to codecs (and whether the
@@ -85,8 +102,9 @@ pub(super) struct Cast {
 }
 
 impl Cast {
-    pub fn new(keyframe_interval: std::time::Duration) -> Self {
+    pub fn new(live: Arc<str>, keyframe_interval: std::time::Duration) -> Self {
         Self {
+            live,
             streams: Vec::new(),
             codecs: Vec::new(),
             video: Layers::new(keyframe_interval),
@@ -128,9 +146,10 @@ impl Cast {
     }
 }
 
-/// What a viewer receives: at most one audio and one video track, which
-/// live as long as the viewer session, whoever casts.
+/// What a viewer receives of one live: at most one audio and one video
+/// track, which live as long as the viewer session, whoever casts.
 pub(super) struct Play {
+    pub live: Arc<str>,
     pub audio: Option<OutTrack>,
     pub video: Option<OutTrack>,
     /// The next mid to give a consumer (mediasoup-client takes the
@@ -139,6 +158,15 @@ pub(super) struct Play {
 }
 
 impl Play {
+    pub fn new(live: Arc<str>) -> Self {
+        Self {
+            live,
+            audio: None,
+            video: None,
+            next_mid: 0,
+        }
+    }
+
     pub fn track(&mut self, kind: MediaKind) -> Option<&mut OutTrack> {
         match kind {
             MediaKind::Audio => self.audio.as_mut(),

@@ -26,7 +26,7 @@ use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use super::codec::can_carry;
-use super::peer::{Cast, DirectPeer, OutTrack, Peer, PeerRole, Play};
+use super::peer::{Cast, DirectPeer, OutTrack, Peer, Play};
 use super::{PeerId, RTX_CACHE_AGE, Role, STATS_INTERVAL, Sfu, new_ice_creds};
 pub(super) use pending::PendingCast;
 
@@ -155,19 +155,15 @@ impl Sfu {
                     now,
                 )?;
                 let timeout = self.drain_setup(&mut rtc).map_err(refused)?;
-                let play = Play {
-                    audio: None,
-                    video: None,
-                    next_mid: 0,
-                };
+                let play = Play::new(self.live_name(live));
                 let ufrag = creds.ufrag.clone();
-                let direct = DirectPeer {
+                let mut peer = self.new_peer(id, live, rtc, ufrag, role, None, vec![play]);
+                peer.direct = Some(DirectPeer {
                     learn_ufrag: true,
                     fingerprint_set: false,
                     exts: ExtensionMap::standard(),
-                };
-                let role = PeerRole::Play(play);
-                self.admit(id, live, rtc, ufrag, role, timeout, Some(direct), now);
+                });
+                self.admit(peer, timeout, now);
             }
         }
         tracing::info!(live, peer = %id, %role, "transport created");
@@ -220,7 +216,7 @@ impl Sfu {
         let Some(pending) = self.pending.remove(&peer) else {
             let Some(Peer {
                 rtc,
-                role: PeerRole::Cast(cast),
+                cast: Some(cast),
                 live,
                 direct: Some(direct),
                 ..
@@ -266,7 +262,7 @@ impl Sfu {
             Role::Cast,
             now,
         );
-        let mut cast = Cast::new(self.config.keyframe_interval);
+        let mut cast = Cast::new(self.live_name(&pending.live), self.config.keyframe_interval);
         // Declared before the session takes the live: a producer that fails
         // here must not have ended the caster before it.
         let setup = built.and_then(|mut rtc| {
@@ -286,21 +282,21 @@ impl Sfu {
             rtc.direct_api().set_remote_fingerprint(fp);
         }
         let ufrag = pending.creds.ufrag.clone();
-        let direct = DirectPeer {
-            learn_ufrag: true,
-            fingerprint_set,
-            exts,
-        };
-        self.admit(
+        let mut session = self.new_peer(
             peer,
             &pending.live,
             rtc,
             ufrag,
-            PeerRole::Cast(cast),
-            timeout,
-            Some(direct),
-            now,
+            Role::Cast,
+            Some(cast),
+            Vec::new(),
         );
+        session.direct = Some(DirectPeer {
+            learn_ufrag: true,
+            fingerprint_set,
+            exts,
+        });
+        self.admit(session, timeout, now);
         tracing::info!(live = %pending.live, %peer, producer = %producer.id, "producing");
         self.drive(peer, now);
         for (proto, source, destination, data) in pending.early {
@@ -315,10 +311,11 @@ impl Sfu {
     /// What the caster of `live` on this shard sends.
     pub fn producers(&self, live: &str) -> Vec<Producer> {
         let caster = self.lives.get(live).and_then(|l| l.caster);
-        match caster.and_then(|c| self.peers.get(&c)).map(|p| &p.role) {
-            Some(PeerRole::Cast(cast)) => cast.producers.clone(),
-            _ => Vec::new(),
-        }
+        caster
+            .and_then(|c| self.peers.get(&c))
+            .and_then(|p| p.cast.as_ref())
+            .map(|cast| cast.producers.clone())
+            .unwrap_or_default()
     }
 
     /// Gives viewer transport `viewer` a track for `producer`, sent on the
@@ -333,12 +330,16 @@ impl Sfu {
     ) -> Result<Consumer, DirectError> {
         let Some(Peer {
             rtc,
-            role: PeerRole::Play(play),
+            plays,
             live,
             connected,
+            direct: Some(_),
             ..
         }) = self.peers.get_mut(&viewer)
         else {
+            return Err(DirectError::NoSuchTransport);
+        };
+        let Some(play) = plays.first_mut() else {
             return Err(DirectError::NoSuchTransport);
         };
         let kind = producer.kind;
@@ -390,7 +391,7 @@ impl Sfu {
         // connecting chooses one.
         if connected && kind == MediaKind::Video {
             let layers = self.caster_layers(&live, now);
-            self.choose_layer(viewer, &layers, None, now);
+            self.choose_layer(viewer, &live, &layers, None, now);
         }
         self.drive(viewer, now);
         Ok(Consumer {

@@ -14,6 +14,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use super::*;
 
 mod direct;
+mod member;
 
 /// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
 fn server(shard: usize) -> SocketAddr {
@@ -42,6 +43,8 @@ struct Client {
 /// A video packet as a viewer got it.
 #[derive(Debug, Clone, Copy)]
 struct Got {
+    /// The m-line it came on.
+    mid: Option<Mid>,
     seq: u64,
     ts: u32,
     /// Which caster layer it came from (index, lowest first).
@@ -326,6 +329,11 @@ fn on_event(c: &mut Client, e: Event) {
                 .push((*p.header.payload_type, p.payload.to_vec()))
         }
         Event::RtpPacket(p) if p.payload.len() >= 3 && p.payload[2] < 3 => c.received.push(Got {
+            mid: c
+                .rtc
+                .direct_api()
+                .stream_rx(&p.header.ssrc)
+                .map(|s| s.mid()),
             seq: *p.seq_no,
             ts: p.header.timestamp,
             layer: p.payload[2],
