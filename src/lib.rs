@@ -11,6 +11,7 @@ pub mod media;
 pub mod metrics;
 pub mod peerjs;
 pub mod sfu;
+pub mod skyway;
 pub mod tls;
 pub mod turn;
 pub mod udp_batch;
