@@ -14,13 +14,15 @@ use vessel::board::LiveBoard;
 use vessel::chat::ChatConfig;
 use vessel::config::{self, Config, LoadError, LogFormat, TurnFlags};
 use vessel::http::peerjs::PeerHub;
+use vessel::http::skyway::SkywayHub;
 use vessel::http::tls::TlsListener;
-use vessel::http::{AppState, ChatHub, router};
+use vessel::http::{AppState, ChatHub, SocketIoLayers, router};
 use vessel::loadtest::LoadtestArgs;
 use vessel::media;
 use vessel::metrics::Metrics;
 use vessel::peerjs::PeerConfig;
 use vessel::sfu::{Sfu, SfuConfig};
+use vessel::skyway::SkywayConfig;
 use vessel::turn::runtime::TurnSockets;
 use vessel::turn::{
     self, Credentials, IceServers, Ledger, Nonces, PeerPolicy, Quota, TurnConfig, TurnServer,
@@ -147,7 +149,14 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             Sfu::new(sfu_config)
         })
         .collect();
-    let media = media::spawn(shards, sfus, board.clone(), metrics.clone())
+    // The SkyWay signaling hears when casts start and end.
+    let (observer, media_events) = if config.skyway.disabled {
+        (None, None)
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
+    };
+    let media = media::spawn(shards, sfus, board.clone(), metrics.clone(), observer)
         .map_err(|e| format!("cannot start the media thread: {e}"))?;
 
     let ice = if config.turn.disabled {
@@ -193,16 +202,32 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
                 config.peerjs.discovery,
             )
         }),
+        skyway: (!config.skyway.disabled).then(|| {
+            SkywayHub::new(
+                SkywayConfig {
+                    keys: config.skyway_keys(),
+                    max_peers: config.skyway.max_peers,
+                    ..SkywayConfig::default()
+                },
+                config.skyway.discovery,
+                config.cors_origin.clone(),
+            )
+        }),
     };
-    let socket_io = (!config.mediasoup.disabled)
-        .then(|| vessel::http::mediasoup::layer(state.clone(), &config.mediasoup.path));
-    let (socket_io_layer, socket_io) = socket_io.unzip();
-    let app = router(
-        state,
-        &config.cors_origin,
-        &config.peerjs.path,
-        socket_io_layer,
-    );
+    let mut layers = SocketIoLayers::default();
+    let mut socket_ios = Vec::new();
+    if !config.mediasoup.disabled {
+        let (layer, io) = vessel::http::mediasoup::layer(state.clone(), &config.mediasoup.path);
+        layers.mediasoup = Some(layer);
+        socket_ios.push(io);
+    }
+    if !config.skyway.disabled {
+        let (layer, io) =
+            vessel::http::skyway::layer(state.clone(), &config.skyway.path, media_events);
+        layers.skyway = Some((layer, config.skyway.path.clone()));
+        socket_ios.push(io);
+    }
+    let app = router(state, &config.cors_origin, &config.peerjs.path, layers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The bound address: with port 0 (as tests use) the system chose it.
     let http = listener.local_addr().unwrap_or(config.http);
@@ -228,6 +253,26 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             }
         );
     }
+    if !config.skyway.disabled {
+        match config.skyway_keys().as_slice() {
+            [] => tracing::warn!(
+                "SkyWay: no --skyway-key is set and this server is reachable from other \
+                 machines, so skyway-js pages are refused; set one (a lower-case UUID)"
+            ),
+            keys if config.skyway.keys.is_empty() => tracing::info!(
+                "SkyWay: skyway-js pages connect with new Peer({{key: '{}', host: '{}', port: {}, \
+                 secure: {}}})",
+                keys[0],
+                http.ip(),
+                http.port(),
+                tls.is_some()
+            ),
+            keys => tracing::info!(
+                "SkyWay: skyway-js pages connect with {} API key(s)",
+                keys.len()
+            ),
+        }
+    }
     if access.is_open() && !config.local_only() {
         tracing::warn!(
             "open = true on a server reachable from other machines: anyone can cast any live \
@@ -249,7 +294,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         }
         media.close_all().await;
         // Open socket.io connections would hold up the graceful shutdown.
-        if let Some(io) = socket_io {
+        for io in socket_ios {
             io.close().await;
         }
         tracing::info!("sessions closed");

@@ -22,14 +22,17 @@ use crate::metrics::{self, Metrics};
 use crate::sfu::layer::Preference;
 use crate::sfu::shard::Remote;
 use crate::sfu::{
-    Consumer, DirectError, DirectTransport, JoinError, Joined, NoSuchSession, PeerId, Produce,
-    Produced, Producer, Role, Sfu, SfuEvent, SfuStats,
+    Answered, Consumer, DirectError, DirectTransport, JoinError, Joined, MemberError, MemberOffer,
+    NoSuchSession, PeerId, Produce, Produced, Producer, Role, Sfu, SfuEvent, SfuStats,
+    Subscription,
 };
 use str0m::config::Fingerprint;
 
 enum Command {
     /// Ends every session (shutdown): peers get a DTLS close_notify.
-    CloseAll { reply: oneshot::Sender<()> },
+    CloseAll {
+        reply: oneshot::Sender<()>,
+    },
     Join {
         live: String,
         role: Role,
@@ -80,6 +83,27 @@ enum Command {
         device_pts: Vec<u8>,
         reply: oneshot::Sender<Result<Consumer, DirectError>>,
     },
+    OpenMember {
+        room: String,
+        subs: Vec<Subscription>,
+        reply: oneshot::Sender<Result<MemberOffer, JoinError>>,
+    },
+    Member {
+        peer: PeerId,
+        op: MemberCommand,
+    },
+}
+
+/// What a room member's session is asked, once it exists.
+enum MemberCommand {
+    Answer(String, oneshot::Sender<Result<Answered, MemberError>>),
+    Offer(
+        Vec<Subscription>,
+        oneshot::Sender<Result<Option<String>, MemberError>>,
+    ),
+    Cast(Option<String>, oneshot::Sender<Result<(), MemberError>>),
+    Candidate(Candidate),
+    Leave,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +114,8 @@ pub enum MediaError {
     NoSuchSession(#[from] NoSuchSession),
     #[error(transparent)]
     Direct(#[from] DirectError),
+    #[error(transparent)]
+    Member(#[from] MemberError),
     #[error("the media engine is not running")]
     Down,
 }
@@ -272,6 +298,66 @@ impl MediaHandle {
             .await??)
     }
 
+    /// A SkyWay SFU room member's session and its first offer.
+    pub async fn open_member(
+        &self,
+        room: &str,
+        subs: Vec<Subscription>,
+    ) -> Result<MemberOffer, MediaError> {
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let room = room.to_string();
+        Ok(self
+            .request(shard, |reply| Command::OpenMember { room, subs, reply })
+            .await??)
+    }
+
+    pub async fn member_answer(&self, peer: PeerId, sdp: String) -> Result<Answered, MediaError> {
+        Ok(self
+            .request(peer.shard(), |reply| Command::Member {
+                peer,
+                op: MemberCommand::Answer(sdp, reply),
+            })
+            .await??)
+    }
+
+    /// Offers `subs` to a member; `None` if nothing changed.
+    pub async fn member_offer(
+        &self,
+        peer: PeerId,
+        subs: Vec<Subscription>,
+    ) -> Result<Option<String>, MediaError> {
+        Ok(self
+            .request(peer.shard(), |reply| Command::Member {
+                peer,
+                op: MemberCommand::Offer(subs, reply),
+            })
+            .await??)
+    }
+
+    /// A member publishes into `live` (or stops, with `None`).
+    pub async fn member_cast(&self, peer: PeerId, live: Option<&str>) -> Result<(), MediaError> {
+        let name = live.map(str::to_string);
+        self.request(peer.shard(), |reply| Command::Member {
+            peer,
+            op: MemberCommand::Cast(name, reply),
+        })
+        .await??;
+        if let Some(live) = live {
+            self.now_casting(live, peer).await;
+        }
+        Ok(())
+    }
+
+    pub async fn member_candidate(&self, peer: PeerId, candidate: Candidate) {
+        let op = MemberCommand::Candidate(candidate);
+        let _ = self.send(peer.shard(), Command::Member { peer, op }).await;
+    }
+
+    pub async fn member_leave(&self, peer: PeerId) {
+        let op = MemberCommand::Leave;
+        let _ = self.send(peer.shard(), Command::Member { peer, op }).await;
+    }
+
     /// Ends every session on every shard (shutdown).
     pub async fn close_all(&self) {
         for shard in 0..self.shards.len() {
@@ -279,6 +365,12 @@ impl MediaHandle {
                 .request(shard, |reply| Command::CloseAll { reply })
                 .await;
         }
+    }
+
+    /// Sends a command that wants no reply.
+    async fn send(&self, shard: usize, command: Command) -> Result<(), MediaError> {
+        let tx = self.shards.get(shard).ok_or(NoSuchSession)?;
+        tx.send(command).await.map_err(|_| MediaError::Down)
     }
 
     /// Sends a command and waits for the media thread's reply.
@@ -441,11 +533,13 @@ fn bind(
 
 /// Starts the media runtime: one thread per shard, each with its own
 /// sockets (`shards[i]`) and `Sfu` (`sfus[i]`).
+/// `observer` hears every event but live states (those go to `board`).
 pub fn spawn(
     shards: Vec<Vec<MediaSocket>>,
     sfus: Vec<Sfu>,
     board: Arc<LiveBoard>,
     metrics: Arc<Metrics>,
+    observer: Option<mpsc::UnboundedSender<SfuEvent>>,
 ) -> io::Result<MediaHandle> {
     assert_eq!(shards.len(), sfus.len(), "one Sfu per shard");
     let mut commands = Vec::new();
@@ -471,6 +565,7 @@ pub fn spawn(
         let remotes = remotes.clone();
         let board = board.clone();
         let metrics = metrics.clone();
+        let observer = observer.clone();
         std::thread::Builder::new()
             .name(format!("vessel-media-{i}"))
             .spawn(move || {
@@ -491,6 +586,7 @@ pub fn spawn(
                     counters: MediaCounters::new(&metrics),
                     metrics,
                     published: Cell::new(SfuStats::default()),
+                    observer,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -533,6 +629,8 @@ struct Shard {
     counters: MediaCounters,
     /// The `Sfu` counters as last added to `metrics`.
     published: Cell<SfuStats>,
+    /// Who hears of sessions ending and casts starting and ending.
+    observer: Option<mpsc::UnboundedSender<SfuEvent>>,
 }
 
 struct MediaCounters {
@@ -845,6 +943,26 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
         } => {
             let _ = reply.send(sfu.consume(peer, producer, &device_pts, now));
         }
+        Command::OpenMember { room, subs, reply } => {
+            let _ = reply.send(sfu.open_member(&room, &subs, now));
+        }
+        Command::Member { peer, op } => match op {
+            MemberCommand::Answer(sdp, reply) => {
+                let _ = reply.send(sfu.member_answer(peer, &sdp, now));
+            }
+            MemberCommand::Offer(subs, reply) => {
+                let _ = reply.send(sfu.member_offer(peer, &subs, now));
+            }
+            MemberCommand::Cast(live, reply) => {
+                let _ = reply.send(sfu.member_cast(peer, live.as_deref(), now));
+            }
+            MemberCommand::Candidate(c) => {
+                let _ = sfu.member_candidate(peer, c);
+            }
+            MemberCommand::Leave => {
+                let _ = sfu.member_leave(peer, now);
+            }
+        },
     }
 }
 
@@ -905,9 +1023,11 @@ async fn flush(
     while let Some(e) = sfu.poll_event() {
         match e {
             SfuEvent::Live(state) => board.update_from(shard.index, state),
-            SfuEvent::SessionEnded { .. }
-            | SfuEvent::CastStarted { .. }
-            | SfuEvent::CastEnded { .. } => {}
+            other => {
+                if let Some(tx) = &shard.observer {
+                    let _ = tx.send(other);
+                }
+            }
         }
     }
 }

@@ -96,6 +96,9 @@ pub struct Config {
     pub mediasoup: MediasoupFlags,
 
     #[command(flatten)]
+    pub skyway: SkywayFlags,
+
+    #[command(flatten)]
     pub turn: TurnFlags,
 }
 
@@ -170,20 +173,107 @@ pub struct MediasoupFlags {
     pub disabled: bool,
 }
 
+/// The key a loopback-only server accepts from skyway-js pages when no
+/// `--skyway-key` is given (it has the SDK's required shape).
+pub const DEFAULT_SKYWAY_KEY: &str = "vessel00-0000-4000-8000-000000000000";
+
+/// The legacy SkyWay SDK's signaling (npm `skyway-js` 4.4.5), for pages
+/// written for SkyWay.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "SkyWay (skyway-js)")]
+pub struct SkywayFlags {
+    /// API key skyway-js pages open with (`new Peer({key})`; repeatable), in
+    /// the SDK's shape: a lower-case UUID such as
+    /// 3f2504e0-4f89-41d3-9a0c-0305e82c3301. On a loopback-only server
+    /// without one, vessel00-0000-4000-8000-000000000000 works.
+    #[arg(id = "skyway_key", long = "skyway-key", env = "VESSEL_SKYWAY_KEY", value_delimiter = ',',
+          value_parser = skyway_key, hide_env_values = true)]
+    pub keys: Vec<String>,
+
+    /// Where the SkyWay socket.io endpoint is served. skyway-js always uses
+    /// socket.io's default, /socket.io; change it only behind a proxy that
+    /// maps it.
+    #[arg(id = "skyway_path", long = "skyway-path", env = "VESSEL_SKYWAY_PATH", default_value = "/socket.io",
+          value_parser = signaling_path)]
+    pub path: String,
+
+    /// Let pages list connected peer ids (`peer.listAllPeers()`).
+    #[arg(
+        id = "skyway_discovery",
+        long = "skyway-discovery",
+        env = "VESSEL_SKYWAY_DISCOVERY"
+    )]
+    pub discovery: bool,
+
+    /// SkyWay peers connected at once.
+    #[arg(
+        id = "skyway_max_peers",
+        long = "skyway-max-peers",
+        env = "VESSEL_SKYWAY_MAX_PEERS",
+        default_value_t = 5000
+    )]
+    pub max_peers: usize,
+
+    /// Run without the SkyWay protocol.
+    #[arg(id = "no_skyway", long = "no-skyway", env = "VESSEL_NO_SKYWAY")]
+    pub disabled: bool,
+}
+
+/// A SkyWay API key: the SDK refuses any other shape before connecting.
+fn skyway_key(key: &str) -> Result<String, String> {
+    let groups: Vec<&str> = key.split('-').collect();
+    let shape = [8, 4, 4, 4, 12];
+    let ok = groups.len() == 5
+        && groups.iter().zip(shape).all(|(g, n)| {
+            g.len() == n
+                && g.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    if ok {
+        Ok(key.to_string())
+    } else {
+        Err(
+            "skyway-js accepts only keys shaped like a lower-case UUID, e.g. \
+             3f2504e0-4f89-41d3-9a0c-0305e82c3301 (try: uuidgen | tr A-Z a-z)"
+                .into(),
+        )
+    }
+}
+
 impl Config {
     /// Settings that are each fine but clash with one another.
     pub fn check(&self) -> Result<(), String> {
-        let (peer, media) = (&self.peerjs, &self.mediasoup);
-        if !peer.disabled && !media.disabled {
-            let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
-            if inside(&peer.path, &media.path) || inside(&media.path, &peer.path) {
-                return Err(format!(
-                    "--peerjs-path {} and --mediasoup-path {} overlap; give them separate paths",
-                    peer.path, media.path
-                ));
+        let mut paths = Vec::new();
+        if !self.peerjs.disabled {
+            paths.push(("--peerjs-path", &self.peerjs.path));
+        }
+        if !self.mediasoup.disabled {
+            paths.push(("--mediasoup-path", &self.mediasoup.path));
+        }
+        if !self.skyway.disabled {
+            paths.push(("--skyway-path", &self.skyway.path));
+        }
+        let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+        for (i, (fa, a)) in paths.iter().enumerate() {
+            for (fb, b) in &paths[i + 1..] {
+                if inside(a, b) || inside(b, a) {
+                    return Err(format!(
+                        "{fa} {a} and {fb} {b} overlap; give them separate paths"
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    /// The API keys skyway-js pages may use: the flags', or on a
+    /// loopback-only server the default one.
+    pub fn skyway_keys(&self) -> Vec<String> {
+        if self.skyway.keys.is_empty() && self.local_only() {
+            vec![DEFAULT_SKYWAY_KEY.to_string()]
+        } else {
+            self.skyway.keys.clone()
+        }
     }
 }
 

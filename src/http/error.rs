@@ -3,7 +3,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::access::Denied;
 use crate::media::MediaError;
-use crate::sfu::{DirectError, JoinError};
+use crate::sfu::{DirectError, JoinError, MemberError};
 
 /// An error answer: a status and a reason a person can act on.
 #[derive(Debug)]
@@ -45,6 +45,9 @@ impl From<MediaError> for ApiError {
             MediaError::NoSuchSession(_) => StatusCode::NOT_FOUND,
             MediaError::Direct(DirectError::NoSuchTransport) => StatusCode::NOT_FOUND,
             MediaError::Direct(DirectError::Refused(_)) => StatusCode::BAD_REQUEST,
+            MediaError::Member(MemberError::NoSuchSession) => StatusCode::NOT_FOUND,
+            MediaError::Member(MemberError::OfferPending) => StatusCode::CONFLICT,
+            MediaError::Member(_) => StatusCode::BAD_REQUEST,
             MediaError::Down => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())

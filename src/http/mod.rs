@@ -9,6 +9,7 @@ mod ops;
 mod pages;
 pub mod peerjs;
 mod session;
+pub mod skyway;
 pub mod tls;
 
 use std::sync::Arc;
@@ -44,16 +45,26 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The PeerJS PeerServer; `None` with `--no-peerjs`.
     pub peerjs: Option<Arc<peerjs::PeerHub>>,
+    /// The SkyWay signaling; `None` with `--no-skyway`.
+    pub skyway: Option<Arc<skyway::SkywayHub>>,
+}
+
+/// The socket.io endpoints, each at its own path.
+#[derive(Default)]
+pub struct SocketIoLayers {
+    /// The mediasoup dialect (see [`mediasoup::layer`]).
+    pub mediasoup: Option<socketioxide::layer::SocketIoLayer>,
+    /// skyway-js (see [`skyway::layer`]), with the path it is served at.
+    pub skyway: Option<(socketioxide::layer::SocketIoLayer, String)>,
 }
 
 /// `peerjs_path`: where the PeerServer protocol is served (e.g. `/peer`);
-/// `socket_io`: the socket.io protocol for mediasoup-client, if served
-/// (see [`mediasoup::layer`]).
+/// `socket_io`: the socket.io endpoints served.
 pub fn router(
     state: AppState,
     cors_origins: &[String],
     peerjs_path: &str,
-    socket_io: Option<socketioxide::layer::SocketIoLayer>,
+    socket_io: SocketIoLayers,
 ) -> Router {
     let peerjs = match state.peerjs {
         Some(_) => peerjs::routes(peerjs_path),
@@ -66,20 +77,44 @@ pub fn router(
         .merge(admin::routes())
         .merge(chat::routes())
         .merge(ops::routes())
+        .merge(skyway::api::routes())
         .merge(pages::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // socket.io answers its own path before routing; everything else
     // passes through.
-    let app = match socket_io {
+    let app = match socket_io.mediasoup {
         Some(layer) => app.layer(layer),
         None => app,
     };
-    app.layer(DefaultBodyLimit::max(MAX_BODY))
+    let (app, skyway_path) = match socket_io.skyway {
+        Some((layer, path)) => (app.layer(layer), Some(path)),
+        None => (app, None),
+    };
+    let app = app
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         // Everything, /vessel.js included: a player embedded on another
         // site imports the SDK from here.
-        .layer(cors(cors_origins))
-        .with_state(state)
+        .layer(cors(cors_origins));
+    let app = match skyway_path {
+        // skyway-js polls with credentials: its paths echo the origin.
+        Some(path) => app.layer(axum::middleware::from_fn_with_state(
+            skyway::api::CorsScope {
+                socket_path: path,
+                origins: cors_origins.to_vec(),
+            },
+            skyway::api::credentialed_cors,
+        )),
+        None => app,
+    };
+    app.with_state(state)
+}
+
+/// Whether a page of `origin` may call Vessel (`--cors-origin`).
+pub fn origin_allowed(origins: &[String], origin: &str) -> bool {
+    origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

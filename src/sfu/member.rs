@@ -1,10 +1,15 @@
 //! Sessions the server offers: a SkyWay SFU room member's one connection.
 //!
-//! The first offer carries two upload m-lines, audio then video (with
-//! simulcast rids), recvonly on Vessel's side: a member with a stream binds
-//! its tracks to them (JSEP binds an `addTrack` sender to the first free
-//! m-line of its kind, so they come first) and publishes; one without
-//! answers them inactive. Then, per publication the member watches, an
+//! The first offer carries two upload m-lines, audio then video, recvonly
+//! on Vessel's side: a member with a stream binds its tracks to them (JSEP
+//! binds an `addTrack` sender to the first free m-line of its kind, so they
+//! come first) and publishes; one without answers them inactive. The upload
+//! asks for no simulcast: Chrome never binds an `addTrack` sender to an
+//! m-line that requests it (libwebrtc's `AssociateTransceiver`: "a
+//! transceiver cannot be associated because AddTrack cannot be called to
+//! initialize it") and would answer the video inactive, and skyway-js adds
+//! its tracks with `addTrack`. Layers reach members from casters that send
+//! them (WHIP, the cast page) into the room's live. Then, per publication the member watches, an
 //! audio and a video m-line, sendonly, under one msid stream id, so that
 //! the browser makes one `MediaStream` per publisher. Re-offers add the
 //! publications that came and stop the m-lines of those that went; a new
@@ -21,7 +26,7 @@ use std::time::Instant;
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::media::{Direction, MediaKind, Mid, Simulcast, SimulcastLayer};
+use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, RtcConfig};
 
 use super::peer::{Cast, OutTrack, Play, same_live};
@@ -29,11 +34,6 @@ use super::{
     JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, STATS_INTERVAL, Sfu, new_ice_creds,
     offered_producer, tidy_sdp_error,
 };
-
-/// The simulcast layers asked of a publishing member, lowest first: a
-/// browser answering an offer with `a=simulcast:recv` sends these rids,
-/// scaled down 4×, 2× and not at all.
-const UPLOAD_RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// m-lines one session may grow to. Stopped m-lines stay in the SDP (str0m
 /// does not recycle its own), so a member that has seen many casters come
@@ -132,17 +132,7 @@ impl Sfu {
         }
         let mut api = rtc.sdp_api();
         let upload_audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        let layers = Simulcast {
-            send: Vec::new(),
-            recv: UPLOAD_RIDS.iter().map(|r| SimulcastLayer::new(r)).collect(),
-        };
-        let upload_video = api.add_media(
-            MediaKind::Video,
-            Direction::RecvOnly,
-            None,
-            None,
-            Some(layers),
-        );
+        let upload_video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let offered: Vec<Sub> = subs.iter().map(|s| add_sub(&mut api, s)).collect();
         let (offer, pending) = api
             .apply()

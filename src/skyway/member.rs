@@ -54,8 +54,7 @@ pub(super) fn room_of_live(live: &str) -> &str {
 
 fn same(a: &[Publication], b: &[Publication]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|(x, y)| x.live == y.live && x.stream == y.stream)
 }
@@ -85,7 +84,11 @@ impl SkywayServer {
             return;
         };
         if m.offered.is_none() {
-            return self.error(conn, "invalid-message", "no SFU_OFFER is waiting for an answer");
+            return self.error(
+                conn,
+                "invalid-message",
+                "no SFU_OFFER is waiting for an answer",
+            );
         }
         if m.op.is_some() {
             m.answer = Some(sdp);

@@ -147,9 +147,16 @@ pub enum MediaOp {
         live: String,
         credential: Option<Value>,
     },
-    Unpublish { session: PeerId },
-    Candidate { session: PeerId, candidate: Value },
-    Leave { session: PeerId },
+    Unpublish {
+        session: PeerId,
+    },
+    Candidate {
+        session: PeerId,
+        candidate: Value,
+    },
+    Leave {
+        session: PeerId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +194,10 @@ struct Bucket {
 
 impl Bucket {
     fn new(burst: f64, now: Instant) -> Self {
-        Self { level: burst, at: now }
+        Self {
+            level: burst,
+            at: now,
+        }
     }
 
     fn take(&mut self, amount: f64, rate: f64, burst: f64, now: Instant) -> bool {
@@ -292,6 +302,18 @@ impl SkywayServer {
         self.peers.contains_key(id)
     }
 
+    /// The connection of a peer, while it has one.
+    pub fn conn_of(&self, peer: &str) -> Option<ConnId> {
+        self.peers.get(peer).and_then(|p| p.conn)
+    }
+
+    /// An event whose argument could not be read.
+    pub fn malformed(&mut self, conn: ConnId, event: &str, why: &str) {
+        let shown: String = event.chars().take(40).collect();
+        let why: String = why.chars().take(200).collect();
+        self.error(conn, "invalid-message", format!("{shown}: {why}"));
+    }
+
     /// The peer id behind a connection, once it opened.
     pub fn peer_of(&self, conn: ConnId) -> Option<&str> {
         self.conns.get(&conn).map(String::as_str)
@@ -306,8 +328,15 @@ impl SkywayServer {
                 "API key is invalid: use a key this server was started with (--skyway-key)",
             );
         }
-        let Some(token) = hello.token.filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN) else {
-            return self.refuse(conn, "invalid-token", "a token (1-128 characters) is needed");
+        let Some(token) = hello
+            .token
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+        else {
+            return self.refuse(
+                conn,
+                "invalid-token",
+                "a token (1-128 characters) is needed",
+            );
         };
         let id = match hello.peer_id {
             Some(id) if !valid_peer_id(id) => {
@@ -406,7 +435,10 @@ impl SkywayServer {
         let gone: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.gone_since.is_some_and(|t| now.saturating_duration_since(t) >= grace))
+            .filter(|(_, p)| {
+                p.gone_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
@@ -423,10 +455,7 @@ impl SkywayServer {
         let Some(peer) = self.peers.get_mut(&src) else {
             return;
         };
-        if !peer
-            .messages
-            .take(1.0, MESSAGE_RATE, MESSAGE_BURST, now)
-        {
+        if !peer.messages.take(1.0, MESSAGE_RATE, MESSAGE_BURST, now) {
             return self.error(
                 conn,
                 "signaling-limited",
@@ -548,7 +577,10 @@ impl SkywayServer {
             .cloned()
             .collect();
         let cost = (size.max(1) * others.len().max(1)) as f64;
-        let (rate, burst) = (self.config.data_rate as f64, 2.0 * self.config.data_rate as f64);
+        let (rate, burst) = (
+            self.config.data_rate as f64,
+            2.0 * self.config.data_rate as f64,
+        );
         let Some(peer) = self.peers.get_mut(&src) else {
             return;
         };
@@ -736,15 +768,18 @@ impl SkywayServer {
 
     /// The room a message names, if it is valid, of `mode` (when given)
     /// and the sender is in it; otherwise an `ERROR` and `None`.
-    fn room_of(&mut self, conn: ConnId, src: &str, arg: &Value, mode: Option<Mode>) -> Option<String> {
+    fn room_of(
+        &mut self,
+        conn: ConnId,
+        src: &str,
+        arg: &Value,
+        mode: Option<Mode>,
+    ) -> Option<String> {
         let Some(name) = arg.get("roomName").and_then(Value::as_str) else {
             self.error(conn, "invalid-message", "the message needs a roomName");
             return None;
         };
-        let member = self
-            .peers
-            .get(src)
-            .is_some_and(|p| p.rooms.contains(name));
+        let member = self.peers.get(src).is_some_and(|p| p.rooms.contains(name));
         let room = self.rooms.get(name);
         match (member, room) {
             (true, Some(r)) if mode.is_none_or(|m| m == r.mode) => Some(name.to_string()),
@@ -807,7 +842,11 @@ impl SkywayServer {
         }
         if peer.rooms.len() >= self.config.max_rooms_per_peer {
             let max = self.config.max_rooms_per_peer;
-            return self.error(conn, "room-error", format!("a peer may be in {max} rooms at most"));
+            return self.error(
+                conn,
+                "room-error",
+                format!("a peer may be in {max} rooms at most"),
+            );
         }
         peer.held = Some(Held::Join(name.clone(), mode));
         let credential = peer.credential.clone();
@@ -859,7 +898,11 @@ impl SkywayServer {
         tracing::info!(peer = %src, room = name, "left room");
         self.log(name, "ROOM_USER_LEAVE", json!({ "src": src }));
         for m in &members {
-            self.send_json(m, "ROOM_USER_LEAVE", json!({ "roomName": name, "src": src }));
+            self.send_json(
+                m,
+                "ROOM_USER_LEAVE",
+                json!({ "roomName": name, "src": src }),
+            );
         }
         if let Some(media) = media {
             self.end_member_media(src, media);

@@ -11,8 +11,7 @@ pub fn sends_media(sdp: &str) -> bool {
     let mut direction: Option<&str> = None;
     let mut open = false;
     let mut close = |in_media: bool, open: bool, direction: Option<&str>| {
-        if in_media && open && matches!(direction.unwrap_or("sendrecv"), "sendrecv" | "sendonly")
-        {
+        if in_media && open && matches!(direction.unwrap_or("sendrecv"), "sendrecv" | "sendonly") {
             sends = true;
         }
     };
@@ -25,10 +24,11 @@ pub fn sends_media(sdp: &str) -> bool {
             in_media = kind == "audio" || kind == "video";
             open = port != "0";
             direction = None;
-        } else if in_media && let Some(a) = line.strip_prefix("a=") {
-            if matches!(a, "sendrecv" | "sendonly" | "recvonly" | "inactive") {
-                direction = Some(a);
-            }
+        } else if in_media
+            && let Some(a) = line.strip_prefix("a=")
+            && matches!(a, "sendrecv" | "sendonly" | "recvonly" | "inactive")
+        {
+            direction = Some(a);
         }
     }
     close(in_media, open, direction);
@@ -50,7 +50,9 @@ mod tests {
         assert!(sends_media(&sdp(
             "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n"
         )));
-        assert!(sends_media(&sdp("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n")));
+        assert!(sends_media(&sdp(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n"
+        )));
         assert!(
             sends_media(&sdp("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n")),
             "no direction is sendrecv"

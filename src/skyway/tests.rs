@@ -50,10 +50,19 @@ impl World {
 
     /// Joins a room, admitting it.
     fn join(&mut self, conn: ConnId, room: &str, mode: &str) -> Vec<Out> {
-        let out = self.say(conn, "ROOM_JOIN", json!({"roomName": room, "roomType": mode}));
+        let out = self.say(
+            conn,
+            "ROOM_JOIN",
+            json!({"roomName": room, "roomType": mode}),
+        );
         assert!(
-            out.iter()
-                .any(|o| matches!(o, Out::Admit { ask: Ask::Watch, .. })),
+            out.iter().any(|o| matches!(
+                o,
+                Out::Admit {
+                    ask: Ask::Watch,
+                    ..
+                }
+            )),
             "a join is admitted first: {out:?}"
         );
         self.admit(conn, room, Ask::Watch, Ok(()))
@@ -123,7 +132,10 @@ fn ids_are_assigned_or_taken_and_keys_checked() {
     let opened = named(&out, 1, "OPEN");
     let id = opened[0]["peerId"].as_str().unwrap();
     assert_eq!(id.len(), 16, "a server-assigned id: {id}");
-    assert!(opened[0].get("turnCredential").is_none(), "no TURN host to give");
+    assert!(
+        opened[0].get("turnCredential").is_none(),
+        "no TURN host to give"
+    );
     assert!(w.server.exists(id));
 
     let out = w.hello(2, "11111111-2222-3333-4444-555555555555", None, "tok");
@@ -143,7 +155,17 @@ fn the_sdks_id_rule() {
     for ok in ["a", "A-b_c", "a b", "a b-c d", "a- b", "-x", "x_"] {
         assert!(valid_peer_id(ok), "{ok}");
     }
-    for bad in ["", " a", "a ", "a  b", "a b-", "a -b", "é", "a\tb", &"x".repeat(65)] {
+    for bad in [
+        "",
+        " a",
+        "a ",
+        "a  b",
+        "a b-",
+        "a -b",
+        "é",
+        "a\tb",
+        &"x".repeat(65),
+    ] {
         assert!(!valid_peer_id(bad), "{bad}");
     }
 }
@@ -163,7 +185,11 @@ fn a_taken_id_is_refused_and_the_same_token_takes_over() {
     let out = w.hello(3, KEY, Some("alice"), "t-alice");
     assert_eq!(named(&out, 3, "OPEN"), vec![json!({"peerId": "alice"})]);
     assert!(closed(&out, 1));
-    let out = w.say(3, "ROOM_GET_USERS", json!({"roomName": "live", "type": "media"}));
+    let out = w.say(
+        3,
+        "ROOM_GET_USERS",
+        json!({"roomName": "live", "type": "media"}),
+    );
     assert_eq!(
         named(&out, 3, "ROOM_USERS"),
         vec![json!({"roomName": "live", "userList": ["alice"], "type": "media"})]
@@ -183,11 +209,23 @@ fn p2p_signaling_is_relayed_with_src_and_leave_tells_contacts() {
     let got = named(&out, 2, "OFFER");
     assert_eq!(got[0]["src"], "a", "the server says who it is from");
     assert_eq!(got[0]["connectionId"], "mc_1");
-    let out = w.say(2, "SEND_ANSWER", json!({"answer": {"type": "answer", "sdp": "v=0"}, "dst": "a", "connectionId": "mc_1"}));
+    let out = w.say(
+        2,
+        "SEND_ANSWER",
+        json!({"answer": {"type": "answer", "sdp": "v=0"}, "dst": "a", "connectionId": "mc_1"}),
+    );
     assert_eq!(named(&out, 1, "ANSWER")[0]["src"], "b");
-    let out = w.say(1, "SEND_CANDIDATE", json!({"candidate": {"candidate": "c"}, "dst": "b", "connectionId": "mc_1"}));
+    let out = w.say(
+        1,
+        "SEND_CANDIDATE",
+        json!({"candidate": {"candidate": "c"}, "dst": "b", "connectionId": "mc_1"}),
+    );
     assert_eq!(named(&out, 2, "CANDIDATE").len(), 1);
-    let out = w.say(1, "SEND_FORCE_CLOSE", json!({"dst": "b", "connectionId": "mc_1"}));
+    let out = w.say(
+        1,
+        "SEND_FORCE_CLOSE",
+        json!({"dst": "b", "connectionId": "mc_1"}),
+    );
     assert_eq!(named(&out, 2, "FORCE_CLOSE")[0]["src"], "a");
 
     let out = w.say(1, "SEND_OFFER", json!({"offer": {}, "dst": "nobody"}));
@@ -214,15 +252,31 @@ fn mesh_joins_in_either_order_reach_every_member_with_the_member_list() {
     );
     let out = w.join(1, "show", "mesh");
     let both = json!({"roomName": "show", "src": "caster", "roomMembers": ["viewer", "caster"]});
-    assert_eq!(named(&out, 1, "ROOM_USER_JOIN"), vec![both.clone()], "the joiner's own copy");
+    assert_eq!(
+        named(&out, 1, "ROOM_USER_JOIN"),
+        vec![both.clone()],
+        "the joiner's own copy"
+    );
     assert_eq!(named(&out, 2, "ROOM_USER_JOIN"), vec![both]);
-    let out = w.say(1, "ROOM_GET_USERS", json!({"roomName": "show", "type": "media"}));
+    let out = w.say(
+        1,
+        "ROOM_GET_USERS",
+        json!({"roomName": "show", "type": "media"}),
+    );
     assert_eq!(
         named(&out, 1, "ROOM_USERS")[0]["userList"],
         json!(["viewer", "caster"])
     );
-    let out = w.say(1, "ROOM_GET_USERS", json!({"roomName": "show", "type": "data"}));
-    assert_eq!(named(&out, 1, "ROOM_USERS")[0]["type"], "data", "type echoed");
+    let out = w.say(
+        1,
+        "ROOM_GET_USERS",
+        json!({"roomName": "show", "type": "data"}),
+    );
+    assert_eq!(
+        named(&out, 1, "ROOM_USERS")[0]["type"],
+        "data",
+        "type echoed"
+    );
 
     // Relay inside the room keeps roomName.
     let offer = json!({"offer": {"type": "offer", "sdp": "m=audio 9 RTP 0\r\na=recvonly\r\n"}, "dst": "viewer", "connectionId": "mc_x", "connectionType": "media", "roomName": "show"});
@@ -250,9 +304,15 @@ fn simultaneous_joins_both_land() {
     assert!(a.iter().chain(&b).all(|o| matches!(o, Out::Admit { .. })));
     let out_b = w.admit(2, "r", Ask::Watch, Ok(()));
     let out_a = w.admit(1, "r", Ask::Watch, Ok(()));
-    assert_eq!(named(&out_b, 2, "ROOM_USER_JOIN")[0]["roomMembers"], json!(["b"]));
+    assert_eq!(
+        named(&out_b, 2, "ROOM_USER_JOIN")[0]["roomMembers"],
+        json!(["b"])
+    );
     assert_eq!(named(&out_a, 2, "ROOM_USER_JOIN")[0]["src"], "a");
-    assert_eq!(named(&out_a, 1, "ROOM_USER_JOIN")[0]["roomMembers"], json!(["b", "a"]));
+    assert_eq!(
+        named(&out_a, 1, "ROOM_USER_JOIN")[0]["roomMembers"],
+        json!(["b", "a"])
+    );
 }
 
 #[test]
@@ -264,7 +324,11 @@ fn a_dropped_connection_keeps_its_rooms_for_the_grace_then_leaves() {
     w.join(2, "r", "mesh");
     w.server.disconnect(1, false, w.now);
     // Meanwhile b offers to a: kept for a's return.
-    w.say(2, "SEND_OFFER", json!({"offer": {"sdp": ""}, "dst": "a", "roomName": "r"}));
+    w.say(
+        2,
+        "SEND_OFFER",
+        json!({"offer": {"sdp": ""}, "dst": "a", "roomName": "r"}),
+    );
     let out = w.wait(Duration::from_secs(3));
     assert!(named(&out, 2, "ROOM_USER_LEAVE").is_empty(), "not yet");
     let out = w.hello(3, KEY, Some("a"), "t-a");
@@ -293,9 +357,16 @@ fn bad_room_requests_get_reasons() {
     w.open(1, "a");
     let long = "x".repeat(65);
     for name in [json!("../etc"), json!(""), json!(long), json!(7)] {
-        let out = w.say(1, "ROOM_JOIN", json!({"roomName": name, "roomType": "mesh"}));
+        let out = w.say(
+            1,
+            "ROOM_JOIN",
+            json!({"roomName": name, "roomType": "mesh"}),
+        );
         assert!(
-            matches!(error_type(&out, 1).as_deref(), Some("room-error" | "invalid-message")),
+            matches!(
+                error_type(&out, 1).as_deref(),
+                Some("room-error" | "invalid-message")
+            ),
             "{name}: {out:?}"
         );
     }
@@ -303,7 +374,11 @@ fn bad_room_requests_get_reasons() {
     assert_eq!(error_type(&out, 1).as_deref(), Some("room-error"));
     w.join(1, "r", "sfu");
     let out = w.say(1, "ROOM_JOIN", json!({"roomName": "r", "roomType": "sfu"}));
-    assert_eq!(named(&out, 1, "ROOM_USER_JOIN").len(), 1, "joining again acknowledges");
+    assert_eq!(
+        named(&out, 1, "ROOM_USER_JOIN").len(),
+        1,
+        "joining again acknowledges"
+    );
     w.open(2, "b");
     let out = w.say(2, "ROOM_JOIN", json!({"roomName": "r", "roomType": "mesh"}));
     let e = &named(&out, 2, "ERROR")[0];
@@ -311,19 +386,46 @@ fn bad_room_requests_get_reasons() {
     w.join(2, "r", "sfu");
     w.open(3, "c");
     let out = w.say(3, "ROOM_JOIN", json!({"roomName": "r", "roomType": "sfu"}));
-    assert!(named(&out, 3, "ERROR")[0]["message"].as_str().unwrap().contains("full"));
+    assert!(
+        named(&out, 3, "ERROR")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("full")
+    );
     w.join(1, "q", "mesh");
     let out = w.say(1, "ROOM_JOIN", json!({"roomName": "z", "roomType": "mesh"}));
-    assert!(named(&out, 1, "ERROR")[0]["message"].as_str().unwrap().contains("2 rooms"));
+    assert!(
+        named(&out, 1, "ERROR")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 rooms")
+    );
     let out = w.say(3, "ROOM_GET_USERS", json!({"roomName": "r"}));
-    assert_eq!(error_type(&out, 3).as_deref(), Some("room-error"), "not a member");
-    let out = w.say(3, "SEND_OFFER", json!({"offer": {}, "dst": "a", "roomName": "r"}));
+    assert_eq!(
+        error_type(&out, 3).as_deref(),
+        Some("room-error"),
+        "not a member"
+    );
+    let out = w.say(
+        3,
+        "SEND_OFFER",
+        json!({"offer": {}, "dst": "a", "roomName": "r"}),
+    );
     assert_eq!(error_type(&out, 3).as_deref(), Some("room-error"));
 
     // A refused admission is told and the peer stays out.
-    let out = w.say(3, "ROOM_JOIN", json!({"roomName": "priv", "roomType": "mesh"}));
+    let out = w.say(
+        3,
+        "ROOM_JOIN",
+        json!({"roomName": "priv", "roomType": "mesh"}),
+    );
     assert!(matches!(out[0], Out::Admit { .. }));
-    let out = w.admit(3, "priv", Ask::Watch, Err(Refusal::new("permission", "private live")));
+    let out = w.admit(
+        3,
+        "priv",
+        Ask::Watch,
+        Err(Refusal::new("permission", "private live")),
+    );
     assert_eq!(error_type(&out, 3).as_deref(), Some("permission"));
     assert!(!w.server.rooms.contains_key("priv"));
 }
@@ -337,7 +439,11 @@ fn sending_media_in_a_mesh_room_needs_the_right_to_cast() {
     w.join(2, "show", "mesh");
     let recvonly = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
     let out = w.say(1, "SEND_OFFER", json!({"offer": {"type": "offer", "sdp": recvonly}, "dst": "caster", "roomName": "show", "connectionId": "mc_1"}));
-    assert_eq!(named(&out, 2, "OFFER").len(), 1, "receiving needs no rights");
+    assert_eq!(
+        named(&out, 2, "OFFER").len(),
+        1,
+        "receiving needs no rights"
+    );
 
     let sendonly = recvonly.replace("recvonly", "sendonly");
     let answer = json!({"answer": {"type": "answer", "sdp": sendonly}, "dst": "viewer", "roomName": "show", "connectionId": "mc_1"});
@@ -346,7 +452,12 @@ fn sending_media_in_a_mesh_room_needs_the_right_to_cast() {
         matches!(&out[..], [Out::Admit { ask: Ask::Cast, room, .. }] if room == "show"),
         "{out:?}"
     );
-    let out = w.admit(2, "show", Ask::Cast, Err(Refusal::new("permission", "wrong stream key")));
+    let out = w.admit(
+        2,
+        "show",
+        Ask::Cast,
+        Err(Refusal::new("permission", "wrong stream key")),
+    );
     assert_eq!(error_type(&out, 2).as_deref(), Some("permission"));
     assert!(named(&out, 1, "ANSWER").is_empty(), "not relayed");
 
@@ -371,16 +482,24 @@ fn room_data_reaches_the_others_within_limits_and_is_logged() {
     w.join(1, "r", "mesh");
     w.join(2, "r", "mesh");
     w.join(3, "r", "mesh");
-    w.server.room_data(1, "r", Data::Json(json!({"hi": 1})), w.now);
+    w.server
+        .room_data(1, "r", Data::Json(json!({"hi": 1})), w.now);
     let out = w.drain();
     assert_eq!(
         named(&out, 2, "ROOM_DATA"),
         vec![json!({"roomName": "r", "src": "a", "data": {"hi": 1}})]
     );
     assert_eq!(named(&out, 3, "ROOM_DATA").len(), 1);
-    assert!(named(&out, 1, "ROOM_DATA").is_empty(), "not back to the sender");
-    w.server
-        .room_data(1, "r", Data::Binary(bytes::Bytes::from(vec![1, 2, 3])), w.now);
+    assert!(
+        named(&out, 1, "ROOM_DATA").is_empty(),
+        "not back to the sender"
+    );
+    w.server.room_data(
+        1,
+        "r",
+        Data::Binary(bytes::Bytes::from(vec![1, 2, 3])),
+        w.now,
+    );
     let out = w.drain();
     assert!(matches!(
         out.iter().find(|o| matches!(o, Out::Emit(2, "ROOM_DATA", _))),
@@ -409,9 +528,22 @@ fn room_data_reaches_the_others_within_limits_and_is_logged() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| serde_json::from_str::<Value>(s.as_str().unwrap()).unwrap()["messageType"].as_str().unwrap().to_string())
+        .map(|s| {
+            serde_json::from_str::<Value>(s.as_str().unwrap()).unwrap()["messageType"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(&kinds[..4], ["ROOM_USER_JOIN", "ROOM_USER_JOIN", "ROOM_USER_JOIN", "ROOM_DATA"]);
+    assert_eq!(
+        &kinds[..4],
+        [
+            "ROOM_USER_JOIN",
+            "ROOM_USER_JOIN",
+            "ROOM_USER_JOIN",
+            "ROOM_DATA"
+        ]
+    );
 }
 
 #[test]
@@ -427,18 +559,32 @@ fn a_flood_of_messages_is_cut_off() {
 }
 
 /// An SFU room: member `conn` asks for an offer, gets a session, answers.
-fn sfu_member(w: &mut World, conn: ConnId, id: &str, room: &str, s: PeerId, sending: bool) -> Vec<Out> {
+fn sfu_member(
+    w: &mut World,
+    conn: ConnId,
+    id: &str,
+    room: &str,
+    s: PeerId,
+    sending: bool,
+) -> Vec<Out> {
     w.open(conn, id);
     w.join(conn, room, "sfu");
     let out = w.say(conn, "SFU_GET_OFFER", json!({"roomName": room}));
     let ops = media(&out);
-    assert!(matches!(&ops[..], [MediaOp::Open { peer, .. }] if peer == id), "{ops:?}");
+    assert!(
+        matches!(&ops[..], [MediaOp::Open { peer, .. }] if peer == id),
+        "{ops:?}"
+    );
     w.server
         .media_opened(id, room, Ok((s, format!("offer-for-{id}"))));
     let out = w.drain();
     let offer = &named(&out, conn, "SFU_OFFER")[0];
     assert_eq!(offer["offer"]["type"], "offer");
-    let out = w.say(conn, "SFU_ANSWER", json!({"roomName": room, "answer": {"type": "answer", "sdp": "answer"}}));
+    let out = w.say(
+        conn,
+        "SFU_ANSWER",
+        json!({"roomName": room, "answer": {"type": "answer", "sdp": "answer"}}),
+    );
     assert!(matches!(&media(&out)[..], [MediaOp::Answer { session, .. }] if *session == s));
     w.server.media_answered(id, room, s, Ok(sending));
     w.drain()
@@ -449,7 +595,10 @@ fn sfu_members_publish_into_the_rooms_live_and_watch_each_other() {
     let mut w = World::new();
     let viewer = sid(1);
     let out = sfu_member(&mut w, 1, "viewer", "show", viewer, false);
-    assert!(media(&out).is_empty(), "nothing to publish, nothing to offer");
+    assert!(
+        media(&out).is_empty(),
+        "nothing to publish, nothing to offer"
+    );
 
     let caster = sid(2);
     let out = sfu_member(&mut w, 2, "caster", "show", caster, true);
@@ -495,8 +644,15 @@ fn sfu_members_publish_into_the_rooms_live_and_watch_each_other() {
         })
         .collect();
     assert!(offered.contains(&caster), "the caster watches the guest");
-    assert!(!offered.contains(&viewer), "the viewer is still answering its offer");
-    let out = w.say(1, "SFU_ANSWER", json!({"roomName": "show", "answer": {"sdp": "a2"}}));
+    assert!(
+        !offered.contains(&viewer),
+        "the viewer is still answering its offer"
+    );
+    let out = w.say(
+        1,
+        "SFU_ANSWER",
+        json!({"roomName": "show", "answer": {"sdp": "a2"}}),
+    );
     assert!(matches!(&media(&out)[..], [MediaOp::Answer { .. }]));
     w.server.media_answered("viewer", "show", viewer, Ok(false));
     let ops = media(&w.drain());
@@ -524,7 +680,10 @@ fn a_caster_of_another_protocol_is_a_publisher_of_the_room() {
         .media_offered("viewer", "show", viewer, Ok(Some("o".into())));
     let out = w.drain();
     let msids = &named(&out, 1, "SFU_OFFER")[0]["msids"];
-    assert_eq!(msids.as_object().unwrap().values().next().unwrap(), "vessel:show");
+    assert_eq!(
+        msids.as_object().unwrap().values().next().unwrap(),
+        "vessel:show"
+    );
     // A member that publishes meanwhile gets show~2.
     let caster = sid(2);
     let out = sfu_member(&mut w, 2, "m", "show", caster, true);
@@ -558,7 +717,11 @@ fn refusals_and_races_of_sfu_members() {
     let ops = media(&w.drain());
     assert!(matches!(&ops[..], [MediaOp::Offer { .. }]));
     w.server.media_offered("a", "r", a, Ok(Some("o".into())));
-    w.say(1, "SFU_ANSWER", json!({"roomName": "r", "answer": {"sdp": "x"}}));
+    w.say(
+        1,
+        "SFU_ANSWER",
+        json!({"roomName": "r", "answer": {"sdp": "x"}}),
+    );
     w.server.media_answered("a", "r", a, Ok(true));
     assert!(media(&w.drain()).is_empty());
 
@@ -571,7 +734,11 @@ fn refusals_and_races_of_sfu_members() {
     w.open(3, "c");
     w.join(3, "r", "sfu");
     w.say(3, "SFU_GET_OFFER", json!({"roomName": "r"}));
-    w.say(3, "SFU_CANDIDATE", json!({"roomName": "r", "candidate": {"candidate": "c1"}}));
+    w.say(
+        3,
+        "SFU_CANDIDATE",
+        json!({"roomName": "r", "candidate": {"candidate": "c1"}}),
+    );
     w.say(3, "ROOM_LEAVE", json!({"roomName": "r"}));
     w.server.media_opened("c", "r", Ok((sid(3), "o".into())));
     assert_eq!(media(&w.drain()), vec![MediaOp::Leave { session: sid(3) }]);
@@ -580,17 +747,37 @@ fn refusals_and_races_of_sfu_members() {
     w.open(4, "d");
     w.join(4, "r", "sfu");
     w.say(4, "SFU_GET_OFFER", json!({"roomName": "r"}));
-    w.say(4, "SFU_CANDIDATE", json!({"roomName": "r", "candidate": {"candidate": "c1"}}));
+    w.say(
+        4,
+        "SFU_CANDIDATE",
+        json!({"roomName": "r", "candidate": {"candidate": "c1"}}),
+    );
     w.server.media_opened("d", "r", Ok((sid(4), "o".into())));
     let ops = media(&w.drain());
     assert!(matches!(&ops[..], [MediaOp::Candidate { session, .. }] if *session == sid(4)));
     // An answer with no offer out is refused; a failed answer gets a new offer.
-    w.say(4, "SFU_ANSWER", json!({"roomName": "r", "answer": {"sdp": "x"}}));
-    w.server.media_answered("d", "r", sid(4), Err(Refusal::new("invalid-message", "bad SDP")));
+    w.say(
+        4,
+        "SFU_ANSWER",
+        json!({"roomName": "r", "answer": {"sdp": "x"}}),
+    );
+    w.server.media_answered(
+        "d",
+        "r",
+        sid(4),
+        Err(Refusal::new("invalid-message", "bad SDP")),
+    );
     let out = w.drain();
     assert_eq!(error_type(&out, 4).as_deref(), Some("invalid-message"));
-    assert!(matches!(&media(&out)[..], [MediaOp::Offer { .. }]), "{out:?}");
-    let out = w.say(1, "SFU_ANSWER", json!({"roomName": "r", "answer": {"sdp": "x"}}));
+    assert!(
+        matches!(&media(&out)[..], [MediaOp::Offer { .. }]),
+        "{out:?}"
+    );
+    let out = w.say(
+        1,
+        "SFU_ANSWER",
+        json!({"roomName": "r", "answer": {"sdp": "x"}}),
+    );
     assert_eq!(error_type(&out, 1).as_deref(), Some("invalid-message"));
     // SFU messages in a mesh room are refused.
     w.open(5, "e");

@@ -1,7 +1,10 @@
 //! Allocation counts shared by every TURN shard, so that the quotas hold for
-//! the server as a whole and not per thread.
+//! the server as a whole and not per thread; and the relay addresses of
+//! every shard, so that two allocations of this server may reach each
+//! other (two browsers both behind strict NATs, in a mesh room).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use super::Quota;
@@ -22,6 +25,7 @@ pub struct Ledger {
 struct Counts {
     per_user: HashMap<String, usize>,
     total: usize,
+    relays: HashSet<SocketAddr>,
 }
 
 impl Ledger {
@@ -37,6 +41,28 @@ impl Ledger {
         *c.per_user.entry(username.to_owned()).or_default() += 1;
         c.total += 1;
         Ok(())
+    }
+
+    /// A relay address of this server is in use (or, `false`, no longer).
+    pub fn relay(&self, addr: SocketAddr, live: bool) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if live {
+            c.relays.insert(addr);
+        } else {
+            c.relays.remove(&addr);
+        }
+    }
+
+    /// Whether `addr` is a relay address of this server.
+    pub fn is_relay(&self, addr: SocketAddr) -> bool {
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.relays.contains(&addr)
+    }
+
+    /// Whether any relay address of this server is on `ip`.
+    pub fn has_relay_on(&self, ip: std::net::IpAddr) -> bool {
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.relays.iter().any(|a| a.ip() == ip)
     }
 
     /// One allocation of `username` ended.

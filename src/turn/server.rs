@@ -152,7 +152,7 @@ impl TurnServer {
         let Some(allocation) = self.allocations.get_mut(client) else {
             return;
         };
-        if !allocation.permits(from.ip(), now) || !self.config.policy.allows(from) {
+        if !allocation.permits(from.ip(), now) || !allowed_peer(&self.config, from) {
             return;
         }
         if !allocation.budget.spend(data.len(), now) {
@@ -242,6 +242,7 @@ impl TurnServer {
             ),
         );
         self.by_relay.insert(relay, p.client);
+        self.config.ledger.relay(relay, true);
         self.send_to_client(p.client, reply);
     }
 
@@ -536,8 +537,8 @@ impl TurnServer {
             ));
         }
         let allowed = match addr {
-            Some(addr) => self.config.policy.allows(addr),
-            None => self.config.policy.allows_ip(ip),
+            Some(addr) => allowed_peer(&self.config, addr),
+            None => self.config.policy.allows_ip(ip) || self.config.ledger.has_relay_on(ip),
         };
         if !allowed {
             return Err((
@@ -557,7 +558,7 @@ impl TurnServer {
             return;
         };
         let peer = peer.addr(msg.transaction_id());
-        if allocation.permits(peer.ip(), now) && self.config.policy.allows(peer) {
+        if allocation.permits(peer.ip(), now) && allowed_peer(&self.config, peer) {
             self.relay_to_peer(client, peer, data.data(), now);
         }
     }
@@ -673,6 +674,7 @@ impl TurnServer {
     fn remove_allocation(&mut self, client: &ClientKey) {
         if let Some(a) = self.allocations.remove(client) {
             self.by_relay.remove(&a.relay);
+            self.config.ledger.relay(a.relay, false);
             self.release_user(&a.username);
             self.out.push_back(Output::ReleaseRelay { relay: a.relay });
         }
@@ -685,6 +687,12 @@ impl TurnServer {
     fn send_to_client(&mut self, client: ClientKey, data: Vec<u8>) {
         self.out.push_back(Output::ToClient { client, data });
     }
+}
+
+/// May data go to (or come from) `peer`: what the policy allows, or
+/// another allocation's relay address on this server.
+fn allowed_peer(config: &TurnConfig, peer: SocketAddr) -> bool {
+    config.policy.allows(peer) || config.ledger.is_relay(peer)
 }
 
 fn add(b: &mut MessageWriteVec, attr: &dyn AttributeWrite) {

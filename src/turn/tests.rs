@@ -348,6 +348,36 @@ fn permissions_only_for_vessels_own_media_address() {
 }
 
 #[test]
+fn two_allocations_of_this_server_may_reach_each_other() {
+    // Two browsers both forced to relay (a mesh room): each one's peer is
+    // the other's relay address, on a loopback IP no range opens.
+    let mut h = Harness::default();
+    let first = h.allocate();
+    h.client.remote = addr("127.0.0.1:50001");
+    let second = h.allocate();
+    let ok = with_peer(&mut h, CREATE_PERMISSION, first, None);
+    assert_eq!(ok.class(), MessageClass::Success);
+    let out = h.send_indication(first, b"to the other relay");
+    assert!(
+        matches!(&out[..], [Output::ToPeer { relay, peer, .. }] if *relay == second && *peer == first),
+        "{out:?}"
+    );
+    h.server.handle_peer(second, first, b"back", h.now);
+    assert_eq!(
+        h.client_replies().len(),
+        1,
+        "the other relay's data comes in"
+    );
+    // Its port on the same IP once released is a stranger again.
+    h.client.remote = addr("127.0.0.1:50000");
+    let refresh = h.request(REFRESH, &[&Lifetime::new(0)]);
+    assert_eq!(refresh.class(), MessageClass::Success);
+    h.client.remote = addr("127.0.0.1:50001");
+    h.server.handle_peer(second, first, b"late", h.now);
+    assert!(h.outputs().is_empty(), "a released relay is no peer");
+}
+
+#[test]
 fn send_and_data_indications_relay_both_ways() {
     let mut h = Harness::default();
     let relay = h.allocate();
