@@ -177,9 +177,11 @@ impl SkywayServer {
         let sending = match result {
             Ok(sending) => sending,
             Err(r) => {
-                m.offered = None;
+                // The offer is spent and the session half set up: it ends,
+                // and the member may ask again (`SFU_GET_OFFER`).
+                let media = std::mem::take(m);
                 self.error_to(peer, r);
-                return self.maybe_reoffer(peer, room);
+                return self.end_member_media(peer, media);
             }
         };
         m.negotiated = m.offered.take().unwrap_or_default();

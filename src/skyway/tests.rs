@@ -755,7 +755,7 @@ fn refusals_and_races_of_sfu_members() {
     w.server.media_opened("d", "r", Ok((sid(4), "o".into())));
     let ops = media(&w.drain());
     assert!(matches!(&ops[..], [MediaOp::Candidate { session, .. }] if *session == sid(4)));
-    // An answer with no offer out is refused; a failed answer gets a new offer.
+    // A failed answer ends the session; asking again opens a new one.
     w.say(
         4,
         "SFU_ANSWER",
@@ -769,10 +769,13 @@ fn refusals_and_races_of_sfu_members() {
     );
     let out = w.drain();
     assert_eq!(error_type(&out, 4).as_deref(), Some("invalid-message"));
+    assert_eq!(media(&out), vec![MediaOp::Leave { session: sid(4) }]);
+    let out = w.say(4, "SFU_GET_OFFER", json!({"roomName": "r"}));
     assert!(
-        matches!(&media(&out)[..], [MediaOp::Offer { .. }]),
+        matches!(&media(&out)[..], [MediaOp::Open { .. }]),
         "{out:?}"
     );
+    // An answer with no offer out is refused.
     let out = w.say(
         1,
         "SFU_ANSWER",

@@ -162,6 +162,7 @@ pub fn layer(
     let (layer, io) = SocketIo::builder()
         .req_path(path.to_owned())
         .max_payload(MAX_PAYLOAD)
+        .ws_max_message_size(MAX_PAYLOAD as usize)
         .build_layer();
     let connect_state = state.clone();
     io.ns("/", move |socket: SocketRef| {
