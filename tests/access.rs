@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Client, Server, http, run_all_until};
+use common::{Client, Server, http, run_all_until, webhook};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret-for-tests";
@@ -253,48 +251,6 @@ fn a_private_live_admits_only_valid_tokens_for_it() {
         .text()
         .unwrap();
     assert!(!lives.to_string().contains("vip"), "{lives}");
-}
-
-/// A webhook that admits casters and denies viewers, and records what it
-/// was told.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/admit", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let request: Value = serde_json::from_slice(&body).unwrap();
-            let allow = request["role"] == "cast";
-            sink.lock().unwrap().push(request);
-            let answer = if allow {
-                "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
-            } else {
-                let reason = "viewers from there are not allowed";
-                format!(
-                    "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}",
-                    reason.len()
-                )
-            };
-            let _ = stream.write_all(answer.as_bytes());
-        }
-    });
-    (url, seen)
 }
 
 #[test]

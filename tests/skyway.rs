@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, Server, http, live_state, run_all_until};
+use common::{Client, Server, http, live_state, run_all_until, webhook};
 use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -497,4 +497,121 @@ fn credentialed_cors_echoes_allowed_origins_only() {
         }
     }
     assert!(said.contains("invalid-domain"), "{said}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The credential query parameter skyway-js sends (URI-encoded JSON).
+fn credential(timestamp: u64, auth_token: &str) -> String {
+    let json = json!({"timestamp": timestamp, "ttl": 3600, "authToken": auth_token}).to_string();
+    let mut out = String::new();
+    for b in json.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn admin(server: &Server, path: &str, body: Value) -> Value {
+    let text = http()
+        .post(server.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn rooms_follow_their_lives_access_rules() {
+    let server = Server::start_with_args(&["--viewer-token-secret", "s3cret"]);
+    // A private live: its room needs a viewer token to join.
+    admin(
+        &server,
+        "/api/lives",
+        json!({"live": "vip", "private": true}),
+    );
+    let (mut io, _) = SkyWay::open(&server, Some("fan"));
+    let (kind, why) = io.refused("ROOM_JOIN", json!({"roomName": "vip", "roomType": "sfu"}));
+    assert_eq!(kind, "authentication");
+    assert!(why.contains("private"), "{why}");
+    let token = admin(&server, "/api/lives/vip/tokens", json!({"ttl": 600}))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ticketed = SkyWay::connect(
+        &server,
+        &format!(
+            "apiKey={KEY}&token=t&peerId=ticketed&credential={}",
+            credential(unix_now(), &token)
+        ),
+    );
+    assert_eq!(ticketed.expect("OPEN")["peerId"], "ticketed");
+    assert_eq!(ticketed.join("vip", "sfu")["src"], "ticketed");
+
+    // A keyed live: sending media in its mesh room needs the stream key,
+    // SkyWay's signature made with it, or the key itself.
+    let key = admin(&server, "/api/lives", json!({"live": "keyed"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut viewer, _) = SkyWay::open(&server, Some("viewer"));
+    viewer.join("keyed", "mesh");
+    let (mut pretender, _) = SkyWay::open(&server, Some("pretender"));
+    pretender.join("keyed", "mesh");
+    let sends = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
+    let answer = json!({"answer": {"type": "answer", "sdp": sends}, "dst": "viewer", "roomName": "keyed", "connectionId": "mc_1"});
+    let (kind, why) = pretender.refused("SEND_ANSWER", answer.clone());
+    assert_eq!(kind, "authentication");
+    assert!(why.contains("stream key"), "{why}");
+    let now = unix_now();
+    let signed = vessel::skyway::sign(&key, &format!("{now}:3600:caster"));
+    let cred = credential(now, &signed);
+    let mut caster = SkyWay::connect(
+        &server,
+        &format!("apiKey={KEY}&token=t&peerId=caster&credential={cred}"),
+    );
+    caster.expect("OPEN");
+    caster.join("keyed", "mesh");
+    caster.send("SEND_ANSWER", answer);
+    assert_eq!(viewer.expect("ANSWER")["src"], "caster");
+    // The same signature for another peer id is no use.
+    let mut thief = SkyWay::connect(
+        &server,
+        &format!("apiKey={KEY}&token=t&peerId=thief&credential={cred}"),
+    );
+    thief.expect("OPEN");
+    thief.join("keyed", "mesh");
+    let (kind, _) = thief.refused(
+        "SEND_OFFER",
+        json!({"offer": {"type": "offer", "sdp": sends}, "dst": "viewer", "roomName": "keyed"}),
+    );
+    assert_eq!(kind, "authentication");
+}
+
+#[test]
+fn the_admission_webhook_is_asked_with_protocol_skyway() {
+    let (url, seen) = webhook();
+    let server = Server::start_with_args(&["--admission-webhook", &url]);
+    let (mut io, _) = SkyWay::open(&server, Some("someone"));
+    let (kind, why) = io.refused(
+        "ROOM_JOIN",
+        json!({"roomName": "hooked", "roomType": "mesh"}),
+    );
+    assert_eq!(kind, "permission");
+    assert!(why.contains("viewers from there are not allowed"), "{why}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0]["live"], "hooked");
+    assert_eq!(seen[0]["role"], "play");
+    assert_eq!(seen[0]["protocol"], "skyway");
 }

@@ -39,7 +39,9 @@ async fn ice_servers(State(state): State<AppState>) -> Response {
 /// Lives on air, private ones left out.
 async fn lives(State(state): State<AppState>) -> Response {
     let mut lives = state.board.on_air();
-    lives.retain(|l| !state.access.is_private(&l.live));
+    // A SkyWay SFU room's further publishers (`room~2`) are the room's own
+    // business, seen by its members, not lives of their own.
+    lives.retain(|l| super::valid_live_name(&l.live) && !state.access.is_private(&l.live));
     Json(json!({ "lives": lives })).into_response()
 }
 

@@ -182,6 +182,19 @@ test('k2: the same pages in mode \'sfu\': one upload, Vessel fans it out; the ro
     // Vessel's own play page (WHEP) watches the same live.
     const viewer = await h.open(`/play/${room}`, `play page ${room}`);
     await waitForMedia(viewer, 'window.vesselPlayer && window.vesselPlayer.pc', { what: '/play of the SFU room' });
+    await h.closePage(viewer);
+
+    // A second member with a stream publishes too: every player gets a second stream, once.
+    const guest = await skywayPage(`guest ${room}`);
+    const guestId = await guest.evaluate((o) => window.seedCast(o), peerOptions(room, 'sfu'));
+    for (const p of players) {
+      await waitInPage(p, 'window.streams.length === 2', 20000, 'the guest\'s stream');
+      await waitForMedia(p, 'window.shown()', { what: 'the guest, shown last' });
+      assert.deepEqual((await p.evaluate(() => window.streams)).map((s) => s.peerId), [casterId, guestId]);
+    }
+    // Its live is the room's own business, not listed as a live of its own.
+    const listed = (await (await fetch(`${h.url}/api/lives`)).json()).lives.map((l) => l.live);
+    assert.ok(listed.includes(room) && !listed.some((l) => l.startsWith(`${room}~`)), JSON.stringify(listed));
   }));
 
 test('k3: SFU: a player that joins before the caster gets the stream when the caster comes', { timeout: 90000 }, () =>
