@@ -607,14 +607,7 @@ impl SkywayServer {
     }
 
     /// The answer to an [`Out::Admit`].
-    pub fn admitted(
-        &mut self,
-        conn: ConnId,
-        room: &str,
-        ask: Ask,
-        result: Result<(), Refusal>,
-        now: Instant,
-    ) {
+    pub fn admitted(&mut self, conn: ConnId, room: &str, ask: Ask, result: Result<(), Refusal>) {
         let Some(src) = self.conns.get(&conn).cloned() else {
             return;
         };
@@ -626,9 +619,7 @@ impl SkywayServer {
             return self.error(conn, r.kind, r.message);
         }
         match (held, ask) {
-            (Held::Join(name, mode), Ask::Watch) if name == room => {
-                self.join(&src, &name, mode, now)
-            }
+            (Held::Join(name, mode), Ask::Watch) if name == room => self.join(&src, &name, mode),
             (Held::Relay(event, message), Ask::Cast) => {
                 if let Some(p) = self.peers.get_mut(&src) {
                     p.may_cast.insert(room.to_string());
@@ -859,8 +850,7 @@ impl SkywayServer {
         });
     }
 
-    fn join(&mut self, src: &str, name: &str, mode: Mode, now: Instant) {
-        let _ = now;
+    fn join(&mut self, src: &str, name: &str, mode: Mode) {
         let room = self
             .rooms
             .entry(name.to_string())

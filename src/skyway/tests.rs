@@ -69,7 +69,7 @@ impl World {
     }
 
     fn admit(&mut self, conn: ConnId, room: &str, ask: Ask, r: Result<(), Refusal>) -> Vec<Out> {
-        self.server.admitted(conn, room, ask, r, self.now);
+        self.server.admitted(conn, room, ask, r);
         self.drain()
     }
 

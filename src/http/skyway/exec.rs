@@ -54,7 +54,7 @@ pub(super) async fn run(hub: Arc<SkywayHub>, state: AppState, op: MediaOp) {
         } => {
             let asker = hub.asker_of(&peer);
             let result = match asker {
-                Some(asker) => publish(&state, &asker, &peer, &room, &live, credential).await,
+                Some(asker) => publish(&state, &asker, &peer, &room, credential).await,
                 None => Err(Refusal::new("server-error", "the peer went away")),
             };
             let result = match result {
@@ -80,20 +80,18 @@ pub(super) async fn run(hub: Arc<SkywayHub>, state: AppState, op: MediaOp) {
     }
 }
 
-/// A member sends media into `live` of `room`: it must be allowed to cast
-/// the room's live, as a WHIP caster would.
+/// A member sends media into its room (its own live or `room~n`): it must
+/// be allowed to cast the room's live, as a WHIP caster would.
 async fn publish(
     state: &AppState,
     asker: &admission::Asker,
     peer: &str,
     room: &str,
-    live: &str,
     credential: Option<Value>,
 ) -> Result<(), Refusal> {
     state
         .accepting()
         .map_err(|e| Refusal::new("server-error", e.1))?;
-    let _ = live;
     admission::decide(
         state,
         asker,

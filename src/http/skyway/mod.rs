@@ -378,9 +378,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
                     let result =
                         admission::decide(&state, &asker, &a.peer, &a.room, a.ask, a.credential)
                             .await;
-                    hub.with(&state, |s| {
-                        s.admitted(conn, &a.room, a.ask, result, Instant::now())
-                    });
+                    hub.with(&state, |s| s.admitted(conn, &a.room, a.ask, result));
                 }
             }
         }
