@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::{Client, Server, http, run_all_until, webhook};
+use common::{Client, Server, http, live_goes_on, run_all_until, webhook};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret-for-tests";
@@ -35,17 +35,6 @@ fn cast_and_watch(
         |c| c[1].video().len() >= 10,
     );
     (caster, viewer)
-}
-
-/// The viewer keeps receiving: 30 more video packets within 10 s.
-fn live_goes_on(caster: &mut Client, viewer: &mut Client) {
-    let before = viewer.video().len();
-    run_all_until(
-        &mut [caster, viewer],
-        Duration::from_secs(10),
-        "the live goes on",
-        |c| c[1].video().len() >= before + 30,
-    );
 }
 
 fn admin_post(server: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {

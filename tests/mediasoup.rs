@@ -6,19 +6,32 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::socketio::Ws;
 use common::{Client, Server, http, live_state};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
 use str0m::ice::{StunMessage, TransId};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
-struct SocketIo {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+/// The mediasoup dialect's client: engine.io 4, a namespace connect with
+/// the `auth` payload, and requests answered by `re:<name>`.
+struct SocketIo(Ws);
+
+impl std::ops::Deref for SocketIo {
+    type Target = Ws;
+    fn deref(&self) -> &Ws {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SocketIo {
+    fn deref_mut(&mut self) -> &mut Ws {
+        &mut self.0
+    }
 }
 
 impl SocketIo {
@@ -29,23 +42,12 @@ impl SocketIo {
 
     /// As [`SocketIo::connect`], with socket.io's `auth` payload.
     fn connect_with(server: &Server, query: &str, auth: Option<Value>) -> Result<Self, String> {
-        let url = server
-            .url(&format!("/media/?EIO=4&transport=websocket&{query}"))
-            .replace("http://", "ws://");
-        let (mut ws, _) = tungstenite::connect(url).map_err(|e| e.to_string())?;
-        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        }
-        let mut io = Self { ws };
-        let open = io
-            .frame()
-            .ok_or("closed before the engine.io open packet")?;
-        assert!(open.starts_with('0'), "engine.io open: {open}");
+        let mut io = Ws::open(server, "/media", 4, query)?;
         let connect = match auth {
             Some(a) => format!("40{a}"),
             None => "40".into(),
         };
-        io.ws.send(Message::text(connect)).unwrap();
+        io.raw(&connect);
         // Requests sent before the namespace's connect answer are dropped
         // (and the socket with them), as socket.io clients know.
         loop {
@@ -53,7 +55,7 @@ impl SocketIo {
                 .frame()
                 .ok_or("closed before the socket.io connect answer")?;
             if f.starts_with("40") {
-                return Ok(io);
+                return Ok(Self(io));
             }
             if f.starts_with("44") {
                 return Err(f);
@@ -61,54 +63,14 @@ impl SocketIo {
         }
     }
 
-    /// The next engine.io text packet (pings answered), or None once closed.
-    fn frame(&mut self) -> Option<String> {
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) if t.as_str() == "2" => {
-                    self.ws.send(Message::text("3")).unwrap();
-                }
-                Ok(Message::Text(t)) => return Some(t.to_string()),
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next socket.io event as (name, argument); None once closed.
-    fn event(&mut self) -> Option<(String, Value)> {
-        loop {
-            let f = self.frame()?;
-            if let Some(body) = f.strip_prefix("42") {
-                let v: Value = serde_json::from_str(body).unwrap();
-                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
-            }
-            if f.starts_with("41") {
-                return None; // the server disconnected the socket
-            }
-        }
-    }
-
     /// Sends `name` with `arg` and returns what `re:<name>` carries.
     fn ask(&mut self, name: &str, arg: Value) -> Value {
-        self.ws
-            .send(Message::text(format!("42{}", json!([name, arg]))))
-            .unwrap();
-        let reply = format!("re:{name}");
-        loop {
-            match self.event() {
-                Some((n, v)) if n == reply => return v,
-                Some(_) => {}
-                None => panic!("the socket closed before {reply}"),
-            }
-        }
+        self.send(name, arg);
+        self.expect(&format!("re:{name}"))
     }
 
-    fn close(mut self) {
-        let _ = self.ws.send(Message::text("41"));
-        let _ = self.ws.close(None);
-        while self.ws.read().is_ok() {}
+    fn close(self) {
+        self.0.close();
     }
 }
 

@@ -5,38 +5,41 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, Server, http, live_state, run_all_until, webhook};
+use common::socketio::Ws;
+use common::{Client, Server, http, live_goes_on, live_state, run_all_until, webhook};
 use serde_json::{Value, json};
+use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 
 const KEY: &str = "vessel00-0000-4000-8000-000000000000";
 
-struct SkyWay {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+/// skyway-js's side: engine.io 3, the default namespace connected by the
+/// server, every message an event.
+struct SkyWay(Ws);
+
+impl std::ops::Deref for SkyWay {
+    type Target = Ws;
+    fn deref(&self) -> &Ws {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SkyWay {
+    fn deref_mut(&mut self) -> &mut Ws {
+        &mut self.0
+    }
 }
 
 impl SkyWay {
-    /// Opens `path` (default `/socket.io`) with `query` as skyway-js does
-    /// (engine.io 3); the server connects the default namespace itself.
+    /// Opens `path` (default `/socket.io`) with `query` as skyway-js does.
     fn connect_at(server: &Server, path: &str, query: &str) -> Result<Self, String> {
-        let url = server
-            .url(&format!("{path}/?EIO=3&transport=websocket&{query}"))
-            .replace("http://", "ws://");
-        let (mut ws, _) = tungstenite::connect(url).map_err(|e| e.to_string())?;
-        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        }
-        let mut io = Self { ws };
-        let open = io.frame().ok_or("closed before the engine.io open")?;
-        assert!(open.starts_with('0'), "engine.io open: {open}");
+        let mut io = Ws::open(server, path, 3, query)?;
         let connect = io.frame().ok_or("closed before the namespace connect")?;
         assert!(connect.starts_with("40"), "socket.io connect: {connect}");
-        Ok(io)
+        Ok(Self(io))
     }
 
     fn connect(server: &Server, query: &str) -> Self {
@@ -51,57 +54,9 @@ impl SkyWay {
             q.push_str(&format!("&peerId={}", id.replace(' ', "%20")));
         }
         let mut io = Self::connect(server, &q);
-        let (name, arg) = io.event().expect("OPEN");
-        assert_eq!(name, "OPEN", "{arg}");
+        let arg = io.expect("OPEN");
         let id = arg["peerId"].as_str().unwrap().to_string();
         (io, id)
-    }
-
-    /// The next engine.io text packet, or None once closed.
-    fn frame(&mut self) -> Option<String> {
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) => return Some(t.to_string()),
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next socket.io event as (name, argument); None once closed.
-    fn event(&mut self) -> Option<(String, Value)> {
-        loop {
-            let f = self.frame()?;
-            if let Some(body) = f.strip_prefix("42") {
-                let v: Value = serde_json::from_str(body).unwrap();
-                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
-            }
-            if f.starts_with("41") || f.starts_with('1') {
-                return None;
-            }
-        }
-    }
-
-    /// The next event named `name` (others skipped).
-    fn expect(&mut self, name: &str) -> Value {
-        loop {
-            match self.event() {
-                Some((n, v)) if n == name => return v,
-                Some(_) => {}
-                None => panic!("closed before {name}"),
-            }
-        }
-    }
-
-    fn send(&mut self, name: &str, arg: Value) {
-        self.ws
-            .send(Message::text(format!("42{}", json!([name, arg]))))
-            .unwrap();
-    }
-
-    fn raw(&mut self, text: &str) {
-        let _ = self.ws.send(Message::text(text.to_string()));
     }
 
     /// Sends `name` and returns the `ERROR` that answers it.
@@ -117,27 +72,6 @@ impl SkyWay {
     fn join(&mut self, room: &str, mode: &str) -> Value {
         self.send("ROOM_JOIN", json!({"roomName": room, "roomType": mode}));
         self.expect("ROOM_USER_JOIN")
-    }
-
-    /// The server closes the socket (a socket.io disconnect, an engine.io
-    /// close, or the connection ends) before the read timeout.
-    fn closed(&mut self) -> bool {
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) if t.starts_with("41") || t.as_str() == "1" => return true,
-                Ok(Message::Close(_)) => return true,
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false;
-                }
-                Err(_) => return true,
-            }
-        }
     }
 }
 
@@ -157,16 +91,6 @@ fn on_air(server: &Server, live: &str) -> (Client, Client) {
 fn get_json(server: &Server, path: &str) -> Value {
     let text = http().get(server.url(path)).send().unwrap().text().unwrap();
     serde_json::from_str(&text).unwrap_or(Value::String(text))
-}
-
-fn live_goes_on(caster: &mut Client, viewer: &mut Client) {
-    let before = viewer.video().len();
-    run_all_until(
-        &mut [caster, viewer],
-        Duration::from_secs(10),
-        "the live goes on",
-        |c| c[1].video().len() >= before + 30,
-    );
 }
 
 #[test]

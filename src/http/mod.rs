@@ -197,6 +197,23 @@ fn check_live(live: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Who sent a request, for the admission webhook: the TCP peer (a reverse
+/// proxy, if there is one) and the `X-Forwarded-For` header a proxy set.
+pub(crate) fn client_of(
+    parts: &axum::http::request::Parts,
+) -> (std::net::SocketAddr, Option<String>) {
+    let remote = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let forwarded_for = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (remote, forwarded_for)
+}
+
 /// The token of the request's `Authorization: Bearer` header.
 fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
     crate::access::bearer(

@@ -15,6 +15,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
+pub mod socketio;
+
 pub struct Server {
     child: Child,
     pub base: String,
@@ -538,4 +540,15 @@ pub fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
         }
     });
     (url, seen)
+}
+
+/// The caster and viewer of a live keep going: 30 more video packets.
+pub fn live_goes_on(caster: &mut Client, viewer: &mut Client) {
+    let before = viewer.video().len();
+    run_all_until(
+        &mut [caster, viewer],
+        Duration::from_secs(10),
+        "the live goes on",
+        |c| c[1].video().len() >= before + 30,
+    );
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use std::collections::HashMap;
 
-use axum::extract::{ConnectInfo, Query};
+use axum::extract::Query;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef};
@@ -100,15 +100,7 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
         .or(query.get("token").map(String::as_str))
         .or(query.get("key").map(String::as_str))
         .map(str::to_owned);
-    let remote = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let forwarded_for = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let (remote, forwarded_for) = super::client_of(parts);
     if let Err(e) = super::check_live(&live) {
         let _ = socket.emit("error", &json!({ "error": e.1 }));
         let _ = socket.disconnect();

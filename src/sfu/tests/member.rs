@@ -112,6 +112,16 @@ impl Net {
         self.clients.len() - 1
     }
 
+    /// A member of `room` that publishes into `live`.
+    fn publisher(&mut self, room: &str, live: &str) -> (usize, PeerId) {
+        let i = self.member_on(0, room, &[], true);
+        let peer = self.clients[i].peer;
+        self.sfus[0]
+            .member_cast(peer, Some(live), self.now)
+            .unwrap();
+        (i, peer)
+    }
+
     /// Re-offers `subs` to member `i` and has it answer. False if there
     /// was nothing to negotiate.
     fn reoffer(&mut self, i: usize, subs: &[Subscription]) -> bool {
@@ -155,11 +165,7 @@ fn got_on(c: &Client, mids: &[Mid]) -> usize {
 #[test]
 fn a_member_publishes_and_members_and_whep_viewers_watch_it() {
     let mut net = Net::new();
-    let a = net.member_on(0, "room", &[], true);
-    let a_peer = net.clients[a].peer;
-    net.sfus[0]
-        .member_cast(a_peer, Some("room"), net.now)
-        .unwrap();
+    let (a, a_peer) = net.publisher("room", "room");
     let stream = a_peer.to_string();
     let b = net.member_on(0, "room", &[sub("room", &stream)], false);
     let whep = net.join("room", Role::Play);
@@ -283,11 +289,7 @@ fn one_offer_at_a_time_and_answers_only_to_offers() {
 #[test]
 fn a_whip_caster_taking_the_live_stops_a_members_publishing_only() {
     let mut net = Net::new();
-    let a = net.member_on(0, "room", &[], true);
-    let a_peer = net.clients[a].peer;
-    net.sfus[0]
-        .member_cast(a_peer, Some("room"), net.now)
-        .unwrap();
+    let (a, a_peer) = net.publisher("room", "room");
     let b = net.member_on(0, "room", &[sub("room", &a_peer.to_string())], false);
     net.run(Duration::from_millis(500));
     let before = net.clients[b].received.len();
