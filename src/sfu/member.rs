@@ -24,15 +24,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::Candidate;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::{Candidate, RtcConfig};
 
 use super::peer::{Cast, OutTrack, Play, same_live};
 use super::{
-    JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, STATS_INTERVAL, Sfu, new_ice_creds,
-    offered_producer, tidy_sdp_error,
+    JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, Sfu, new_ice_creds, offered_producer,
+    rtc_config, tidy_sdp_error,
 };
 
 /// m-lines one session may grow to. Stopped m-lines stay in the SDP (str0m
@@ -118,13 +118,9 @@ impl Sfu {
         let id = PeerId::random_on(self.config.shard);
         let creds = new_ice_creds();
         let ufrag = creds.ufrag.clone();
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .set_local_ice_credentials(creds)
-            // A member watches: the send-side estimate picks its layers.
-            .enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)));
+        // A member watches: the send-side estimate picks its layers.
+        let mut config =
+            rtc_config(creds).enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)));
         config.codec_config().enable_opus(true, true);
         let mut rtc = config.build(now);
         for c in self.local_candidates() {

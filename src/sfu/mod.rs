@@ -249,11 +249,7 @@ impl Sfu {
         let id = PeerId::random_on(self.config.shard);
         let creds = new_ice_creds();
         let ufrag = creds.ufrag.clone();
-        let mut rtc_config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .set_local_ice_credentials(creds);
+        let mut rtc_config = rtc_config(creds);
         // RED (RFC 2198) for audio when the client offers it: a lost Opus
         // packet is rebuilt from the next one, with no retransmission.
         rtc_config.codec_config().enable_opus(true, true);
@@ -810,6 +806,17 @@ impl Sfu {
             self.announce_interest(&name, false);
         }
     }
+}
+
+/// What every session's `Rtc` starts from: ICE-lite (Vessel's address is
+/// known), RTP mode (the SFU rewrites each viewer's stream itself),
+/// periodic stats for `/metrics`, and its ICE credentials.
+fn rtc_config(creds: IceCreds) -> RtcConfig {
+    RtcConfig::new()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .set_stats_interval(Some(STATS_INTERVAL))
+        .set_local_ice_credentials(creds)
 }
 
 /// A fresh pair of local ICE credentials.

@@ -23,11 +23,11 @@ use str0m::format::{CodecConfig, CodecSpec, PayloadParams};
 use str0m::ice::StunMessage;
 use str0m::media::{MediaKind, Mid, Rid};
 use str0m::rtp::{Extension, ExtensionMap};
-use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, IceCreds, Input, Output, Rtc};
 
 use super::codec::can_carry;
 use super::peer::{Cast, DirectPeer, OutTrack, Peer, Play};
-use super::{PeerId, RTX_CACHE_AGE, Role, STATS_INTERVAL, Sfu, new_ice_creds};
+use super::{PeerId, RTX_CACHE_AGE, Role, Sfu, new_ice_creds};
 pub(super) use pending::PendingCast;
 
 /// A transport as the client is told of it.
@@ -417,11 +417,7 @@ impl Sfu {
         role: Role,
         now: Instant,
     ) -> Result<Rtc, DirectError> {
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .set_local_ice_credentials(creds.clone())
+        let mut config = super::rtc_config(creds.clone())
             .set_dtls_cert(cert)
             .set_extension_map(exts);
         *config.codec_config() = codecs;
