@@ -63,6 +63,36 @@ export function freeUdpPort() {
   });
 }
 
+/** Whether `port` can be bound on `host` over UDP and over TCP. */
+function portFree(host, port) {
+  const udp = new Promise((resolve) => {
+    const sock = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    sock.once('error', () => resolve(false));
+    sock.bind(port, host, () => sock.close(() => resolve(true)));
+  });
+  const tcp = new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, host, () => srv.close(() => resolve(true)));
+  });
+  return Promise.all([udp, tcp]).then(([u, t]) => u && t);
+}
+
+/**
+ * A media port for a server with `workers` workers: it and the next `workers - 1` ports free over
+ * UDP and TCP on `host` (worker k takes port + k).
+ */
+export async function freeMediaPort(host = '127.0.0.1', workers = 2) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = await freeUdpPort();
+    if (base + workers > 65535) continue;
+    let all = true;
+    for (let k = 0; k < workers && all; k++) all = await portFree(host, base + k);
+    if (all) return base;
+  }
+  throw new Error(`no ${workers} consecutive free media ports on ${host}`);
+}
+
 /**
  * Polls `fn` until it returns a truthy value (returned), or throws after `timeoutMs`
  * with the last value / error in the message.
@@ -115,12 +145,27 @@ export class VesselServer {
    * `extraArgs`: more flags (e.g. `--turn-public-addr`; `--open` for a server on a non-loopback
    * address or with a non-loopback `--public-ip`, whose lives otherwise need stream keys).
    */
-  async start({ httpPort, mediaPort, bind, publicIps, extraArgs } = {}) {
+  async start(options = {}) {
+    // Ports picked here may be taken before the server binds them (another process of the
+    // machine): then try fresh ones.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startOnce(options);
+      } catch (err) {
+        const picked = options.httpPort === undefined && options.mediaPort === undefined;
+        if (!picked || attempt >= 3 || !/cannot (bind|listen)/.test(err.message)) throw err;
+        this.log.add('harness', `ports taken meanwhile; trying others (${attempt})`);
+      }
+    }
+  }
+
+  async startOnce({ httpPort, mediaPort, bind, publicIps, extraArgs } = {}) {
     this.bind = bind ?? this.bind ?? '127.0.0.1';
     this.publicIps = publicIps ?? this.publicIps ?? [];
     this.extraArgs = extraArgs ?? this.extraArgs ?? [];
     this.httpPort = httpPort ?? (await freeTcpPort());
-    this.mediaPort = mediaPort ?? (await freeUdpPort());
+    // Worker k listens on the media port + k (two workers below).
+    this.mediaPort = mediaPort ?? (await freeMediaPort(this.bind === '0.0.0.0' ? '0.0.0.0' : this.bind, 2));
     this.url = `http://127.0.0.1:${this.httpPort}`;
     const args = [
       '--http', `${this.bind}:${this.httpPort}`,
