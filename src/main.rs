@@ -385,9 +385,10 @@ fn start_turn(
 ) -> Result<Arc<IceServers>, String> {
     let secret = flags.secret.clone().unwrap_or_else(|| {
         let secret = Credentials::generate_secret();
+        // Never logged: whoever reads the logs could mint credentials.
         tracing::info!(
-            "TURN secret for this run: {secret} (set --turn-secret or VESSEL_TURN_SECRET \
-             to keep TURN credentials valid across restarts)"
+            "TURN credentials use a random secret for this run (set --turn-secret or \
+             VESSEL_TURN_SECRET to keep them valid across restarts, or to mint them elsewhere)"
         );
         secret
     });

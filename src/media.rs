@@ -162,7 +162,7 @@ impl MediaHandle {
             && old != peer
             && old.shard() != peer.shard()
         {
-            tracing::info!(live, peer = %old, "caster replaced by a new session");
+            tracing::info!(live, peer = %old.log(), "caster replaced by a new session");
             let _ = self.leave(live, Role::Cast, old).await;
         }
     }
@@ -731,14 +731,19 @@ async fn run(
                     flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
                     let _ = reply.send(());
                 }
-                Some(cmd) => handle(&mut sfu, cmd),
+                // A command that fails inside one session ends that session;
+                // its caller hears the media engine did not answer.
+                Some(cmd) => {
+                    sfu.isolated(Instant::now(), |sfu| handle(sfu, cmd));
+                }
                 None => return Ok(()),
             },
             Some(msg) = shard.remote_rx.recv() => {
-                sfu.handle_remote(msg, Instant::now());
+                let now = Instant::now();
+                sfu.isolated(now, |sfu| sfu.handle_remote(msg, now));
                 // Take what else is queued in the same wake-up.
                 while let Ok(msg) = shard.remote_rx.try_recv() {
-                    sfu.handle_remote(msg, Instant::now());
+                    sfu.isolated(now, |sfu| sfu.handle_remote(msg, now));
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}

@@ -12,6 +12,16 @@ use prometheus_client::registry::Registry;
 
 use crate::sfu::SfuStats;
 
+/// Which engine a count is about.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Engine {
+    /// `media` (the SFU) or `turn`.
+    pub engine: &'static str,
+}
+
+pub const MEDIA: Engine = Engine { engine: "media" };
+pub const TURN: Engine = Engine { engine: "turn" };
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
     /// `in` (from casters) or `out` (to viewers).
@@ -30,6 +40,7 @@ pub struct Metrics {
     pub keyframe_requests: Family<Direction, Counter>,
     pub turn_allocations: Gauge,
     pub turn_relayed_bytes: Counter,
+    pub panics: Family<Engine, Counter>,
 }
 
 pub const IN: Direction = Direction { direction: "in" };
@@ -55,6 +66,7 @@ impl Metrics {
             keyframe_requests: Family::default(),
             turn_allocations: Gauge::default(),
             turn_relayed_bytes: Counter::default(),
+            panics: Family::default(),
         };
         let registry = &mut m.registry;
         registry.register("lives", "Lives with a caster or viewers", m.lives.clone());
@@ -95,6 +107,14 @@ impl Metrics {
             "Bytes relayed by TURN, both ways",
             m.turn_relayed_bytes.clone(),
         );
+        registry.register(
+            "panics",
+            "Sessions (media) or allocations (turn) closed because handling them panicked; the rest went on",
+            m.panics.clone(),
+        );
+        for engine in [MEDIA, TURN] {
+            let _ = m.panics.get_or_create(&engine);
+        }
         // Every series exists from the start, at zero, so that dashboards
         // and alerts see 0 rather than nothing.
         for family in [
@@ -133,6 +153,9 @@ impl Metrics {
         self.packets_lost
             .get_or_create(&OUT)
             .inc_by(d(now.lost_out, last.lost_out));
+        self.panics
+            .get_or_create(&MEDIA)
+            .inc_by(d(now.peer_panics, last.peer_panics));
     }
 
     /// The text exposition format.

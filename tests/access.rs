@@ -240,6 +240,26 @@ fn a_private_live_admits_only_valid_tokens_for_it() {
         .text()
         .unwrap();
     assert!(!lives.to_string().contains("vip"), "{lives}");
+
+    // Its state (on air, viewers) is for token holders and its caster.
+    let state = |auth: Option<&str>, query: &str| {
+        let mut req = http().get(server.url(&format!("/api/lives/vip{query}")));
+        if let Some(t) = auth {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let res = req.send().unwrap();
+        (res.status().as_u16(), res.text().unwrap())
+    };
+    let (status, body) = state(None, "");
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("onAir"), "{body}");
+    assert_eq!(state(None, "/events").0, 401, "nor its event stream");
+    assert_eq!(state(Some(&other_live), "").0, 401);
+    let (status, body) = state(Some(&token), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"onAir\":true"), "{body}");
+    assert_eq!(state(None, &format!("?token={token}")).0, 200);
+    assert_eq!(state(Some(&key), "").0, 200, "the stream key too");
 }
 
 #[test]

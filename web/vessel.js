@@ -586,7 +586,9 @@ class Session extends Emitter {
   /** Follows the live's Server-Sent Events (`state`: onAir, viewers). */
   _openEvents() {
     if (this._stopped) return;
-    const url = `${this._server}/api/lives/${encodeURIComponent(this.live)}/events`;
+    const url = new URL(`${this._server}/api/lives/${encodeURIComponent(this.live)}/events`);
+    // A private live's state needs the viewer token (or the stream key); EventSource sends no headers.
+    if (this._credential) url.searchParams.set('token', this._credential);
     const events = new EventSource(url);
     this._events = events;
     events.addEventListener('state', (e) => {
@@ -743,7 +745,7 @@ export class Publisher extends Session {
     if (deleteStatus !== 404) return true;
     try {
       const url = `${this._server}/api/lives/${encodeURIComponent(this.live)}`;
-      const res = await fetch(url, { cache: 'no-store', signal: AbortSignal.timeout(POST_TIMEOUT_MS) });
+      const res = await fetch(url, { headers: this._headers(), cache: 'no-store', signal: AbortSignal.timeout(POST_TIMEOUT_MS) });
       if (!res.ok || !(await res.json()).onAir) return true;
     } catch {
       return true;

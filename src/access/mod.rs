@@ -201,7 +201,7 @@ impl Access {
 }
 
 /// Compares secrets in constant time (a timing oracle must not leak keys).
-fn same(a: &str, b: &str) -> bool {
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 

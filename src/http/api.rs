@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -45,15 +46,51 @@ async fn lives(State(state): State<AppState>) -> Response {
     Json(json!({ "lives": lives })).into_response()
 }
 
-async fn live(State(state): State<AppState>, Path(live): Path<String>) -> Response {
-    match check_live(&live) {
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// A private live's state is for those who may watch or cast it: a viewer
+/// token or the stream key, as `Authorization: Bearer` or `?token=`
+/// (EventSource sends no headers).
+fn may_see(
+    state: &AppState,
+    live: &str,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+) -> Result<(), super::ApiError> {
+    check_live(live)?;
+    if !state.access.is_private(live) {
+        return Ok(());
+    }
+    let credential = super::bearer_of(headers).or(query.token.as_deref());
+    if state.access.check_cast(live, credential).is_ok() {
+        return Ok(());
+    }
+    state.access.check_play(live, credential)?;
+    Ok(())
+}
+
+async fn live(
+    State(state): State<AppState>,
+    Path(live): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    match may_see(&state, &live, &headers, &query) {
         Ok(()) => Json(state.board.get(&live)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn events(State(state): State<AppState>, Path(live): Path<String>) -> Response {
-    if let Err(e) = check_live(&live) {
+async fn events(
+    State(state): State<AppState>,
+    Path(live): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(e) = may_see(&state, &live, &headers, &query) {
         return e.into_response();
     }
     let mut shutdown = state.shutdown.clone();

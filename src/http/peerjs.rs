@@ -129,7 +129,7 @@ async fn peers(State(state): State<AppState>, Path(key): Path<String>) -> Respon
     if !hub.discovery {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    match hub.with(|s| (s.key() == key).then(|| s.peers())) {
+    match hub.with(|s| s.is_key(&key).then(|| s.peers())) {
         Some(ids) => Json(ids).into_response(),
         None => StatusCode::UNAUTHORIZED.into_response(),
     }

@@ -91,8 +91,9 @@ impl PeerServer {
         }
     }
 
-    pub fn key(&self) -> &str {
-        &self.config.key
+    /// Whether `key` is this server's (in constant time).
+    pub fn is_key(&self, key: &str) -> bool {
+        crate::access::same(key, &self.config.key)
     }
 
     /// The ids connected now (for `GET /{key}/peers` with discovery).
@@ -118,14 +119,14 @@ impl PeerServer {
                 "No id, token, or key supplied to websocket server",
             );
         };
-        if key != self.config.key {
+        if !crate::access::same(key, &self.config.key) {
             return self.refuse(conn, "ERROR", "Invalid key provided");
         }
         if id.is_empty() || id.len() > MAX_ID {
             return self.refuse(conn, "ERROR", "Invalid id");
         }
         if let Some(client) = self.clients.get_mut(id) {
-            if client.token != token {
+            if !crate::access::same(&client.token, token) {
                 return self.refuse(conn, "ID-TAKEN", "ID is taken");
             }
             // The same peer reconnecting: the new socket replaces the old,

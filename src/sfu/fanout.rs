@@ -34,9 +34,21 @@ impl Sfu {
     /// Polls a peer until it has nothing more to say, then carries out what
     /// it asked of others.
     pub(super) fn drive(&mut self, id: PeerId, now: Instant) {
+        // A panic from here on is this peer's (until it hands over to
+        // another, which does the same).
+        let prev = self.running.replace(id);
+        self.drive_peer(id, now);
+        self.running = prev;
+    }
+
+    fn drive_peer(&mut self, id: PeerId, now: Instant) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        #[cfg(test)]
+        if peer.poisoned {
+            panic!("injected failure");
+        }
         let mut fx = Effects::default();
         let rtc_timeout = loop {
             match peer.rtc.poll_output() {
@@ -44,7 +56,7 @@ impl Sfu {
                 Ok(Output::Timeout(t)) => break Some(t),
                 Ok(Output::Event(e)) => on_event(peer, e, &mut fx, &mut self.stats),
                 Err(e) => {
-                    tracing::warn!(live = %peer.live, peer = %id, "session failed: {e}");
+                    tracing::warn!(live = %peer.live, peer = %id.log(), "session failed: {e}");
                     break None;
                 }
             }
@@ -212,7 +224,7 @@ impl Sfu {
         }
         let target = track.selector.select(layers, now);
         if target != track.target {
-            tracing::debug!(live = %session_live, peer = %id, ?target, "video layer chosen");
+            tracing::debug!(live = %session_live, peer = %id.log(), ?target, "video layer chosen");
             track.target = target;
             track.pause_current = track.selector.moved_down();
         }
@@ -288,6 +300,7 @@ impl Sfu {
         };
         let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
         let caster = forwards.first().map(|f| f.media.source.peer);
+        let running = self.running;
         let mut need_keyframe: Vec<u32> = Vec::new();
         for v in viewers {
             // A room member that just took over a live it watched: not its
@@ -305,6 +318,7 @@ impl Sfu {
             let Some(play) = plays.iter_mut().find(|p| same_live(&p.live, live)) else {
                 continue;
             };
+            self.running = Some(v);
             for f in forwards {
                 if let Some(track) = play.track(f.kind)
                     && track.send(rtc, f) == Verdict::NeedKeyframe
@@ -314,6 +328,7 @@ impl Sfu {
             }
             self.drive(v, now);
         }
+        self.running = running;
         need_keyframe.sort_unstable();
         need_keyframe.dedup();
         for layer in need_keyframe {
@@ -401,7 +416,7 @@ impl Sfu {
 
 fn request_keyframe(peer: &mut Peer, layer: u32) {
     if let Some(rx) = peer.rtc.direct_api().stream_rx(&layer.into()) {
-        tracing::debug!(live = %peer.live, peer = %peer.id, layer, "keyframe requested");
+        tracing::debug!(live = %peer.live, peer = %peer.id.log(), layer, "keyframe requested");
         rx.request_keyframe(KeyframeRequestKind::Pli);
     }
 }
@@ -414,7 +429,7 @@ fn on_event(peer: &mut Peer, event: Event, fx: &mut Effects, stats: &mut SfuStat
         Event::Connected => {
             peer.connected = true;
             fx.connected = true;
-            tracing::info!(live = %peer.live, peer = %peer.id, role = %peer.role, "connected");
+            tracing::info!(live = %peer.live, peer = %peer.id.log(), role = %peer.role, "connected");
         }
         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => fx.dead = true,
         Event::Closed => fx.dead = true,

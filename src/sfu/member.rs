@@ -143,7 +143,7 @@ impl Sfu {
             pending: Some((pending, offered)),
         }));
         self.admit(peer, timeout, now);
-        tracing::info!(live = room, peer = %id, "room member session offered");
+        tracing::info!(live = room, peer = %id.log(), "room member session offered");
         Ok(MemberOffer {
             peer: id,
             offer: offer.to_sdp_string(),
@@ -282,7 +282,7 @@ impl Sfu {
         if let Some(p) = self.peers.get_mut(&id) {
             p.cast = Some(cast);
         }
-        tracing::info!(%live, peer = %id, "room member publishing");
+        tracing::info!(%live, peer = %id.log(), "room member publishing");
         self.take_live(id, &live, now);
         if connected {
             self.on_air(id, &live, now);
@@ -310,7 +310,7 @@ impl Sfu {
     pub fn member_leave(&mut self, id: PeerId, now: Instant) -> Result<(), MemberError> {
         match self.peers.get(&id) {
             Some(p) if p.member.is_some() => {
-                tracing::info!(live = %p.live, peer = %id, "room member session ended");
+                tracing::info!(live = %p.live, peer = %id.log(), "room member session ended");
                 self.close_peer(id, now);
                 Ok(())
             }

@@ -59,6 +59,33 @@ impl PeerId {
     }
 }
 
+/// A session id as logs show it: a short tag that names it without being
+/// it (the id is the capability to end or steer the session).
+#[derive(Debug, Clone, Copy)]
+pub struct LogTag(u32);
+
+impl fmt::Display for LogTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl PeerId {
+    /// The tag logs name this session by.
+    pub fn log(&self) -> LogTag {
+        // SplitMix64 of both halves: well mixed, and 32 bits of a 120-bit
+        // random id give nobody the id.
+        let mix = |mut z: u64| {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let h = mix(self.0 as u64 ^ mix((self.0 >> 64) as u64));
+        LogTag((h >> 32) as u32)
+    }
+}
+
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)
@@ -92,6 +119,10 @@ impl fmt::Display for Role {
 
 /// How often str0m reports per-stream stats (NACKs, loss) for `/metrics`.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Addresses a session may be reached at (a browser tries a few
+/// candidates; more is a client lying about where it is).
+const MAX_ADDRS: usize = 8;
 
 /// How long a viewer's sent packets are kept for NACKs.
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
@@ -194,6 +225,8 @@ pub struct Sfu {
     /// Caster transports set up without SDP that have not produced yet.
     pending: HashMap<PeerId, direct::PendingCast>,
     stats: SfuStats,
+    /// The peer whose `Rtc` runs now: the one a panic is blamed on.
+    running: Option<PeerId>,
 }
 
 impl Sfu {
@@ -211,6 +244,7 @@ impl Sfu {
             interest: HashMap::new(),
             pending: HashMap::new(),
             stats: SfuStats::default(),
+            running: None,
         }
     }
 
@@ -338,7 +372,7 @@ impl Sfu {
         let (cast, plays) = peer_role;
         let peer = self.new_peer(id, live, rtc, ufrag, role, cast, plays);
         self.admit(peer, rtc_timeout, now);
-        tracing::info!(live, peer = %id, %role, "session created");
+        tracing::info!(live, peer = %id.log(), %role, "session created");
         Ok(Joined {
             peer: id,
             answer: answer.to_sdp_string(),
@@ -373,6 +407,8 @@ impl Sfu {
             stats_seen: Default::default(),
             direct: None,
             member: None,
+            #[cfg(test)]
+            poisoned: false,
         }
     }
 
@@ -437,7 +473,7 @@ impl Sfu {
                 caster: old,
             });
         }
-        tracing::info!(%live, peer = %old, "caster replaced by a new session");
+        tracing::info!(%live, peer = %old.log(), "caster replaced by a new session");
         self.end_cast(old, live, now);
     }
 
@@ -455,7 +491,7 @@ impl Sfu {
             return;
         }
         peer.cast = None;
-        tracing::info!(live, peer = %id, "no longer publishing");
+        tracing::info!(live, peer = %id.log(), "no longer publishing");
         self.release_live(id, live, now);
     }
 
@@ -506,7 +542,7 @@ impl Sfu {
             return Ok(());
         }
         self.check(live, role, peer)?;
-        tracing::info!(live, peer = %peer, %role, "session ended by the client");
+        tracing::info!(live, peer = %peer.log(), %role, "session ended by the client");
         self.close_peer(peer, now);
         Ok(())
     }
@@ -571,7 +607,20 @@ impl Sfu {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        let Some(id) = self.route(source, contents) else {
+        self.isolated(now, |sfu| {
+            sfu.receive(now, proto, source, destination, contents)
+        });
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        let Some((id, stun)) = self.route(source, contents) else {
             return;
         };
         if self.keep_early(id, proto, source, destination, contents) {
@@ -593,36 +642,97 @@ impl Sfu {
                 contents,
             },
         );
+        if stun {
+            // Only a check that passes the integrity test (our password)
+            // may move a session to a new address: a forged one must not
+            // take a viewer's media elsewhere.
+            if !peer.rtc.accepts(&input) {
+                return;
+            }
+            self.learn_address(id, source);
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        self.running = Some(id);
         direct::learn_ufrag(peer, &input, raw);
         if let Err(e) = peer.rtc.handle_input(input) {
-            tracing::debug!(peer = %id, "input refused: {e}");
+            tracing::debug!(peer = %id.log(), "input refused: {e}");
         }
         self.drive(id, now);
+        self.running = None;
     }
 
-    /// Finds the session a datagram belongs to: STUN by ICE username (which
-    /// also learns the address), everything else by remote address.
-    fn route(&mut self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
+    /// Finds the session a datagram belongs to: STUN by ICE username (true
+    /// with it: the address is learnt once the check passes), everything
+    /// else by remote address.
+    fn route(&self, source: SocketAddr, contents: &[u8]) -> Option<(PeerId, bool)> {
         if let Ok(stun) = StunMessage::parse(contents)
             && let Some((local, _)) = stun.split_username()
         {
-            let id = *self.by_ufrag.get(local)?;
-            if !self.peers.contains_key(&id) {
-                return Some(id); // a transport not built yet: not routed by address
-            }
-            if self.by_addr.get(&source) != Some(&id) {
-                if let Some(old) = self.by_addr.insert(source, id)
-                    && let Some(p) = self.peers.get_mut(&old)
-                {
-                    p.addrs.retain(|a| *a != source);
-                }
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.addrs.push(source);
-                }
-            }
-            return Some(id);
+            return self.by_ufrag.get(local).map(|id| (*id, true));
         }
-        self.by_addr.get(&source).copied()
+        self.by_addr.get(&source).map(|id| (*id, false))
+    }
+
+    /// Session `id` is reachable at `source` (an authenticated check came
+    /// from there). A session keeps its last few addresses.
+    fn learn_address(&mut self, id: PeerId, source: SocketAddr) {
+        if self.by_addr.get(&source) == Some(&id) {
+            return;
+        }
+        if let Some(old) = self.by_addr.insert(source, id)
+            && let Some(p) = self.peers.get_mut(&old)
+        {
+            p.addrs.retain(|a| *a != source);
+        }
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.addrs.push(source);
+        if p.addrs.len() > MAX_ADDRS {
+            let oldest = p.addrs.remove(0);
+            if self.by_addr.get(&oldest) == Some(&id) {
+                self.by_addr.remove(&oldest);
+            }
+        }
+    }
+
+    /// Runs `f`, which may run one peer's `Rtc` (str0m, its DTLS stack, our
+    /// code on its behalf). A panic in there ends that peer alone, with an
+    /// error log and a count; everything else goes on.
+    pub fn isolated<T>(&mut self, now: Instant, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(v) => Some(v),
+            Err(panic) => {
+                let why = panic_message(&panic);
+                self.stats.peer_panics += 1;
+                match self.running.take() {
+                    Some(id) => {
+                        let live = self.peers.get(&id).map(|p| p.live.to_string());
+                        tracing::error!(
+                            peer = %id.log(),
+                            live = live.as_deref().unwrap_or("?"),
+                            "a session failed inside the media engine ({why}); it is closed, \
+                             nothing else is affected"
+                        );
+                        self.evict(id, now);
+                    }
+                    None => tracing::error!("the media engine failed ({why}); it goes on"),
+                }
+                None
+            }
+        }
+    }
+
+    /// Removes a session whose `Rtc` cannot be trusted any more (it
+    /// panicked): no goodbye, nothing more asked of it.
+    fn evict(&mut self, id: PeerId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            // close_peer says goodbye only to a live Rtc.
+            peer.rtc.disconnect();
+        }
+        self.close_peer(id, now);
     }
 
     /// Time moved on to `now`.
@@ -641,19 +751,31 @@ impl Sfu {
             }
         }
         for id in due {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            if !peer.connected && now >= peer.connect_by {
-                tracing::info!(live = %peer.live, peer = %id, "session never connected; dropped");
-                self.close_peer(id, now);
-                continue;
-            }
-            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(peer = %id, "timeout refused: {e}");
-            }
-            self.drive(id, now);
+            // Each peer on its own: one that fails does not hold the others'
+            // timers up.
+            self.isolated(now, |sfu| sfu.peer_timeout(id, now));
         }
+        self.isolated(now, |sfu| sfu.live_timeouts(now));
+    }
+
+    fn peer_timeout(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !peer.connected && now >= peer.connect_by {
+            tracing::info!(live = %peer.live, peer = %id.log(), "session never connected; dropped");
+            self.close_peer(id, now);
+            return;
+        }
+        let prev = self.running.replace(id);
+        if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(peer = %id.log(), "timeout refused: {e}");
+        }
+        self.drive(id, now);
+        self.running = prev;
+    }
+
+    fn live_timeouts(&mut self, now: Instant) {
         let due: Vec<Arc<str>> = self
             .lives
             .values()
@@ -751,7 +873,7 @@ impl Sfu {
         for play in &peer.plays {
             self.unwatch(id, &play.live, peer.connected);
         }
-        tracing::info!(live = %peer.live, peer = %id, %role, "session closed");
+        tracing::info!(live = %peer.live, peer = %id.log(), %role, "session closed");
         self.events.push_back(SfuEvent::SessionEnded {
             peer: id,
             live: peer.live.to_string(),
@@ -817,6 +939,15 @@ fn rtc_config(creds: IceCreds) -> RtcConfig {
         .set_rtp_mode(true)
         .set_stats_interval(Some(STATS_INTERVAL))
         .set_local_ice_credentials(creds)
+}
+
+/// What a panic said, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// A fresh pair of local ICE credentials.

@@ -47,6 +47,10 @@ pub(super) struct Peer {
     pub direct: Option<DirectPeer>,
     /// Set up by server offers (SkyWay SFU rooms).
     pub member: Option<Box<super::member::Negotiation>>,
+    /// Tests: the next poll of this peer panics, as a bug in str0m or its
+    /// DTLS stack would.
+    #[cfg(test)]
+    pub poisoned: bool,
 }
 
 /// What a session set up without SDP still has to learn.

@@ -19,6 +19,8 @@ pub struct SfuStats {
     pub lost_in: u64,
     /// Packets to viewers lost on the way out (from their receiver reports).
     pub lost_out: u64,
+    /// Sessions closed because their handling panicked.
+    pub peer_panics: u64,
 }
 
 /// The last cumulative figures seen for one stream of one peer.

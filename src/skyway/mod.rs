@@ -282,8 +282,12 @@ impl SkywayServer {
         self.out.pop_front()
     }
 
+    /// Whether `key` is one of the API keys (each compared in constant time).
     pub fn is_key(&self, key: &str) -> bool {
-        self.config.keys.iter().any(|k| k == key)
+        self.config
+            .keys
+            .iter()
+            .fold(false, |found, k| crate::access::same(k, key) | found)
     }
 
     /// Connected peer ids, sorted (`listAllPeers`).
@@ -350,7 +354,7 @@ impl SkywayServer {
             None => self.fresh_id(),
         };
         if let Some(peer) = self.peers.get_mut(&id) {
-            if peer.token != token {
+            if !crate::access::same(&peer.token, token) {
                 return self.refuse(
                     conn,
                     "unavailable-id",

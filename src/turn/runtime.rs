@@ -271,6 +271,10 @@ async fn run(
             metrics
                 .turn_relayed_bytes
                 .inc_by(stats.relayed_bytes.saturating_sub(published.relayed_bytes));
+            metrics
+                .panics
+                .get_or_create(&crate::metrics::TURN)
+                .inc_by(stats.panics.saturating_sub(published.panics));
             published = stats;
         }
     });

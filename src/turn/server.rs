@@ -53,6 +53,8 @@ pub struct TurnStats {
     pub relayed_bytes: u64,
     /// Packets dropped for an allocation's bandwidth quota.
     pub over_quota: u64,
+    /// Allocations ended because handling them panicked.
+    pub panics: u64,
 }
 
 pub struct TurnServer {
@@ -99,8 +101,33 @@ impl TurnServer {
         self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_secs()
     }
 
-    /// A datagram or stream frame from a client.
+    /// A datagram or stream frame from a client. A panic in handling it
+    /// ends that client's allocation alone.
     pub fn handle_client(&mut self, client: ClientKey, data: &[u8], now: Instant) {
+        self.isolated(Some(client), |s| s.client_message(client, data, now));
+    }
+
+    /// Runs `f` for one client (if known); a panic in it ends that client's
+    /// allocation, with an error log and a count, and the server goes on.
+    fn isolated(&mut self, client: Option<ClientKey>, f: impl FnOnce(&mut Self)) {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if ran.is_err() {
+            self.stats.panics += 1;
+            tracing::error!(
+                client = ?client.map(|c| c.remote),
+                "TURN failed handling a client; its allocation is ended, nothing else is affected"
+            );
+            if let Some(client) = client {
+                self.remove_allocation(&client);
+            }
+        }
+    }
+
+    fn client_message(&mut self, client: ClientKey, data: &[u8], now: Instant) {
+        #[cfg(test)]
+        if data == b"panic, as a bug would" {
+            panic!("injected failure");
+        }
         // RFC 8656 §12: ChannelData starts with 0b01, STUN with 0b00.
         if data.first().is_some_and(|b| b & 0xC0 == 0x40) {
             self.channel_data_from_client(client, data, now);
@@ -146,6 +173,11 @@ impl TurnServer {
 
     /// A datagram that a peer sent to one of our relay addresses.
     pub fn handle_peer(&mut self, relay: SocketAddr, from: SocketAddr, data: &[u8], now: Instant) {
+        let client = self.by_relay.get(&relay).copied();
+        self.isolated(client, |s| s.peer_datagram(relay, from, data, now));
+    }
+
+    fn peer_datagram(&mut self, relay: SocketAddr, from: SocketAddr, data: &[u8], now: Instant) {
         let Some(client) = self.by_relay.get(&relay) else {
             return;
         };

@@ -348,6 +348,28 @@ fn permissions_only_for_vessels_own_media_address() {
 }
 
 #[test]
+fn a_panic_handling_one_client_ends_its_allocation_alone() {
+    let mut h = Harness::default();
+    let first = h.allocate();
+    h.client.remote = addr("127.0.0.1:50001");
+    let second = h.allocate();
+    h.server
+        .handle_client(h.client, b"panic, as a bug would", h.now);
+    assert_eq!(h.server.stats().panics, 1);
+    assert_eq!(
+        h.server.stats().allocations,
+        1,
+        "the failing client's allocation ended"
+    );
+    assert!(matches!(&h.outputs()[..], [Output::ReleaseRelay { relay }] if *relay == second));
+    // The other client's allocation still works.
+    h.client.remote = addr("127.0.0.1:50000");
+    let ok = with_peer(&mut h, CREATE_PERMISSION, addr(SFU), None);
+    assert_eq!(ok.class(), MessageClass::Success);
+    let _ = first;
+}
+
+#[test]
 fn two_allocations_of_this_server_may_reach_each_other() {
     // Two browsers both forced to relay (a mesh room): each one's peer is
     // the other's relay address, on a loopback IP no range opens.

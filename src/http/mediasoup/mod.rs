@@ -22,6 +22,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::layer::SocketIoLayer;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use str0m::media::MediaKind;
 
 use tokio::sync::{Notify, mpsc};
@@ -62,6 +63,9 @@ const REQUESTS: [(&str, Request); 7] = [
     ),
     ("consume", Request::Consume),
 ];
+
+/// Numbers sockets for the logs.
+static CONNS: AtomicU64 = AtomicU64::new(1);
 
 /// The live of a socket that names none, as the seed's client does.
 const DEFAULT_LIVE: &str = "demo";
@@ -130,7 +134,9 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
         std::future::ready(())
     });
     drop(tx);
-    let span = tracing::info_span!("socket.io", %live, socket = %socket.id);
+    // Not the socket.io session id: it is the capability to poll the socket.
+    let span =
+        tracing::info_span!("socket.io", %live, conn = CONNS.fetch_add(1, Ordering::Relaxed));
     let mut session = Session {
         state,
         live,

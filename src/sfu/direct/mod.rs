@@ -166,7 +166,7 @@ impl Sfu {
                 self.admit(peer, timeout, now);
             }
         }
-        tracing::info!(live, peer = %id, %role, "transport created");
+        tracing::info!(live, peer = %id.log(), %role, "transport created");
         Ok(DirectTransport {
             peer: id,
             ice: creds,
@@ -226,7 +226,7 @@ impl Sfu {
             };
             check::check_fits(rtc, &direct.exts, &p)?;
             let producer = declare(rtc, cast, &p)?;
-            tracing::info!(%live, %peer, producer = %producer.id, "producing");
+            tracing::info!(%live, peer = %peer.log(), producer = %producer.id, "producing");
             self.drive(peer, now);
             return Ok(Produced {
                 producer,
@@ -297,7 +297,7 @@ impl Sfu {
             exts,
         });
         self.admit(session, timeout, now);
-        tracing::info!(live = %pending.live, %peer, producer = %producer.id, "producing");
+        tracing::info!(live = %pending.live, peer = %peer.log(), producer = %producer.id, "producing");
         self.drive(peer, now);
         for (proto, source, destination, data) in pending.early {
             self.handle_receive(now, proto, source, destination, &data);
@@ -386,7 +386,7 @@ impl Sfu {
             MediaKind::Video => play.video = Some(track),
         }
         let (live, connected) = (live.clone(), *connected);
-        tracing::info!(%live, peer = %viewer, producer = %producer.id, mid = %mid_name, "consuming");
+        tracing::info!(%live, peer = %viewer.log(), producer = %producer.id, mid = %mid_name, "consuming");
         // Once connected, a video track needs a layer now; before that,
         // connecting chooses one.
         if connected && kind == MediaKind::Video {

@@ -64,7 +64,7 @@ impl Sfu {
 
     /// A caster transport that never became a session is gone.
     pub(in crate::sfu) fn transport_ended(&mut self, id: PeerId, live: &str, why: &str) {
-        tracing::info!(live, peer = %id, "caster transport closed: {why}");
+        tracing::info!(live, peer = %id.log(), "caster transport closed: {why}");
         self.events.push_back(SfuEvent::SessionEnded {
             peer: id,
             live: live.to_string(),

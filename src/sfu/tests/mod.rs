@@ -14,6 +14,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use super::*;
 
 mod direct;
+mod hardening;
 mod member;
 
 /// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
