@@ -2,9 +2,13 @@
 //! count), fed by the media runtime's events, watched by the API and pages.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use futures_util::Stream;
 use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
 
 use crate::sfu::LiveState;
 
@@ -83,6 +87,39 @@ impl LiveBoard {
         v
     }
 
+    /// Entries held now (for tests and bounds).
+    pub fn len(&self) -> usize {
+        self.lives.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A live's state as a stream, for as long as it is held: dropping it
+    /// forgets the live if nothing else keeps it (an event stream opened on
+    /// a made-up name must not stay behind).
+    pub fn watch(self: &Arc<Self>, live: &str) -> LiveWatch {
+        LiveWatch {
+            inner: Some(WatchStream::new(self.subscribe(live))),
+            board: self.clone(),
+            live: live.to_string(),
+        }
+    }
+
+    /// Forgets `live` if it is off air, unwatched and nobody subscribes.
+    fn release(&self, live: &str) {
+        let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = lives.get(live) {
+            let s = e.tx.borrow();
+            let idle = !s.on_air && s.viewers == 0 && e.tx.receiver_count() == 0;
+            drop(s);
+            if idle {
+                lives.remove(live);
+            }
+        }
+    }
+
     pub fn subscribe(&self, live: &str) -> watch::Receiver<LiveState> {
         let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         lives
@@ -93,6 +130,32 @@ impl LiveBoard {
             })
             .tx
             .subscribe()
+    }
+}
+
+/// A live's state as a stream (see [`LiveBoard::watch`]).
+pub struct LiveWatch {
+    inner: Option<WatchStream<LiveState>>,
+    board: Arc<LiveBoard>,
+    live: String,
+}
+
+impl Stream for LiveWatch {
+    type Item = LiveState;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LiveState>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for LiveWatch {
+    fn drop(&mut self) {
+        // The receiver first, so that it no longer counts.
+        self.inner.take();
+        self.board.release(&self.live);
     }
 }
 
@@ -132,6 +195,22 @@ mod tests {
         board.update_from(1, state("x", false, 0));
         board.update_from(0, state("x", false, 0));
         assert_eq!(board.get("x"), state("x", false, 0));
+    }
+
+    #[test]
+    fn watching_made_up_names_leaves_nothing_behind() {
+        let board = Arc::new(LiveBoard::default());
+        let watches: Vec<LiveWatch> = (0..100).map(|i| board.watch(&format!("x{i}"))).collect();
+        assert_eq!(board.len(), 100);
+        let keep = board.watch("x7");
+        drop(watches);
+        assert_eq!(board.len(), 1, "only what is still watched");
+        // A live on air stays when its last watcher goes.
+        board.update_from(0, state("x7", true, 0));
+        drop(keep);
+        assert_eq!(board.len(), 1);
+        board.update_from(0, state("x7", false, 0));
+        assert!(board.is_empty());
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub struct MediaHandle {
     next: Arc<AtomicUsize>,
     /// The current caster of each live, to end it when a new caster lands
     /// on another shard (on the same shard the `Sfu` does it itself).
-    casters: Arc<Mutex<HashMap<String, PeerId>>>,
+    casters: Casters,
 }
 
 impl MediaHandle {
@@ -542,6 +542,7 @@ pub fn spawn(
     observer: Option<mpsc::UnboundedSender<SfuEvent>>,
 ) -> io::Result<MediaHandle> {
     assert_eq!(shards.len(), sfus.len(), "one Sfu per shard");
+    let casters = Casters::default();
     let mut commands = Vec::new();
     let mut remotes = Vec::new();
     let mut remote_rxs = Vec::new();
@@ -549,9 +550,9 @@ pub fn spawn(
         let (tx, rx) = mpsc::channel(256);
         commands.push((tx, Some(rx)));
         // Media between shards: a full queue drops, as a congested link would.
-        let (rtx, rrx) = mpsc::channel::<Remote>(REMOTE_QUEUE);
-        remotes.push(rtx);
-        remote_rxs.push(Some(rrx));
+        let (link, inbox) = shard_link(REMOTE_QUEUE);
+        remotes.push(link);
+        remote_rxs.push(Some(inbox));
     }
     for (i, (sockets, sfu)) in shards.into_iter().zip(sfus).enumerate() {
         for s in &sockets {
@@ -566,6 +567,7 @@ pub fn spawn(
         let board = board.clone();
         let metrics = metrics.clone();
         let observer = observer.clone();
+        let casters = casters.clone();
         std::thread::Builder::new()
             .name(format!("vessel-media-{i}"))
             .spawn(move || {
@@ -587,6 +589,7 @@ pub fn spawn(
                     metrics,
                     published: Cell::new(SfuStats::default()),
                     observer,
+                    casters,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -611,18 +614,79 @@ pub fn spawn(
     Ok(MediaHandle {
         shards: commands.into_iter().map(|(tx, _)| tx).collect(),
         next: Arc::new(AtomicUsize::new(0)),
-        casters: Arc::default(),
+        casters,
     })
 }
 
-/// Hand-offs queued towards one shard before they are dropped.
+/// Media hand-offs queued towards one shard before they are dropped.
 const REMOTE_QUEUE: usize = 4096;
+
+/// The way to one shard: media on a bounded queue that drops when full, as
+/// a congested link would; control (who watches what, keyframe requests, a
+/// caster gone) on one that never drops it — a lost `Interest` would leave
+/// that shard's viewers without video until their audience emptied.
+#[derive(Clone)]
+struct ShardLink {
+    media: mpsc::Sender<Remote>,
+    control: mpsc::UnboundedSender<Remote>,
+}
+
+/// What a shard receives from the others.
+struct ShardInbox {
+    media: mpsc::Receiver<Remote>,
+    control: mpsc::UnboundedReceiver<Remote>,
+}
+
+fn shard_link(media_queue: usize) -> (ShardLink, ShardInbox) {
+    let (media, media_rx) = mpsc::channel(media_queue);
+    let (control, control_rx) = mpsc::unbounded_channel();
+    (
+        ShardLink { media, control },
+        ShardInbox {
+            media: media_rx,
+            control: control_rx,
+        },
+    )
+}
+
+impl ShardLink {
+    /// Passes `msg` on; false if it was media dropped for a full queue.
+    fn send(&self, msg: Remote) -> bool {
+        match msg {
+            Remote::Media { .. } => self.media.try_send(msg).is_ok(),
+            control => {
+                let _ = self.control.send(control);
+                true
+            }
+        }
+    }
+}
+
+impl ShardInbox {
+    /// The next message: control first, it is small and must not wait
+    /// behind a queue of media.
+    async fn recv(&mut self) -> Option<Remote> {
+        tokio::select! {
+            biased;
+            Some(m) = self.control.recv() => Some(m),
+            Some(m) = self.media.recv() => Some(m),
+            else => None,
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Remote> {
+        self.control
+            .try_recv()
+            .or_else(|_| self.media.try_recv())
+            .ok()
+    }
+}
 
 /// A media thread's place among the shards.
 struct Shard {
     index: usize,
-    remote_rx: mpsc::Receiver<Remote>,
-    remotes: Vec<mpsc::Sender<Remote>>,
+    remote_rx: ShardInbox,
+    remotes: Vec<ShardLink>,
     metrics: Arc<Metrics>,
     /// This shard's handles on the per-datagram counters: one atomic add
     /// each per loop turn, no label lookup.
@@ -631,6 +695,20 @@ struct Shard {
     published: Cell<SfuStats>,
     /// Who hears of sessions ending and casts starting and ending.
     observer: Option<mpsc::UnboundedSender<SfuEvent>>,
+    /// The handle's caster registry: a caster that ends leaves it.
+    casters: Casters,
+}
+
+/// The current caster of each live (see [`MediaHandle::caster`]).
+type Casters = Arc<Mutex<HashMap<String, PeerId>>>;
+
+/// `peer` no longer casts `live`: it leaves the registry, unless another
+/// caster has taken its place there.
+fn forget_caster(casters: &Casters, live: &str, peer: PeerId) {
+    let mut map = casters.lock().unwrap_or_else(|e| e.into_inner());
+    if map.get(live) == Some(&peer) {
+        map.remove(live);
+    }
 }
 
 struct MediaCounters {
@@ -742,7 +820,7 @@ async fn run(
                 let now = Instant::now();
                 sfu.isolated(now, |sfu| sfu.handle_remote(msg, now));
                 // Take what else is queued in the same wake-up.
-                while let Ok(msg) = shard.remote_rx.try_recv() {
+                while let Some(msg) = shard.remote_rx.try_recv() {
                     sfu.isolated(now, |sfu| sfu.handle_remote(msg, now));
                 }
             }
@@ -979,8 +1057,8 @@ async fn flush(
     shard: &Shard,
 ) {
     while let Some((to, msg)) = sfu.poll_remote() {
-        if let Some(tx) = shard.remotes.get(to) {
-            let _ = tx.try_send(msg);
+        if let Some(link) = shard.remotes.get(to) {
+            link.send(msg);
         }
     }
     // UDP datagrams are gathered per socket and sent in batches.
@@ -1029,6 +1107,17 @@ async fn flush(
         match e {
             SfuEvent::Live(state) => board.update_from(shard.index, state),
             other => {
+                match &other {
+                    SfuEvent::SessionEnded {
+                        peer,
+                        live,
+                        role: Role::Cast,
+                    }
+                    | SfuEvent::CastEnded { live, caster: peer } => {
+                        forget_caster(&shard.casters, live, *peer)
+                    }
+                    _ => {}
+                }
                 if let Some(tx) = &shard.observer {
                     let _ = tx.send(other);
                 }
@@ -1040,6 +1129,48 @@ async fn flush(
 #[cfg(test)]
 mod routes_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn control_between_shards_gets_through_a_full_media_queue() {
+        let (link, mut inbox) = shard_link(2);
+        let live: Arc<str> = Arc::from("show");
+        let media = || Remote::Media {
+            live: live.clone(),
+            forwards: Arc::from(Vec::new()),
+        };
+        let sent: Vec<bool> = (0..5).map(|_| link.send(media())).collect();
+        assert_eq!(
+            sent,
+            [true, true, false, false, false],
+            "media beyond the queue is dropped"
+        );
+        assert!(link.send(Remote::Interest {
+            live: live.clone(),
+            shard: 1,
+            watching: true
+        }));
+        // The control message comes first, then what media fitted.
+        assert!(matches!(inbox.recv().await, Some(Remote::Interest { .. })));
+        assert!(matches!(inbox.recv().await, Some(Remote::Media { .. })));
+        assert!(matches!(inbox.try_recv(), Some(Remote::Media { .. })));
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_caster_that_ends_leaves_the_registry_unless_replaced() {
+        let casters = Casters::default();
+        let (a, b) = (PeerId::random_on(0), PeerId::random_on(1));
+        casters.lock().unwrap().insert("show".into(), a);
+        casters.lock().unwrap().insert("other".into(), b);
+        forget_caster(&casters, "other", a);
+        assert_eq!(
+            casters.lock().unwrap().get("other"),
+            Some(&b),
+            "another's entry stays"
+        );
+        forget_caster(&casters, "show", a);
+        assert!(!casters.lock().unwrap().contains_key("show"));
+    }
 
     #[test]
     fn announced_public_addresses_route_to_the_local_socket() {

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio_stream::wrappers::WatchStream;
 
 use super::{AppState, check_live};
 
@@ -94,7 +93,7 @@ async fn events(
         return e.into_response();
     }
     let mut shutdown = state.shutdown.clone();
-    let stream = WatchStream::new(state.board.subscribe(&live)).map(|s| {
+    let stream = state.board.watch(&live).map(|s| {
         Ok::<_, Infallible>(
             Event::default()
                 .event("state")

@@ -53,10 +53,13 @@ struct Client {
     last_seen: Instant,
 }
 
-/// Messages waiting for an id to connect.
+/// Messages waiting for an id to connect, as they will be sent (held as
+/// text: what the byte budget counts is what memory holds).
 struct Queue {
     since: Instant,
-    messages: Vec<Value>,
+    /// (sender, the message as JSON text).
+    messages: Vec<(String, String)>,
+    bytes: usize,
 }
 
 pub struct PeerServer {
@@ -156,8 +159,8 @@ impl PeerServer {
             self.send(conn, json!({"type": "OPEN"}));
         }
         if let Some(queue) = self.take_queue(id) {
-            for message in queue.messages {
-                self.send(conn, message);
+            for (_, text) in queue.messages {
+                self.out.push_back(Out::Send(conn, text));
             }
         }
     }
@@ -201,7 +204,8 @@ impl PeerServer {
             // Nobody to tell that someone left or expired.
             Some(_) if kind == "LEAVE" || kind == "EXPIRE" => {}
             Some(dst) if dst.len() <= MAX_ID => {
-                let size = message.to_string().len();
+                let text = message.to_string();
+                let size = text.len() + src.len();
                 if self.queued_bytes + size > MAX_QUEUED_BYTES {
                     tracing::debug!(peer = %src, "PeerJS: message queues full; dropped");
                     return;
@@ -209,9 +213,11 @@ impl PeerServer {
                 let queue = self.queues.entry(dst).or_insert_with(|| Queue {
                     since: now,
                     messages: Vec::new(),
+                    bytes: 0,
                 });
                 if queue.messages.len() < MAX_QUEUED_PER_ID {
-                    queue.messages.push(message);
+                    queue.messages.push((src.to_string(), text));
+                    queue.bytes += size;
                     self.queued_bytes += size;
                 }
             }
@@ -242,10 +248,8 @@ impl PeerServer {
         for dst in expired {
             let queue = self.take_queue(&dst).expect("listed");
             let mut told: Vec<&str> = Vec::new();
-            for message in &queue.messages {
-                let Some(src) = message.get("src").and_then(Value::as_str) else {
-                    continue;
-                };
+            for (src, _) in &queue.messages {
+                let src = src.as_str();
                 if told.contains(&src) {
                     continue;
                 }
@@ -277,8 +281,7 @@ impl PeerServer {
 
     fn take_queue(&mut self, id: &str) -> Option<Queue> {
         let queue = self.queues.remove(id)?;
-        let bytes: usize = queue.messages.iter().map(|m| m.to_string().len()).sum();
-        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        self.queued_bytes = self.queued_bytes.saturating_sub(queue.bytes);
         Some(queue)
     }
 

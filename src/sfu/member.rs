@@ -302,7 +302,7 @@ impl Sfu {
         if peer.member.is_none() {
             return Err(MemberError::NoSuchSession);
         }
-        peer.rtc.add_remote_candidate(candidate);
+        peer.add_remote_candidate(candidate);
         Ok(())
     }
 

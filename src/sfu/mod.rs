@@ -120,6 +120,10 @@ impl fmt::Display for Role {
 /// How often str0m reports per-stream stats (NACKs, loss) for `/metrics`.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Remote candidates a session keeps: a browser gathers a handful; more
+/// would only be a client filling the server's memory.
+pub(crate) const MAX_REMOTE_CANDIDATES: usize = 32;
+
 /// Addresses a session may be reached at (a browser tries a few
 /// candidates; more is a client lying about where it is).
 const MAX_ADDRS: usize = 8;
@@ -405,6 +409,7 @@ impl Sfu {
             plays,
             bwe: (0, 0),
             stats_seen: Default::default(),
+            candidates: 0,
             direct: None,
             member: None,
             #[cfg(test)]
@@ -559,7 +564,7 @@ impl Sfu {
         self.check(live, role, peer)?;
         if let Some(p) = self.peers.get_mut(&peer) {
             for c in candidates {
-                p.rtc.add_remote_candidate(c);
+                p.add_remote_candidate(c);
             }
         }
         Ok(())

@@ -43,6 +43,8 @@ pub(super) struct Peer {
     /// video tracks together.
     pub bwe: (u64, u64),
     pub stats_seen: super::stats::StatsSeen,
+    /// Remote candidates given to str0m (bounded: ICE-lite needs none).
+    pub candidates: usize,
     /// Set up without SDP (mediasoup-client).
     pub direct: Option<DirectPeer>,
     /// Set up by server offers (SkyWay SFU rooms).
@@ -71,6 +73,15 @@ impl Peer {
             rtc_timeout
         } else {
             rtc_timeout.min(self.connect_by)
+        }
+    }
+
+    /// A trickled candidate, up to [`super::MAX_REMOTE_CANDIDATES`] (ICE-lite
+    /// learns addresses from the client's checks; str0m is told all the same).
+    pub fn add_remote_candidate(&mut self, c: str0m::Candidate) {
+        if self.candidates < super::MAX_REMOTE_CANDIDATES {
+            self.candidates += 1;
+            self.rtc.add_remote_candidate(c);
         }
     }
 

@@ -121,3 +121,17 @@ fn only_an_authenticated_check_moves_a_session() {
     assert_eq!(held, MAX_ADDRS);
     assert_eq!(net.sfus[0].peers[&peer].addrs.len(), MAX_ADDRS);
 }
+
+#[test]
+fn trickled_candidates_are_bounded() {
+    let mut net = Net::new();
+    let viewer = net.join("show", Role::Play);
+    let peer = net.clients[viewer].peer;
+    for port in 0..500u16 {
+        let c = Candidate::host(SocketAddr::new([10, 9, 9, 9].into(), 1000 + port), "udp").unwrap();
+        net.sfus[0]
+            .add_remote_candidates("show", Role::Play, peer, vec![c])
+            .unwrap();
+    }
+    assert_eq!(net.sfus[0].peers[&peer].candidates, MAX_REMOTE_CANDIDATES);
+}
