@@ -127,10 +127,15 @@ pub struct MediaHandle {
     shards: Arc<[mpsc::Sender<Command>]>,
     /// Round-robin placement of new sessions.
     next: Arc<AtomicUsize>,
-    /// The current caster of each live, to end it when a new caster lands
-    /// on another shard (on the same shard the `Sfu` does it itself).
+    /// The caster on air of each live (as the media workers tell).
     casters: Casters,
+    /// Every caster session (WHIP, mediasoup producer transports) and its
+    /// live, on air or still proving itself.
+    cast_sessions: CastSessions,
 }
+
+/// Caster sessions and their lives.
+type CastSessions = Arc<Mutex<HashMap<PeerId, String>>>;
 
 impl MediaHandle {
     pub async fn join(&self, live: &str, role: Role, offer: String) -> Result<Joined, MediaError> {
@@ -145,26 +150,32 @@ impl MediaHandle {
             })
             .await??;
         if role == Role::Cast {
-            self.now_casting(live, joined.peer).await;
+            self.cast_sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(joined.peer, live.to_string());
         }
         Ok(joined)
     }
 
-    /// `peer` is `live`'s caster now: end the one before it if it is on
-    /// another shard (on the same shard the `Sfu` does it itself).
-    async fn now_casting(&self, live: &str, peer: PeerId) {
-        let old = self
-            .casters
+    /// Whether `peer` is a caster session of `live` (on air or about to be).
+    pub fn is_caster(&self, live: &str, peer: PeerId) -> bool {
+        self.cast_sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(live.to_string(), peer);
-        if let Some(old) = old
-            && old != peer
-            && old.shard() != peer.shard()
-        {
-            tracing::info!(live, peer = %old.log(), "caster replaced by a new session");
-            let _ = self.leave(live, Role::Cast, old).await;
-        }
+            .get(&peer)
+            .is_some_and(|l| l == live)
+    }
+
+    /// Every caster session of `live`.
+    pub fn cast_sessions_of(&self, live: &str) -> Vec<PeerId> {
+        self.cast_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, l)| *l == live)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// A transport for a client that sets up media without SDP
@@ -191,8 +202,8 @@ impl MediaHandle {
             .await??)
     }
 
-    /// Caster transport `peer` of `live` sends `produce`; its first
-    /// producer makes it the live's caster.
+    /// Caster transport `peer` sends `produce`; its first producer makes it
+    /// a caster, which takes the live once its media flows.
     pub async fn produce(
         &self,
         live: &str,
@@ -206,10 +217,13 @@ impl MediaHandle {
                 reply,
             })
             .await??;
-        // Only a first producer takes the live: a later one of a caster
-        // replaced meanwhile must not take it back.
+        // The live is taken once its media flows (the SFU tells the other
+        // workers itself).
         if produced.took_over {
-            self.now_casting(live, peer).await;
+            self.cast_sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer, live.to_string());
         }
         Ok(produced.producer)
     }
@@ -240,7 +254,7 @@ impl MediaHandle {
             .await??)
     }
 
-    /// The live's most recent caster session (it may have ended since).
+    /// The live's caster on air, as the media workers last said.
     pub fn caster(&self, live: &str) -> Option<PeerId> {
         self.casters
             .lock()
@@ -342,9 +356,6 @@ impl MediaHandle {
             op: MemberCommand::Cast(name, reply),
         })
         .await??;
-        if let Some(live) = live {
-            self.now_casting(live, peer).await;
-        }
         Ok(())
     }
 
@@ -543,6 +554,7 @@ pub fn spawn(
 ) -> io::Result<MediaHandle> {
     assert_eq!(shards.len(), sfus.len(), "one Sfu per shard");
     let casters = Casters::default();
+    let cast_sessions = CastSessions::default();
     let mut commands = Vec::new();
     let mut remotes = Vec::new();
     let mut remote_rxs = Vec::new();
@@ -568,6 +580,7 @@ pub fn spawn(
         let metrics = metrics.clone();
         let observer = observer.clone();
         let casters = casters.clone();
+        let cast_sessions = cast_sessions.clone();
         std::thread::Builder::new()
             .name(format!("vessel-media-{i}"))
             .spawn(move || {
@@ -590,6 +603,7 @@ pub fn spawn(
                     published: Cell::new(SfuStats::default()),
                     observer,
                     casters,
+                    cast_sessions,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -615,6 +629,7 @@ pub fn spawn(
         shards: commands.into_iter().map(|(tx, _)| tx).collect(),
         next: Arc::new(AtomicUsize::new(0)),
         casters,
+        cast_sessions,
     })
 }
 
@@ -697,6 +712,7 @@ struct Shard {
     observer: Option<mpsc::UnboundedSender<SfuEvent>>,
     /// The handle's caster registry: a caster that ends leaves it.
     casters: Casters,
+    cast_sessions: CastSessions,
 }
 
 /// The current caster of each live (see [`MediaHandle::caster`]).
@@ -1108,12 +1124,21 @@ async fn flush(
             SfuEvent::Live(state) => board.update_from(shard.index, state),
             other => {
                 match &other {
+                    SfuEvent::CastStarted { live, caster } => {
+                        let mut map = shard.casters.lock().unwrap_or_else(|e| e.into_inner());
+                        map.insert(live.clone(), *caster);
+                    }
                     SfuEvent::SessionEnded {
                         peer,
                         live,
                         role: Role::Cast,
+                    } => {
+                        forget_caster(&shard.casters, live, *peer);
+                        let mut sessions =
+                            shard.cast_sessions.lock().unwrap_or_else(|e| e.into_inner());
+                        sessions.remove(peer);
                     }
-                    | SfuEvent::CastEnded { live, caster: peer } => {
+                    SfuEvent::CastEnded { live, caster: peer } => {
                         forget_caster(&shard.casters, live, *peer)
                     }
                     _ => {}
@@ -1159,6 +1184,7 @@ mod routes_tests {
     #[test]
     fn a_caster_that_ends_leaves_the_registry_unless_replaced() {
         let casters = Casters::default();
+    let cast_sessions = CastSessions::default();
         let (a, b) = (PeerId::random_on(0), PeerId::random_on(1));
         casters.lock().unwrap().insert("show".into(), a);
         casters.lock().unwrap().insert("other".into(), b);

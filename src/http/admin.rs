@@ -98,8 +98,13 @@ async fn revoke(
                 format!("live '{live}' has no stream key"),
             ));
         }
-        // A revoked key must not keep a cast going.
-        if let Some(caster) = state.media.caster(&live) {
+        // A revoked key must not keep a cast going, nor one still
+        // proving itself that was admitted with it.
+        let mut casters = state.media.cast_sessions_of(&live);
+        casters.extend(state.media.caster(&live));
+        casters.sort();
+        casters.dedup();
+        for caster in casters {
             let _ = state.media.leave(&live, Role::Cast, caster).await;
         }
         tracing::info!(%live, "stream key revoked");

@@ -163,7 +163,7 @@ async fn connect(
         .session
         .as_deref()
         .and_then(|s| s.parse::<PeerId>().ok())
-        .is_some_and(|s| state.media.caster(&live) == Some(s));
+        .is_some_and(|s| state.media.is_caster(&live, s));
     let token = query.token.as_deref().or_else(|| bearer_of(&headers));
     if !moderator && let Err(denied) = state.access.check_play(&live, token) {
         return ApiError::from(denied).into_response();

@@ -73,12 +73,16 @@ impl Sfu {
             self.on_connected(id, now);
         }
         if let Some(live) = &cast_live {
+            // Its media flows: the proof it may take the live, if it has
+            // not yet (claimed and announced to the other shards).
+            let owns =
+                !fx.forwards.is_empty() && (self.holds(id, live) || self.claim(id, live, now));
             if fx.new_layer {
                 // Viewers waiting for video get a layer without waiting for
                 // the next periodic check.
                 self.check_layers(live, now);
             }
-            if !fx.forwards.is_empty() {
+            if owns {
                 self.forward(live, id, &fx.forwards, now);
             }
         }
@@ -95,6 +99,16 @@ impl Sfu {
                 self.want_keyframe(&live, layer, now);
             }
         }
+    }
+
+    /// Caster `id` holds `live` and told the other shards so.
+    fn holds(&self, id: PeerId, live: &str) -> bool {
+        let announced = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.cast.as_ref())
+            .is_some_and(|c| c.announced);
+        announced && self.lives.get(live).is_some_and(|l| l.caster == Some(id))
     }
 
     /// The lives session `id` watches.

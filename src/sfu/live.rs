@@ -25,6 +25,10 @@ pub(super) struct Live {
     pub next_layer_check: Option<Instant>,
     /// The caster when it is on another shard.
     pub remote: Option<RemoteCaster>,
+    /// The newest caster known to have taken the live (any shard), by the
+    /// time its session began: an older one whose media comes late does
+    /// not take the live back.
+    pub newest: Option<(Instant, PeerId)>,
 }
 
 /// How often layers are re-measured and re-chosen: often enough to follow
@@ -42,6 +46,7 @@ impl Live {
             watching: 0,
             next_layer_check: None,
             remote: None,
+            newest: None,
         }
     }
 

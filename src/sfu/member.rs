@@ -262,7 +262,7 @@ impl Sfu {
         if peer.casts(live) {
             return Ok(());
         }
-        let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval);
+        let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval, now);
         for mid in upload {
             let receiving = peer
                 .rtc

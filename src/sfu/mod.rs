@@ -120,6 +120,11 @@ impl fmt::Display for Role {
 /// How often str0m reports per-stream stats (NACKs, loss) for `/metrics`.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A connected caster that sends nothing for this long (no media, no RTCP,
+/// no ICE check) is gone: the live goes off air at once, not when ICE
+/// gives up.
+pub(crate) const CASTER_SILENCE: Duration = Duration::from_millis(2500);
+
 /// Remote candidates a session keeps: a browser gathers a handful; more
 /// would only be a client filling the server's memory.
 pub(crate) const MAX_REMOTE_CANDIDATES: usize = 32;
@@ -340,7 +345,7 @@ impl Sfu {
                          (Opus, VP8, VP9, H264, AV1)",
                     ));
                 }
-                let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval);
+                let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval, now);
                 for kind in [MediaKind::Video, MediaKind::Audio] {
                     if let Some(p) = first(kind, false).and_then(|mid| offered_producer(&rtc, mid))
                     {
@@ -403,6 +408,7 @@ impl Sfu {
             addrs: Vec::new(),
             connected: false,
             connect_by: Instant::now(),
+            last_heard: Instant::now(),
             timer: None,
             role,
             cast,
@@ -431,6 +437,7 @@ impl Sfu {
     fn admit(&mut self, mut peer: Peer, rtc_timeout: Instant, now: Instant) {
         let id = peer.id;
         peer.connect_by = now + self.config.connect_timeout;
+        peer.last_heard = now;
         let cast_live = peer.cast.as_ref().map(|c| c.live.clone());
         let play_lives: Vec<Arc<str>> = peer.plays.iter().map(|p| p.live.clone()).collect();
         let timeout = peer.next_timeout(rtc_timeout);
@@ -441,7 +448,98 @@ impl Sfu {
             self.watch(id, &live);
         }
         if let Some(live) = cast_live {
-            self.take_live(id, &live, now);
+            if self.caster_on_air(&live) {
+                // Proof first: the caster on air stays until this one's
+                // media flows (a failed OBS reconnect must not take the
+                // live off air).
+                tracing::info!(%live, peer = %id.log(), "new caster waits for its media to take over");
+            } else {
+                self.take_live(id, &live, now);
+            }
+        }
+    }
+
+    /// Someone casts `live` and is on air: here, or on another shard whose
+    /// media this shard receives.
+    fn caster_on_air(&self, live: &str) -> bool {
+        self.lives
+            .get(live)
+            .is_some_and(|l| (l.caster.is_some() && l.on_air) || l.remote.is_some())
+    }
+
+    /// Caster `id`'s first media of `live` arrived. It takes the live, unless
+    /// a newer caster has (then it is the one that goes); the other shards
+    /// are told, once. False if it lost.
+    pub(super) fn claim(&mut self, id: PeerId, live: &Arc<str>, now: Instant) -> bool {
+        let Some(since) = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.cast.as_ref())
+            .map(|c| c.since)
+        else {
+            return false;
+        };
+        let mine = (since, id);
+        let entry = self
+            .lives
+            .entry(live.clone())
+            .or_insert_with(|| Live::new(live.clone()));
+        let holder = entry.caster.filter(|c| *c != id);
+        let newer_elsewhere = entry.newest.is_some_and(|n| n > mine);
+        let newer_here = holder
+            .and_then(|c| self.peers.get(&c))
+            .and_then(|p| p.cast.as_ref())
+            .is_some_and(|c| (c.since, holder.expect("some")) > mine);
+        if newer_elsewhere || newer_here {
+            tracing::info!(%live, peer = %id.log(), "a newer caster took the live first; this one ends");
+            self.end_cast(id, live, now);
+            return false;
+        }
+        if holder.is_some() || entry.caster.is_none() {
+            self.take_live(id, live, now);
+            if self.peers.get(&id).is_some_and(|p| p.connected) {
+                self.on_air(id, live, now);
+            }
+        }
+        let announce = self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.cast.as_mut())
+            .is_some_and(|c| !std::mem::replace(&mut c.announced, true));
+        if announce {
+            if let Some(l) = self.lives.get_mut(live) {
+                l.newest = l.newest.max(Some(mine));
+            }
+            self.announce_takeover(live, id, since);
+        }
+        true
+    }
+
+    /// Another shard's caster of `live`, newer than `since`-ordered ones,
+    /// took it: an older caster here stops.
+    pub(super) fn taken_over(
+        &mut self,
+        live: &Arc<str>,
+        caster: PeerId,
+        since: Instant,
+        now: Instant,
+    ) {
+        let Some(l) = self.lives.get_mut(live) else {
+            return;
+        };
+        let theirs = (since, caster);
+        l.newest = l.newest.max(Some(theirs));
+        let Some(holder) = l.caster.filter(|c| *c != caster) else {
+            return;
+        };
+        let older = self
+            .peers
+            .get(&holder)
+            .and_then(|p| p.cast.as_ref())
+            .is_some_and(|c| (c.since, holder) < theirs);
+        if older {
+            tracing::info!(%live, peer = %holder.log(), "caster replaced by a new session on another worker");
+            self.end_cast(holder, live, now);
         }
     }
 
@@ -659,6 +757,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        peer.last_heard = now;
         self.running = Some(id);
         direct::learn_ufrag(peer, &input, raw);
         if let Err(e) = peer.rtc.handle_input(input) {
@@ -769,6 +868,11 @@ impl Sfu {
         };
         if !peer.connected && now >= peer.connect_by {
             tracing::info!(live = %peer.live, peer = %id.log(), "session never connected; dropped");
+            self.close_peer(id, now);
+            return;
+        }
+        if peer.silent(now) {
+            tracing::info!(live = %peer.live, peer = %id.log(), "caster silent for 2.5 s; closed");
             self.close_peer(id, now);
             return;
         }

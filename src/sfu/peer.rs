@@ -27,6 +27,8 @@ pub(super) struct Peer {
     /// ICE + DTLS are up. Until then, `connect_by` bounds the wait.
     pub connected: bool,
     pub connect_by: Instant,
+    /// When it last sent anything.
+    pub last_heard: Instant,
     /// The key of this peer in the SFU's timer set.
     pub timer: Option<Instant>,
     /// What the session was opened as: a caster (WHIP, a mediasoup
@@ -69,11 +71,19 @@ pub(super) struct DirectPeer {
 
 impl Peer {
     pub fn next_timeout(&self, rtc_timeout: Instant) -> Instant {
-        if self.connected {
-            rtc_timeout
-        } else {
+        if !self.connected {
             rtc_timeout.min(self.connect_by)
+        } else if self.cast.is_some() {
+            rtc_timeout.min(self.last_heard + super::CASTER_SILENCE)
+        } else {
+            rtc_timeout
         }
+    }
+
+    /// A connected caster that has sent nothing (media, RTCP, ICE) for
+    /// [`super::CASTER_SILENCE`]: its process or link is gone.
+    pub fn silent(&self, now: Instant) -> bool {
+        self.connected && self.cast.is_some() && now >= self.last_heard + super::CASTER_SILENCE
     }
 
     /// A trickled candidate, up to [`super::MAX_REMOTE_CANDIDATES`] (ICE-lite
@@ -105,6 +115,10 @@ pub(super) fn same_live(a: &Arc<str>, b: &str) -> bool {
 pub(super) struct Cast {
     /// The live it casts.
     pub live: Arc<str>,
+    /// When the session began: of two casters of a live, the newer wins.
+    pub since: Instant,
+    /// Its media flowed and the other shards were told it took the live.
+    pub announced: bool,
     /// Incoming streams seen so far, by SSRC.
     streams: Vec<(Ssrc, MediaKind, Option<Rid>)>,
     /// The caster's payload types resolved to codecs (and whether the
@@ -117,9 +131,11 @@ pub(super) struct Cast {
 }
 
 impl Cast {
-    pub fn new(live: Arc<str>, keyframe_interval: std::time::Duration) -> Self {
+    pub fn new(live: Arc<str>, keyframe_interval: std::time::Duration, since: Instant) -> Self {
         Self {
             live,
+            since,
+            announced: false,
             streams: Vec::new(),
             codecs: Vec::new(),
             video: Layers::new(keyframe_interval),

@@ -33,6 +33,13 @@ pub enum Remote {
     Keyframe { live: Arc<str>, layer: u32 },
     /// The live's caster ended.
     CasterGone { live: Arc<str>, caster: PeerId },
+    /// A caster (whose session began `since`) took the live: its media
+    /// flows. Older casters of the live elsewhere stop.
+    TakeOver {
+        live: Arc<str>,
+        caster: PeerId,
+        since: Instant,
+    },
 }
 
 /// A caster on another shard, as seen from here: its layers are measured
@@ -69,6 +76,11 @@ impl Sfu {
                 }
             }
             Remote::Keyframe { live, layer } => self.want_keyframe(&live, layer, now),
+            Remote::TakeOver {
+                live,
+                caster,
+                since,
+            } => self.taken_over(&live, caster, since, now),
             Remote::CasterGone { live, caster } => {
                 if let Some(l) = self.lives.get_mut(&live)
                     && l.remote.as_ref().is_some_and(|r| r.peer == caster)
@@ -148,6 +160,20 @@ impl Sfu {
                     live: live.clone(),
                     shard: self.config.shard,
                     watching,
+                },
+            ));
+        }
+    }
+
+    /// Tells every other shard that `caster` took `live`.
+    pub(super) fn announce_takeover(&mut self, live: &Arc<str>, caster: PeerId, since: Instant) {
+        for shard in (0..self.config.shards).filter(|s| *s != self.config.shard) {
+            self.remote_out.push_back((
+                shard,
+                Remote::TakeOver {
+                    live: live.clone(),
+                    caster,
+                    since,
                 },
             ));
         }

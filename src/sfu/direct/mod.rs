@@ -262,7 +262,11 @@ impl Sfu {
             Role::Cast,
             now,
         );
-        let mut cast = Cast::new(self.live_name(&pending.live), self.config.keyframe_interval);
+        let mut cast = Cast::new(
+            self.live_name(&pending.live),
+            self.config.keyframe_interval,
+            now,
+        );
         // Declared before the session takes the live: a producer that fails
         // here must not have ended the caster before it.
         let setup = built.and_then(|mut rtc| {

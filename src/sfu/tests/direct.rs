@@ -85,6 +85,8 @@ impl Net {
             layers,
             ts: 0,
             keyframe_requests: 0,
+            dead: false,
+            fill: 0x42,
         });
         self.clients.len() - 1
     }
@@ -317,14 +319,19 @@ fn bad_produce_parameters_are_refused_and_the_caster_on_air_stays() {
         "the WHIP caster goes on"
     );
     assert!(net.last_state("d").unwrap().on_air);
-    // Still pending: a good produce works, and takes over.
+    // Still pending: a good produce works. Its transport never connects,
+    // so it never takes over: the WHIP caster stays on air throughout, and
+    // the attempt is dropped at its deadline.
     net.sfus[0].produce(t.peer, video(), net.now).unwrap();
-    assert_eq!(net.sfus[0].producers("d").len(), 1);
-    net.run(Duration::from_millis(10));
-    assert!(
-        net.ended(net.clients[whip].peer),
-        "replaced by the new caster"
+    net.run(Duration::from_millis(5500));
+    assert_eq!(
+        net.sfus[0].producers("d").len(),
+        2,
+        "still the WHIP caster's"
     );
+    assert!(!net.ended(net.clients[whip].peer));
+    assert!(net.ended(t.peer), "the attempt that never connected");
+    assert!(net.last_state("d").unwrap().on_air);
 }
 
 #[test]

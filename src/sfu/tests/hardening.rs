@@ -1,6 +1,7 @@
 //! What a hostile or broken peer cannot do to the others: a panic inside
-//! one session's handling ends that session alone, and only an
-//! authenticated ICE check moves a session to a new address.
+//! one session's handling ends that session alone, only an authenticated
+//! ICE check moves a session to a new address, and a caster takes a live
+//! only on proof (its media flows) while a dead one is off air at once.
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -134,4 +135,85 @@ fn trickled_candidates_are_bounded() {
             .unwrap();
     }
     assert_eq!(net.sfus[0].peers[&peer].candidates, MAX_REMOTE_CANDIDATES);
+}
+
+/// True if the pages ever showed `live` off air while it had viewers: the
+/// shards' states summed as the live board sums them.
+fn went_off_air(net: &Net, live: &str) -> bool {
+    let board = crate::board::LiveBoard::default();
+    net.told.iter().any(|(shard, e)| match e {
+        SfuEvent::Live(s) if s.live == live => {
+            board.update_from(*shard, s.clone());
+            let total = board.get(live);
+            !total.on_air && total.viewers > 0
+        }
+        _ => false,
+    })
+}
+
+#[test]
+fn a_new_caster_that_never_connects_leaves_the_live_on_air() {
+    let mut net = Net::new();
+    let caster = net.join("show", Role::Cast);
+    let viewer = net.join("show", Role::Play);
+    net.run(Duration::from_millis(500));
+    // A second WHIP offer (a failed OBS reconnect): answered, never heard from.
+    let (_rtc, _, offer, _, _) = net.offer(true, 7777);
+    let attempt = net.sfus[0].join("show", Role::Cast, &offer, net.now).unwrap();
+    for _ in 0..6 {
+        let before = net.clients[viewer].received.len();
+        net.run(Duration::from_secs(1));
+        assert!(
+            net.clients[viewer].received.len() > before + 20,
+            "the viewer keeps the caster on air"
+        );
+    }
+    assert!(net.ended(attempt.peer), "the attempt is dropped at its deadline");
+    assert!(!net.ended(net.clients[caster].peer));
+    assert!(!went_off_air(&net, "show"));
+}
+
+#[test]
+fn a_dead_caster_is_off_air_within_3_s() {
+    let mut net = Net::new();
+    let caster = net.join("show", Role::Cast);
+    net.join("show", Role::Play);
+    net.run(Duration::from_millis(500));
+    assert!(net.last_state("show").unwrap().on_air);
+    net.clients[caster].dead = true; // killed: no goodbye
+    net.run(Duration::from_millis(2900));
+    assert!(net.ended(net.clients[caster].peer));
+    assert!(!net.last_state("show").unwrap().on_air, "off air within 3 s");
+}
+
+#[test]
+fn across_workers_a_caster_takes_over_only_with_its_media() {
+    let mut net = Net::sharded(2);
+    let old = net.join_on(0, "show", Role::Cast, false, false);
+    let near = net.join_on(0, "show", Role::Play, false, false);
+    let far = net.join_on(1, "show", Role::Play, false, false);
+    net.run(Duration::from_millis(800));
+    assert!(!net.clients[far].received.is_empty(), "the far viewer gets the caster");
+    // A caster on the other worker that never connects changes nothing.
+    let (_rtc, _, offer, _, _) = net.offer(true, 7778);
+    let attempt = net.sfus[1].join("show", Role::Cast, &offer, net.now).unwrap();
+    net.run(Duration::from_millis(1000));
+    assert!(!net.ended(net.clients[old].peer), "no one took the live");
+    let (n, f) = (net.clients[near].received.len(), net.clients[far].received.len());
+    net.run(Duration::from_millis(500));
+    assert!(net.clients[near].received.len() > n + 10);
+    assert!(net.clients[far].received.len() > f + 10);
+    // One that connects takes over on both workers once its media flows.
+    let new = net.join_on(1, "show", Role::Cast, false, false);
+    net.clients[new].fill = 0x77;
+    net.run(Duration::from_millis(1000));
+    assert!(net.ended(net.clients[old].peer), "the old caster ends");
+    assert!(!net.ended(net.clients[new].peer));
+    let from_new = |c: &Client| c.received.iter().filter(|g| g.fill == 0x77).count();
+    let (n, f) = (from_new(&net.clients[near]), from_new(&net.clients[far]));
+    net.run(Duration::from_millis(500));
+    assert!(from_new(&net.clients[near]) > n + 10, "the near viewer gets the new caster");
+    assert!(from_new(&net.clients[far]) > f + 10, "so does the far one");
+    assert!(!went_off_air(&net, "show"));
+    let _ = attempt;
 }

@@ -108,6 +108,8 @@ impl Net {
             layers,
             ts: 0,
             keyframe_requests: 0,
+            dead: false,
+            fill: 0x42,
         });
         self.clients.len() - 1
     }

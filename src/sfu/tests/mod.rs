@@ -39,6 +39,10 @@ struct Client {
     layers: Vec<(Option<Rid>, u64, bool)>,
     ts: u32,
     keyframe_requests: usize,
+    /// Its process is gone: it neither sends nor receives.
+    dead: bool,
+    /// Caster: the byte its payloads are filled with (tells casters apart).
+    fill: u8,
 }
 
 /// A video packet as a viewer got it.
@@ -46,6 +50,8 @@ struct Client {
 struct Got {
     /// The m-line it came on.
     mid: Option<Mid>,
+    /// The caster's fill byte.
+    fill: u8,
     seq: u64,
     ts: u32,
     /// Which caster layer it came from (index, lowest first).
@@ -62,6 +68,8 @@ struct Net {
     now: Instant,
     clients: Vec<Client>,
     events: Vec<SfuEvent>,
+    /// The same events with the shard that told them.
+    told: Vec<(usize, SfuEvent)>,
 }
 
 impl Net {
@@ -86,6 +94,7 @@ impl Net {
             now: Instant::now(),
             clients: Vec::new(),
             events: Vec::new(),
+            told: Vec::new(),
         }
     }
 
@@ -169,6 +178,8 @@ impl Net {
             },
             ts: 0,
             keyframe_requests: 0,
+            dead: false,
+            fill: 0x42,
         });
         self.clients.len() - 1
     }
@@ -181,7 +192,7 @@ impl Net {
             self.now += Duration::from_millis(1);
             let now = self.now;
             let frame_due = (now - self.start).as_millis().is_multiple_of(33);
-            for c in &mut self.clients {
+            for c in self.clients.iter_mut().filter(|c| !c.dead) {
                 if c.connected && frame_due {
                     write_frame(c, now);
                 }
@@ -205,7 +216,11 @@ impl Net {
             for k in 0..self.sfus.len() {
                 while let Some(t) = self.sfus[k].poll_transmit() {
                     moved = true;
-                    let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else {
+                    let Some(i) = self
+                        .clients
+                        .iter()
+                        .position(|c| c.addr == t.destination && !c.dead)
+                    else {
                         continue;
                     };
                     let c = &mut self.clients[i];
@@ -231,6 +246,7 @@ impl Net {
                     self.sfus[to].handle_remote(msg, self.now);
                 }
                 while let Some(e) = self.sfus[k].poll_event() {
+                    self.told.push((k, e.clone()));
                     self.events.push(e);
                 }
             }
@@ -242,6 +258,9 @@ impl Net {
 
     /// Polls client `i`, sending its datagrams to its shard. True if it sent any.
     fn drain_client(&mut self, i: usize) -> bool {
+        if self.clients[i].dead {
+            return false;
+        }
         let mut sent = false;
         loop {
             let c = &mut self.clients[i];
@@ -296,7 +315,7 @@ fn write_frame(c: &mut Client, now: Instant) {
                 if key { 0x00 } else { 0x01 },
                 i as u8,
             ];
-            payload.resize(20 * 3usize.pow(i as u32), 0x42);
+            payload.resize(20 * 3usize.pow(i as u32), c.fill);
             let mut api = c.rtc.direct_api();
             let tx = api.stream_tx_by_mid(c.video, *rid).unwrap();
             tx.write_rtp(
@@ -335,6 +354,7 @@ fn on_event(c: &mut Client, e: Event) {
                 .direct_api()
                 .stream_rx(&p.header.ssrc)
                 .map(|s| s.mid()),
+            fill: p.payload.get(3).copied().unwrap_or(0),
             seq: *p.seq_no,
             ts: p.header.timestamp,
             layer: p.payload[2],
@@ -416,7 +436,12 @@ fn a_new_caster_replaces_the_old_without_going_off_air() {
     net.clients[new].layers[0] = (None, 50_000, false);
     net.clients[new].ts = 123_456;
     net.pump();
-    assert!(net.ended(net.clients[old].peer), "the old caster is closed");
+    assert!(
+        !net.ended(net.clients[old].peer),
+        "the old caster stays until the new one's media flows"
+    );
+    net.run(Duration::from_millis(300));
+    assert!(net.ended(net.clients[old].peer), "then it is closed");
     assert!(
         net.events
             .iter()
