@@ -6,6 +6,7 @@ pub mod board;
 pub mod chat;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod loadtest;
 pub mod media;
 pub mod metrics;

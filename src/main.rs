@@ -12,11 +12,13 @@ use axum::serve::{ListenerExt, TapIo};
 use vessel::access::{Access, AccessConfig, LiveRules, Webhook};
 use vessel::board::LiveBoard;
 use vessel::chat::ChatConfig;
-use vessel::config::{self, Config, LoadError, LogFormat, TurnFlags};
+use vessel::config::{self, Config, LimitsFlags, LoadError, LogFormat, TurnFlags};
 use vessel::http::peerjs::PeerHub;
 use vessel::http::skyway::SkywayHub;
 use vessel::http::tls::TlsListener;
 use vessel::http::{AppState, ChatHub, SocketIoLayers, router};
+use vessel::limits::connections::GuardedListener;
+use vessel::limits::{ConnectionCaps, Limits, LimitsConfig, SessionCaps};
 use vessel::loadtest::LoadtestArgs;
 use vessel::media;
 use vessel::metrics::Metrics;
@@ -114,6 +116,7 @@ async fn serve(config: Config, lives: HashMap<String, LiveRules>) {
 
 async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), String> {
     str0m::crypto::from_feature_flags().install_process_default();
+    let fd_limit = raise_fd_limit();
 
     let workers = config.workers();
     let (shards, shard_addrs) =
@@ -146,6 +149,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             sfu_config.ice_tcp = true;
             sfu_config.shard = shard;
             sfu_config.shards = workers;
+            sfu_config.connect_timeout = Duration::from_secs(config.limits.connect_timeout);
             Sfu::new(sfu_config)
         })
         .collect();
@@ -156,8 +160,27 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (Some(tx), Some(rx))
     };
-    let media = media::spawn(shards, sfus, board.clone(), metrics.clone(), observer)
-        .map_err(|e| format!("cannot start the media thread: {e}"))?;
+    let limits = Arc::new(Limits::with_metrics(
+        limits_config(&config.limits, workers, fd_limit),
+        &metrics,
+    ));
+    let media = media::spawn(
+        shards,
+        sfus,
+        board.clone(),
+        metrics.clone(),
+        observer,
+        limits.sessions.clone(),
+    )
+    .map_err(|e| format!("cannot start the media thread: {e}"))?;
+    // Rate state of addresses gone quiet is forgotten.
+    let tidy = limits.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            tidy.tidy();
+        }
+    });
 
     let ice = if config.turn.disabled {
         None
@@ -213,6 +236,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
                 config.cors_origin.clone(),
             )
         }),
+        limits: limits.clone(),
     };
     let mut layers = SocketIoLayers::default();
     let mut socket_ios = Vec::new();
@@ -307,17 +331,19 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     };
     let result = match tls {
         Some(acceptor) => {
+            // Limits first: a TLS handshake in flight holds its slot.
+            let listener = GuardedListener::new(listener, limits);
             let listener =
                 TlsListener::new(listener, acceptor).map_err(|e| format!("HTTPS listener: {e}"))?;
             // Small answers (SDP, JSON) go out at once.
             let listener = listener.tap_io(|tls| {
-                let _ = tls.get_ref().0.set_nodelay(true);
+                let _ = tls.get_ref().0.get_ref().set_nodelay(true);
             });
             serve_until(listener, app, stopping).await
         }
         None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
+            let listener = GuardedListener::new(listener, limits).tap_io(|tcp| {
+                let _ = tcp.get_ref().set_nodelay(true);
             });
             serve_until(listener, app, stopping).await
         }
@@ -339,6 +365,50 @@ where
     axum::serve(listener, app)
         .with_graceful_shutdown(stopping)
         .await
+}
+
+/// Raises the soft open-files limit to the hard one (systemd's usual soft
+/// limit, 1024, is a few hundred viewers' worth of sockets); returns it.
+fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
+}
+
+/// The admission limits from the flags; `fd_limit` bounds the connections.
+fn limits_config(flags: &LimitsFlags, workers: usize, fd_limit: u64) -> LimitsConfig {
+    // A quarter of the descriptors stays free for media and TURN sockets,
+    // ICE-TCP, files and the connections the limits refuse.
+    let fd_room = usize::try_from(fd_limit / 4 * 3)
+        .unwrap_or(usize::MAX)
+        .max(64);
+    let connections = flags.max_connections.unwrap_or(fd_room);
+    if connections > fd_room {
+        tracing::warn!(
+            "--max-connections {connections} is above three quarters of the open-files limit \
+             ({fd_limit}): past it, accepts fail instead of being refused with a reason"
+        );
+    }
+    LimitsConfig {
+        sessions: SessionCaps {
+            total: flags.max_sessions.unwrap_or(500 * workers),
+            per_ip: flags.max_sessions_per_ip,
+            viewers_per_live: flags.max_viewers,
+        },
+        connections: ConnectionCaps {
+            total: connections,
+            per_ip: flags.max_connections_per_ip,
+            idle: Duration::from_secs(flags.idle_timeout),
+        },
+        joins_per_ip: flags.joins_per_ip,
+        join_burst: flags.join_burst,
+        trusted_proxies: flags.trusted_proxy.clone(),
+        exempt: flags.exempt_ip.clone(),
+    }
 }
 
 /// Who may cast and watch, from the flags and the config file's lives.
@@ -419,6 +489,7 @@ fn start_turn(
     let relay_ip = flags.relay_ip(announced);
     let quota = Quota {
         per_user: flags.user_quota,
+        per_ip: flags.ip_quota,
         total: flags.total_quota,
         max_bitrate: flags.max_bitrate,
         max_lifetime: Duration::from_secs(flags.max_lifetime),

@@ -16,10 +16,12 @@ use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
+use crate::limits::{Client, Refusal, SessionBook};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{self, Metrics};
 use crate::sfu::layer::Preference;
+use crate::sfu::setup::{self, Prepared, Setup};
 use crate::sfu::shard::Remote;
 use crate::sfu::{
     Answered, Consumer, DirectError, DirectTransport, JoinError, Joined, MemberError, MemberOffer,
@@ -33,11 +35,11 @@ enum Command {
     CloseAll {
         reply: oneshot::Sender<()>,
     },
-    Join {
-        live: String,
-        role: Role,
-        offer: String,
-        reply: oneshot::Sender<Result<Joined, JoinError>>,
+    /// A WHIP/WHEP session prepared off the media thread.
+    Admit {
+        prepared: Box<Prepared>,
+        client: Client,
+        reply: oneshot::Sender<Joined>,
     },
     Leave {
         live: String,
@@ -61,6 +63,7 @@ enum Command {
     OpenDirect {
         live: String,
         role: Role,
+        client: Client,
         reply: oneshot::Sender<Result<DirectTransport, DirectError>>,
     },
     ConnectDirect {
@@ -86,6 +89,7 @@ enum Command {
     OpenMember {
         room: String,
         subs: Vec<Subscription>,
+        client: Client,
         reply: oneshot::Sender<Result<MemberOffer, JoinError>>,
     },
     Member {
@@ -118,6 +122,8 @@ pub enum MediaError {
     Member(#[from] MemberError),
     #[error("the media engine is not running")]
     Down,
+    #[error(transparent)]
+    Limited(#[from] Refusal),
 }
 
 /// The HTTP side's handle on the media runtime (one worker thread per
@@ -132,23 +138,50 @@ pub struct MediaHandle {
     /// Every caster session (WHIP, mediasoup producer transports) and its
     /// live, on air or still proving itself.
     cast_sessions: CastSessions,
+    /// Sessions held, in all, per client address and per live.
+    sessions: Arc<SessionBook>,
+    /// What preparing a session needs of each shard.
+    setups: Arc<[Setup]>,
+    /// Sessions being prepared at once (one per core).
+    preparing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Caster sessions and their lives.
 type CastSessions = Arc<Mutex<HashMap<PeerId, String>>>;
 
 impl MediaHandle {
-    pub async fn join(&self, live: &str, role: Role, offer: String) -> Result<Joined, MediaError> {
+    /// A WHIP/WHEP session for `client` (within the session caps).
+    pub async fn join(
+        &self,
+        live: &str,
+        role: Role,
+        offer: String,
+        client: Client,
+    ) -> Result<Joined, MediaError> {
+        self.sessions.check(&client, live, role)?;
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let setup = self.setups[shard].clone();
         let name = live.to_string();
+        // SDP, the Rtc and its key shares: on the blocking pool, a few at
+        // a time, never on the thread that forwards media.
+        let _permit = self
+            .preparing
+            .acquire()
+            .await
+            .map_err(|_| MediaError::Down)?;
+        let prepared = tokio::task::spawn_blocking(move || {
+            setup::prepare(&setup, &name, role, &offer, Instant::now())
+        })
+        .await
+        .map_err(|_| MediaError::Down)??;
+        drop(_permit);
         let joined = self
-            .request(shard, |reply| Command::Join {
-                live: name,
-                role,
-                offer,
+            .request(shard, |reply| Command::Admit {
+                prepared: Box::new(prepared),
+                client,
                 reply,
             })
-            .await??;
+            .await?;
         if role == Role::Cast {
             self.cast_sessions
                 .lock()
@@ -180,11 +213,22 @@ impl MediaHandle {
 
     /// A transport for a client that sets up media without SDP
     /// (mediasoup-client).
-    pub async fn open_direct(&self, live: &str, role: Role) -> Result<DirectTransport, MediaError> {
+    pub async fn open_direct(
+        &self,
+        live: &str,
+        role: Role,
+        client: Client,
+    ) -> Result<DirectTransport, MediaError> {
+        self.sessions.check(&client, live, role)?;
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let live = live.to_string();
         Ok(self
-            .request(shard, |reply| Command::OpenDirect { live, role, reply })
+            .request(shard, |reply| Command::OpenDirect {
+                live,
+                role,
+                client,
+                reply,
+            })
             .await??)
     }
 
@@ -317,11 +361,18 @@ impl MediaHandle {
         &self,
         room: &str,
         subs: Vec<Subscription>,
+        client: Client,
     ) -> Result<MemberOffer, MediaError> {
+        self.sessions.check(&client, room, Role::Play)?;
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let room = room.to_string();
         Ok(self
-            .request(shard, |reply| Command::OpenMember { room, subs, reply })
+            .request(shard, |reply| Command::OpenMember {
+                room,
+                subs,
+                client,
+                reply,
+            })
             .await??)
     }
 
@@ -551,8 +602,11 @@ pub fn spawn(
     board: Arc<LiveBoard>,
     metrics: Arc<Metrics>,
     observer: Option<mpsc::UnboundedSender<SfuEvent>>,
+    sessions: Arc<SessionBook>,
 ) -> io::Result<MediaHandle> {
     assert_eq!(shards.len(), sfus.len(), "one Sfu per shard");
+    let setups: Arc<[Setup]> = sfus.iter().map(Sfu::setup).collect();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let casters = Casters::default();
     let cast_sessions = CastSessions::default();
     let mut commands = Vec::new();
@@ -581,6 +635,7 @@ pub fn spawn(
         let observer = observer.clone();
         let casters = casters.clone();
         let cast_sessions = cast_sessions.clone();
+        let sessions = sessions.clone();
         std::thread::Builder::new()
             .name(format!("vessel-media-{i}"))
             .spawn(move || {
@@ -604,6 +659,7 @@ pub fn spawn(
                     observer,
                     casters,
                     cast_sessions,
+                    sessions,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -630,6 +686,9 @@ pub fn spawn(
         next: Arc::new(AtomicUsize::new(0)),
         casters,
         cast_sessions,
+        sessions,
+        setups,
+        preparing: Arc::new(tokio::sync::Semaphore::new(cores)),
     })
 }
 
@@ -713,6 +772,8 @@ struct Shard {
     /// The handle's caster registry: a caster that ends leaves it.
     casters: Casters,
     cast_sessions: CastSessions,
+    /// Sessions this shard opens and ends are booked here.
+    sessions: Arc<SessionBook>,
 }
 
 /// The current caster of each live (see [`MediaHandle::caster`]).
@@ -828,7 +889,7 @@ async fn run(
                 // A command that fails inside one session ends that session;
                 // its caller hears the media engine did not answer.
                 Some(cmd) => {
-                    sfu.isolated(Instant::now(), |sfu| handle(sfu, cmd));
+                    sfu.isolated(Instant::now(), |sfu| handle(sfu, cmd, &shard.sessions));
                 }
                 None => return Ok(()),
             },
@@ -973,7 +1034,7 @@ mod tcp {
     }
 }
 
-fn handle(sfu: &mut Sfu, cmd: Command) {
+fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
     let now = Instant::now();
     match cmd {
         // The run loop takes this one itself, to flush before replying.
@@ -981,13 +1042,15 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
             sfu.close_all(now);
             let _ = reply.send(());
         }
-        Command::Join {
-            live,
-            role,
-            offer,
+        Command::Admit {
+            prepared,
+            client,
             reply,
         } => {
-            let _ = reply.send(sfu.join(&live, role, &offer, now));
+            let (live, role) = (prepared.live().to_string(), prepared.role());
+            let joined = sfu.admit_prepared(*prepared, now);
+            sessions.opened(joined.peer, &client, &live, role);
+            let _ = reply.send(joined);
         }
         Command::Leave {
             live,
@@ -1014,8 +1077,17 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
         } => {
             let _ = reply.send(sfu.set_preference(&live, peer, preference, now));
         }
-        Command::OpenDirect { live, role, reply } => {
-            let _ = reply.send(sfu.open_direct(&live, role, now));
+        Command::OpenDirect {
+            live,
+            role,
+            client,
+            reply,
+        } => {
+            let opened = sfu.open_direct(&live, role, now);
+            if let Ok(t) = &opened {
+                sessions.opened(t.peer, &client, &live, role);
+            }
+            let _ = reply.send(opened);
         }
         Command::ConnectDirect {
             peer,
@@ -1042,8 +1114,17 @@ fn handle(sfu: &mut Sfu, cmd: Command) {
         } => {
             let _ = reply.send(sfu.consume(peer, producer, &device_pts, now));
         }
-        Command::OpenMember { room, subs, reply } => {
-            let _ = reply.send(sfu.open_member(&room, &subs, now));
+        Command::OpenMember {
+            room,
+            subs,
+            client,
+            reply,
+        } => {
+            let opened = sfu.open_member(&room, &subs, now);
+            if let Ok(m) = &opened {
+                sessions.opened(m.peer, &client, &room, Role::Play);
+            }
+            let _ = reply.send(opened);
         }
         Command::Member { peer, op } => match op {
             MemberCommand::Answer(sdp, reply) => {
@@ -1123,6 +1204,9 @@ async fn flush(
         match e {
             SfuEvent::Live(state) => board.update_from(shard.index, state),
             other => {
+                if let SfuEvent::SessionEnded { peer, .. } = &other {
+                    shard.sessions.ended(*peer);
+                }
                 match &other {
                     SfuEvent::CastStarted { live, caster } => {
                         let mut map = shard.casters.lock().unwrap_or_else(|e| e.into_inner());
@@ -1134,8 +1218,10 @@ async fn flush(
                         role: Role::Cast,
                     } => {
                         forget_caster(&shard.casters, live, *peer);
-                        let mut sessions =
-                            shard.cast_sessions.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut sessions = shard
+                            .cast_sessions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
                         sessions.remove(peer);
                     }
                     SfuEvent::CastEnded { live, caster: peer } => {
@@ -1184,7 +1270,6 @@ mod routes_tests {
     #[test]
     fn a_caster_that_ends_leaves_the_registry_unless_replaced() {
         let casters = Casters::default();
-    let cast_sessions = CastSessions::default();
         let (a, b) = (PeerId::random_on(0), PeerId::random_on(1));
         casters.lock().unwrap().insert("show".into(), a);
         casters.lock().unwrap().insert("other".into(), b);

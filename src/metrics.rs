@@ -41,6 +41,17 @@ pub struct Metrics {
     pub turn_allocations: Gauge,
     pub turn_relayed_bytes: Counter,
     pub panics: Family<Engine, Counter>,
+    pub refused: Family<LimitLabel, Counter>,
+    /// Media sessions held now (as the admission limits count them).
+    pub sessions: Gauge,
+    /// HTTP connections open now.
+    pub connections: Gauge,
+}
+
+/// Which admission limit refused a request (see `limits::Limit::name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
 }
 
 pub const IN: Direction = Direction { direction: "in" };
@@ -67,6 +78,9 @@ impl Metrics {
             turn_allocations: Gauge::default(),
             turn_relayed_bytes: Counter::default(),
             panics: Family::default(),
+            refused: Family::default(),
+            sessions: Gauge::default(),
+            connections: Gauge::default(),
         };
         let registry = &mut m.registry;
         registry.register("lives", "Lives with a caster or viewers", m.lives.clone());
@@ -111,6 +125,26 @@ impl Metrics {
             "panics",
             "Sessions (media) or allocations (turn) closed because handling them panicked; the rest went on",
             m.panics.clone(),
+        );
+        registry.register(
+            "refused",
+            "Requests and connections refused by an admission limit (429/503)",
+            m.refused.clone(),
+        );
+        for limit in crate::limits::Limit::ALL {
+            let _ = m.refused.get_or_create(&LimitLabel {
+                limit: limit.name(),
+            });
+        }
+        registry.register(
+            "sessions",
+            "Media sessions held (WHIP, WHEP, socket.io transports, SkyWay members)",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            m.connections.clone(),
         );
         for engine in [MEDIA, TURN] {
             let _ = m.panics.get_or_create(&engine);

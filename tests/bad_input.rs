@@ -24,6 +24,23 @@ a=setup:actpass\r\n\
 a=mid:0\r\n\
 a=sctp-port:5000\r\n";
 
+/// A viewer's offer that could connect: the cases below break one thing.
+const AUDIO_OFFER: &str = "v=0\r\n\
+o=- 1 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=recvonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\n";
+
 struct Case {
     what: &'static str,
     method: &'static str,
@@ -234,9 +251,14 @@ fn bad_requests_are_refused_with_a_reason_and_the_live_goes_on() {
         case("layer: a caster's session", "POST", &format!("{}/layer", caster.location), json, r#"{"layer":"low"}"#, 404, "nothing at"),
         case("unknown path", "GET", "/nope", None, "", 404, "nothing at /nope"),
         case("unsupported method", "PUT", "/whip/onair", sdp, "v=0", 405, "PUT is not supported"),
+        // Offers that parse but could never connect: 400, not a session
+        // that holds a key pair until it times out.
+        case("offer without ice-pwd", "POST", "/whep/onair", sdp, AUDIO_OFFER.replace("a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n", ""), 400, "ice-pwd"),
+        case("offer with a short fingerprint", "POST", "/whep/onair", sdp, AUDIO_OFFER.replace(":EE:FF\r\nm=", "\r\nm="), 400, "fingerprint"),
+        case("offer with only port-0 m-lines", "POST", "/whep/onair", sdp, AUDIO_OFFER.replace("m=audio 9 ", "m=audio 0 "), 400, "port 0"),
     ];
     let cases: Vec<Case> = cases.into_iter().chain(more).collect();
-    assert_eq!(cases.len(), 24, "every case above is run");
+    assert_eq!(cases.len(), 27, "every case above is run");
 
     let client = http();
     for c in &cases {

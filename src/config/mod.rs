@@ -100,6 +100,94 @@ pub struct Config {
 
     #[command(flatten)]
     pub turn: TurnFlags,
+
+    #[command(flatten)]
+    pub limits: LimitsFlags,
+}
+
+/// What one client address, and everyone together, may open. `0` turns a
+/// limit off. See "Limits and hardening" in the README.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitsFlags {
+    /// Media sessions (WHIP, WHEP, socket.io transports, SkyWay members) in
+    /// all; newcomers beyond get 503. Default: 500 per media worker, about
+    /// what one core forwards a 1 Mbit/s live to (BENCHMARKS.md).
+    #[arg(long = "max-sessions", env = "VESSEL_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
+    /// Viewers of one live (0: only --max-sessions bounds them).
+    #[arg(long = "max-viewers", env = "VESSEL_MAX_VIEWERS", default_value_t = 0)]
+    pub max_viewers: usize,
+
+    /// Media sessions one client address may hold.
+    #[arg(
+        long = "max-sessions-per-ip",
+        env = "VESSEL_MAX_SESSIONS_PER_IP",
+        default_value_t = 20
+    )]
+    pub max_sessions_per_ip: usize,
+
+    /// New sessions, socket.io/WebSocket connections, event streams and
+    /// TURN credentials per second from one address (after a burst of
+    /// --join-burst).
+    #[arg(
+        long = "joins-per-ip",
+        env = "VESSEL_JOINS_PER_IP",
+        default_value_t = 5
+    )]
+    pub joins_per_ip: u32,
+
+    #[arg(long = "join-burst", env = "VESSEL_JOIN_BURST", default_value_t = 30)]
+    pub join_burst: u32,
+
+    /// HTTP connections (WebSockets and event streams included) in all.
+    /// Default: three quarters of the open-files limit (which Vessel raises
+    /// to the hard limit at start).
+    #[arg(long = "max-connections", env = "VESSEL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// HTTP connections from one client address.
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "VESSEL_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds an HTTP connection may stay silent (nothing read or
+    /// written) before it is closed.
+    #[arg(
+        long = "idle-timeout",
+        env = "VESSEL_IDLE_TIMEOUT",
+        default_value_t = 75
+    )]
+    pub idle_timeout: u64,
+
+    /// Seconds a new media session has to complete ICE and DTLS.
+    #[arg(long = "connect-timeout", env = "VESSEL_CONNECT_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub connect_timeout: u64,
+
+    /// Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For
+    /// names the client. Without it the header is ignored for limits.
+    #[arg(long = "trusted-proxy", env = "VESSEL_TRUSTED_PROXY", value_delimiter = ',',
+          value_parser = crate::limits::client::parse_net)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Client addresses (or CIDR networks) no per-address limit applies
+    /// to. Default: the machine itself (127.0.0.1, ::1).
+    #[arg(
+        long = "exempt-ip",
+        env = "VESSEL_EXEMPT_IP",
+        value_delimiter = ',',
+        value_parser = crate::limits::client::parse_net,
+        default_values_t = [
+            "127.0.0.1/32".parse::<ipnet::IpNet>().expect("a network"),
+            "::1/128".parse::<ipnet::IpNet>().expect("a network"),
+        ]
+    )]
+    pub exempt_ip: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -440,6 +528,15 @@ pub struct TurnFlags {
         default_value_t = 16
     )]
     pub user_quota: usize,
+
+    /// Allocations one client address may hold, whatever usernames it got
+    /// (0: no cap).
+    #[arg(
+        long = "turn-ip-quota",
+        env = "VESSEL_TURN_IP_QUOTA",
+        default_value_t = 32
+    )]
+    pub ip_quota: usize,
 
     /// Allocations the TURN server may hold in total.
     #[arg(

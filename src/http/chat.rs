@@ -230,8 +230,17 @@ async fn converse(
     }
     let events = &mut joined.events;
     let mut shutdown = state.shutdown.clone();
+    // A quiet chat is not a dead connection: a ping every 30 s (browsers
+    // answer it) keeps it within the idle timeout, and proxies' too.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Frame::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
             frame = socket.recv() => {
                 let text = match frame {
                     Some(Ok(Frame::Text(t))) => t,
@@ -272,6 +281,8 @@ async fn converse(
         }
     }
 }
+
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn message_json(m: &Message) -> serde_json::Value {
     json!({"type": "message", "id": m.id, "name": &*m.name, "text": m.text, "at": m.at, "caster": m.caster})

@@ -1,6 +1,7 @@
 //! The HTTP face: WHIP/WHEP signaling, the JSON API and the built-in pages.
 
 mod admin;
+pub mod admission;
 mod api;
 mod chat;
 mod error;
@@ -29,6 +30,11 @@ pub use error::ApiError;
 
 /// Bodies above this are refused with 413: an SDP offer is a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
+/// A request's body must arrive within this.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A handler must answer (headers) within this; event streams and
+/// WebSockets answer at once and then live on.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -47,6 +53,8 @@ pub struct AppState {
     pub peerjs: Option<Arc<peerjs::PeerHub>>,
     /// The SkyWay signaling; `None` with `--no-skyway`.
     pub skyway: Option<Arc<skyway::SkywayHub>>,
+    /// Admission limits (rates, caps) shared by every face.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// The socket.io endpoints, each at its own path.
@@ -80,7 +88,14 @@ pub fn router(
         .merge(skyway::api::routes())
         .merge(pages::routes())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            ANSWER_TIMEOUT,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ));
     // socket.io answers its own path before routing; everything else
     // passes through.
     let app = match socket_io.mediasoup {
@@ -91,6 +106,11 @@ pub fn router(
         Some((layer, path)) => (app.layer(layer), Some(path)),
         None => (app, None),
     };
+    // Every request, socket.io's included, is seen by the limits first.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        state.limits.clone(),
+        admission::admission,
+    ));
     let app = app
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Everything, /vessel.js included: a player embedded on another

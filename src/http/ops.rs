@@ -23,6 +23,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
     m.casters
         .set(lives.iter().filter(|l| l.on_air).count() as i64);
     m.viewers.set(lives.iter().map(|l| l.viewers as i64).sum());
+    m.sessions.set(state.limits.sessions.open() as i64);
+    m.connections.set(state.limits.connections.count() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::body::Bytes;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::{ApiError, AppState, bearer_of, check_live};
 use crate::access::Admission;
+use crate::limits::Client;
 use crate::sfu::layer::Preference;
 use crate::sfu::{PeerId, Role};
 use crate::turn::ice_servers::link_headers;
@@ -34,7 +35,9 @@ fn routes_for(role: Role) -> Router<AppState> {
     router
         .route(
             &format!("/{p}/{{live}}"),
-            post(move |s, live, remote, h, body| offer(s, live, remote, h, body, role)),
+            post(move |s, live, remote, client, h, body| {
+                offer(s, live, remote, client, h, body, role)
+            }),
         )
         .route(
             &format!("/{p}/{{live}}/{{session}}"),
@@ -114,6 +117,7 @@ async fn offer(
     State(state): State<AppState>,
     Path(live): Path<String>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     body: Bytes,
     role: Role,
@@ -145,7 +149,10 @@ async fn offer(
                 protocol: prefix(role),
             })
             .await?;
-        let joined = state.media.join(&live, role, offer.to_string()).await?;
+        let joined = state
+            .media
+            .join(&live, role, offer.to_string(), client)
+            .await?;
         // The key may have been revoked while the webhook or the media
         // worker was busy: a revoked key must not keep the cast it started.
         if role == Role::Cast

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -14,26 +14,27 @@ use tokio_rustls::server::TlsStream;
 /// How long a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct TlsListener {
+/// TLS over the connections of `L` (a TCP listener, or one that applies
+/// the connection limits first, so handshakes in flight count).
+pub struct TlsListener<Io> {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Io>, SocketAddr)>,
 }
 
-impl TlsListener {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
+impl<Io> TlsListener<Io>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    pub fn new<L>(mut inner: L, acceptor: TlsAcceptor) -> io::Result<Self>
+    where
+        L: axum::serve::Listener<Io = Io, Addr = SocketAddr>,
+    {
+        let local = inner.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, remote) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        tracing::warn!("HTTPS accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+                // Accept errors (out of file descriptors) are retried inside.
+                let (stream, remote) = inner.accept().await;
                 if tx.is_closed() {
                     return;
                 }
@@ -54,8 +55,11 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+impl<Io> axum::serve::Listener for TlsListener<Io>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = TlsStream<Io>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

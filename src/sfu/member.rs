@@ -119,8 +119,8 @@ impl Sfu {
         let creds = new_ice_creds();
         let ufrag = creds.ufrag.clone();
         // A member watches: the send-side estimate picks its layers.
-        let mut config =
-            rtc_config(creds).enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)));
+        let mut config = rtc_config(creds, self.config.dtls_cert.as_ref())
+            .enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)));
         config.codec_config().enable_opus(true, true);
         let mut rtc = config.build(now);
         for c in self.local_candidates() {

@@ -12,7 +12,9 @@ pub mod keyframe;
 pub mod layer;
 mod live;
 mod member;
+pub mod offer;
 mod peer;
+pub mod setup;
 pub mod shard;
 pub mod simulcast;
 mod stats;
@@ -32,15 +34,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
-use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, MediaKind, Mid, Rids};
-use str0m::net::{Protocol, Receive, TcpType, Transmit};
+use str0m::media::{Mid, Rids};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use layer::Preference;
 use live::Live;
-use peer::{Cast, OutTrack, Peer, Play};
+use peer::{Cast, Peer, Play};
 
 /// A session (one caster or viewer connection). Random and unguessable: it
 /// is the capability that lets a client end or patch its own session.
@@ -153,6 +155,11 @@ pub struct SfuConfig {
     /// This `Sfu`'s shard, and how many there are (at most 64).
     pub shard: usize,
     pub shards: usize,
+    /// The DTLS certificate every session presents. Made once, when the
+    /// config is: generating a key pair per session would put that work on
+    /// the media thread for every join (mediasoup and Janus share one the
+    /// same way; each session still has its own DTLS keys).
+    pub dtls_cert: Option<DtlsCert>,
 }
 
 impl SfuConfig {
@@ -165,6 +172,22 @@ impl SfuConfig {
             initial_estimate: 1_500_000,
             shard: 0,
             shards: 1,
+            dtls_cert: new_dtls_cert(),
+        }
+    }
+}
+
+/// A certificate for [`SfuConfig::dtls_cert`]; `None` (each session then
+/// makes its own) if the crypto provider cannot.
+fn new_dtls_cert() -> Option<DtlsCert> {
+    match str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+    {
+        Some(cert) => Some(cert),
+        None => {
+            tracing::warn!("cannot make a DTLS certificate; each session will make its own");
+            None
         }
     }
 }
@@ -212,6 +235,9 @@ pub enum JoinError {
     Refused(String),
     #[error("{0}")]
     NoMedia(&'static str),
+    /// Parsed, but it could never connect, or asks for too much.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -274,11 +300,18 @@ impl Sfu {
         self.stats
     }
 
+    /// What preparing a session for this shard needs.
+    pub fn setup(&self) -> setup::Setup {
+        self.config.setup()
+    }
+
     pub fn live_state(&self, live: &str) -> Option<LiveState> {
         self.lives.get(live).map(Live::state)
     }
 
-    /// Accepts a caster's or viewer's SDP offer and returns the answer.
+    /// Accepts a caster's or viewer's SDP offer and returns the answer:
+    /// [`setup::prepare`] and [`Sfu::admit_prepared`] in one (the runtime
+    /// runs the first off the media thread).
     pub fn join(
         &mut self,
         live: &str,
@@ -286,106 +319,37 @@ impl Sfu {
         offer: &str,
         now: Instant,
     ) -> Result<Joined, JoinError> {
-        let offer = SdpOffer::from_sdp_string(offer)
-            .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
-        let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
-        let id = PeerId::random_on(self.config.shard);
-        let creds = new_ice_creds();
-        let ufrag = creds.ufrag.clone();
-        let mut rtc_config = rtc_config(creds);
-        // RED (RFC 2198) for audio when the client offers it: a lost Opus
-        // packet is rebuilt from the next one, with no retransmission.
-        rtc_config.codec_config().enable_opus(true, true);
-        match role {
-            Role::Cast => codec::prefer_offered(rtc_config.codec_config(), &offer),
-            // The send-side estimate towards each viewer picks its layer.
-            Role::Play => {
-                rtc_config = rtc_config.enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)))
-            }
-        }
-        let mut rtc = rtc_config.build(now);
-        for c in self.local_candidates() {
-            rtc.add_local_candidate(c);
-        }
-        // str0m may panic on SDP it does not expect; a client's offer must
-        // never take the server down.
-        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
-            .map_err(|_| JoinError::Refused("the offer could not be negotiated".into()))?
-            .map_err(|e| JoinError::Refused(e.to_string()))?;
+        let prepared = setup::prepare(&self.config.setup(), live, role, offer, now)?;
+        Ok(self.admit_prepared(prepared, now))
+    }
 
-        let rtc_timeout = self.drain_setup(&mut rtc).map_err(JoinError::Refused)?;
-        // The negotiated m-lines, from our side's point of view.
-        let medias: Vec<(Mid, MediaKind, Direction)> = offered
-            .iter()
-            .filter_map(|mid| rtc.media(*mid))
-            .filter(|m| !m.disabled())
-            .map(|m| (m.mid(), m.kind(), m.direction()))
-            .collect();
-        let first = |kind: MediaKind, sending: bool| {
-            medias
-                .iter()
-                .find(|(_, k, dir)| {
-                    *k == kind
-                        && if sending {
-                            dir.is_sending()
-                        } else {
-                            dir.is_receiving()
-                        }
-                })
-                .map(|(mid, _, _)| *mid)
-        };
-        let peer_role = match role {
+    /// Makes a session prepared by [`setup::prepare`] (with this shard's
+    /// [`SfuConfig::setup`]) part of its live.
+    pub fn admit_prepared(&mut self, p: setup::Prepared, now: Instant) -> Joined {
+        let id = p.id;
+        let live = p.live.as_str();
+        self.transmits.extend(p.transmits);
+        let (cast, plays) = match p.role {
             Role::Cast => {
-                if first(MediaKind::Audio, false).is_none()
-                    && first(MediaKind::Video, false).is_none()
-                {
-                    return Err(JoinError::NoMedia(
-                        "the offer sends no audio or video: a WHIP offer needs an m=audio or \
-                         m=video section with a=sendonly or a=sendrecv and a supported codec \
-                         (Opus, VP8, VP9, H264, AV1)",
-                    ));
-                }
                 let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval, now);
-                for kind in [MediaKind::Video, MediaKind::Audio] {
-                    if let Some(p) = first(kind, false).and_then(|mid| offered_producer(&rtc, mid))
-                    {
-                        cast.producers.push(p);
-                    }
-                }
+                cast.producers = p.producers;
                 (Some(cast), Vec::new())
             }
             Role::Play => {
-                let mut track = |kind| {
-                    let mid = first(kind, true)?;
-                    let mut api = rtc.direct_api();
-                    let tx = api.stream_tx_by_mid(mid, None)?;
-                    // A retransmission older than a second would miss any
-                    // live player's jitter buffer; str0m keeps 3 s.
-                    tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(0.15));
-                    let ssrc = tx.ssrc();
-                    Some(OutTrack::new(mid, ssrc, kind))
-                };
                 let mut play = Play::new(self.live_name(live));
-                play.audio = track(MediaKind::Audio);
-                play.video = track(MediaKind::Video);
-                if play.audio.is_none() && play.video.is_none() {
-                    return Err(JoinError::NoMedia(
-                        "the offer receives no audio or video: a WHEP offer needs an m=audio or \
-                         m=video section with a=recvonly or a=sendrecv and a supported codec \
-                         (Opus, VP8, VP9, H264, AV1)",
-                    ));
-                }
+                play.audio = p.audio;
+                play.video = p.video;
                 (None, vec![play])
             }
         };
-        let (cast, plays) = peer_role;
-        let peer = self.new_peer(id, live, rtc, ufrag, role, cast, plays);
-        self.admit(peer, rtc_timeout, now);
-        tracing::info!(live, peer = %id.log(), %role, "session created");
-        Ok(Joined {
+        let peer = self.new_peer(id, live, p.rtc, p.ufrag, p.role, cast, plays);
+        // The Rtc was drained up to its timeout when it was prepared.
+        self.admit(peer, p.rtc_timeout, now);
+        tracing::info!(live, peer = %id.log(), role = %p.role, "session created");
+        Joined {
             peer: id,
-            answer: answer.to_sdp_string(),
-        })
+            answer: p.answer,
+        }
     }
 
     /// A session's state before it is admitted.
@@ -600,25 +564,7 @@ impl Sfu {
 
     /// The host candidates every session announces.
     fn local_candidates(&self) -> Vec<Candidate> {
-        let mut out = Vec::new();
-        for addr in &self.config.candidates {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                out.push(c);
-            }
-            // ICE-TCP (RFC 6544): the media port's TCP twin, for networks
-            // that block UDP. Browsers prefer the UDP candidate when both work.
-            if self.config.ice_tcp {
-                let tcp = Candidate::builder()
-                    .tcp()
-                    .host(*addr)
-                    .tcptype(TcpType::Passive)
-                    .build();
-                if let Ok(c) = tcp {
-                    out.push(c);
-                }
-            }
-        }
-        out
+        setup::local_candidates(&self.config.candidates, self.config.ice_tcp)
     }
 
     /// Ends a session at the client's request.
@@ -1042,12 +988,16 @@ impl Sfu {
 /// What every session's `Rtc` starts from: ICE-lite (Vessel's address is
 /// known), RTP mode (the SFU rewrites each viewer's stream itself),
 /// periodic stats for `/metrics`, and its ICE credentials.
-fn rtc_config(creds: IceCreds) -> RtcConfig {
-    RtcConfig::new()
+fn rtc_config(creds: IceCreds, cert: Option<&DtlsCert>) -> RtcConfig {
+    let config = RtcConfig::new()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .set_stats_interval(Some(STATS_INTERVAL))
-        .set_local_ice_credentials(creds)
+        .set_local_ice_credentials(creds);
+    match cert {
+        Some(cert) => config.set_dtls_cert(cert.clone()),
+        None => config,
+    }
 }
 
 /// What a panic said, for the log.

@@ -57,6 +57,9 @@ pub struct Quota {
     /// Allocations one username may hold at once (a browser makes one per
     /// local interface and transport).
     pub per_user: usize,
+    /// Allocations one client address may hold, whatever its usernames
+    /// (0: no cap).
+    pub per_ip: usize,
     /// Allocations the whole server may hold.
     pub total: usize,
     /// Relayed bits per second per allocation, both directions; 0 = no limit.
@@ -69,6 +72,7 @@ impl Default for Quota {
     fn default() -> Self {
         Self {
             per_user: 16,
+            per_ip: 32,
             total: 2000,
             max_bitrate: 20_000_000,
             max_lifetime: Duration::from_secs(3600),

@@ -232,7 +232,7 @@ impl TurnServer {
             Ok(relay) => relay,
             Err(e) => {
                 tracing::warn!(client = %p.client.remote, "cannot open a TURN relay socket: {e}");
-                self.release_user(&p.username);
+                self.release_user(&p.username, p.client.remote.ip());
                 let reply = error_reply(
                     ALLOCATE,
                     p.transaction,
@@ -289,7 +289,7 @@ impl TurnServer {
             .collect();
         for token in gone {
             if let Some(p) = self.pending.remove(&token) {
-                self.release_user(&p.username);
+                self.release_user(&p.username, p.client.remote.ip());
             }
         }
     }
@@ -337,12 +337,21 @@ impl TurnServer {
             let reply = error(msg, code, &reason, &[], Some(&auth.key));
             return self.send_to_client(client, reply);
         }
-        if let Err(full) = self.config.ledger.take(&auth.username, &self.config.quota) {
+        let ip = client.remote.ip();
+        if let Err(full) = self
+            .config
+            .ledger
+            .take(&auth.username, ip, &self.config.quota)
+        {
             let quota = &self.config.quota;
             let (code, reason) = match full {
                 Full::User => (
                     ErrorCode::ALLOCATION_QUOTA_REACHED,
                     format!("at most {} allocations per user", quota.per_user),
+                ),
+                Full::Address => (
+                    ErrorCode::ALLOCATION_QUOTA_REACHED,
+                    format!("at most {} allocations per client address", quota.per_ip),
                 ),
                 Full::Server => (
                     ErrorCode::INSUFFICIENT_CAPACITY,
@@ -707,13 +716,13 @@ impl TurnServer {
         if let Some(a) = self.allocations.remove(client) {
             self.by_relay.remove(&a.relay);
             self.config.ledger.relay(a.relay, false);
-            self.release_user(&a.username);
+            self.release_user(&a.username, client.remote.ip());
             self.out.push_back(Output::ReleaseRelay { relay: a.relay });
         }
     }
 
-    fn release_user(&mut self, username: &str) {
-        self.config.ledger.give_back(username);
+    fn release_user(&mut self, username: &str, ip: std::net::IpAddr) {
+        self.config.ledger.give_back(username, ip);
     }
 
     fn send_to_client(&mut self, client: ClientKey, data: Vec<u8>) {

@@ -157,6 +157,21 @@ pub fn live_state(server: &Server, live: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A viewer's WHEP offer (from a client that is then dropped).
+pub fn viewer_offer() -> String {
+    Client::offer(false).1
+}
+
+/// An HTTP client whose connections come from `ip` (any of 127.0.0.0/8
+/// reaches a server on 127.0.0.1): another "client address" for limits.
+pub fn http_from(ip: &str) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -143,6 +143,7 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
         credential,
         remote,
         forwarded_for,
+        client: crate::http::admission::client_of(&parts.extensions),
         transports: Vec::new(),
     };
     tokio::spawn(
@@ -180,6 +181,8 @@ struct Session {
     credential: Option<String>,
     remote: SocketAddr,
     forwarded_for: Option<String>,
+    /// The client address the limits count it under.
+    client: crate::limits::Client,
     transports: Vec<Transport>,
 }
 
@@ -221,7 +224,7 @@ impl Session {
             .map_err(|d| d.to_string())?;
         let transport = state
             .media
-            .open_direct(&self.live, role)
+            .open_direct(&self.live, role, self.client)
             .await
             .map_err(|e| e.to_string())?;
         self.transports.push(Transport {

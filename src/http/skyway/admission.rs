@@ -20,6 +20,8 @@ use crate::skyway::{Ask, Credential, Refusal};
 pub(super) struct Asker {
     pub remote: SocketAddr,
     pub forwarded_for: Option<String>,
+    /// The client address the limits count it under.
+    pub client: crate::limits::Client,
 }
 
 /// May `peer` do `ask` in `room`?

@@ -16,8 +16,9 @@ pub(super) async fn run(hub: Arc<SkywayHub>, state: AppState, op: MediaOp) {
     let media = &state.media;
     match op {
         MediaOp::Open { peer, room, subs } => {
+            let client = hub.client_of_peer(&peer);
             let result = media
-                .open_member(&room, subs)
+                .open_member(&room, subs, client)
                 .await
                 .map(|o| (o.peer, o.offer))
                 .map_err(refusal);

@@ -74,6 +74,19 @@ impl SkywayHub {
     /// out under the lock (in order), closes after it (a close runs the
     /// socket's disconnect handler, which comes back here), media work in
     /// tasks of its own. Admissions are returned to the caller.
+    /// The client address of SkyWay peer `peer`'s connection.
+    pub(super) fn client_of_peer(&self, peer: &str) -> crate::limits::Client {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .server
+            .conn_of(peer)
+            .and_then(|c| inner.askers.get(&c))
+            .map_or(
+                crate::limits::Client::exempt(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                |a| a.client,
+            )
+    }
+
     fn with<T>(
         self: &Arc<Self>,
         state: &AppState,
@@ -257,6 +270,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
     let asker = admission::Asker {
         remote,
         forwarded_for,
+        client: crate::http::admission::client_of(&parts.extensions),
     };
     {
         let mut inner = hub.inner.lock().unwrap_or_else(|e| e.into_inner());

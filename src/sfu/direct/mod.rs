@@ -421,7 +421,7 @@ impl Sfu {
         role: Role,
         now: Instant,
     ) -> Result<Rtc, DirectError> {
-        let mut config = super::rtc_config(creds.clone())
+        let mut config = super::rtc_config(creds.clone(), self.config.dtls_cert.as_ref())
             .set_dtls_cert(cert)
             .set_extension_map(exts);
         *config.codec_config() = codecs;

@@ -159,7 +159,9 @@ fn a_new_caster_that_never_connects_leaves_the_live_on_air() {
     net.run(Duration::from_millis(500));
     // A second WHIP offer (a failed OBS reconnect): answered, never heard from.
     let (_rtc, _, offer, _, _) = net.offer(true, 7777);
-    let attempt = net.sfus[0].join("show", Role::Cast, &offer, net.now).unwrap();
+    let attempt = net.sfus[0]
+        .join("show", Role::Cast, &offer, net.now)
+        .unwrap();
     for _ in 0..6 {
         let before = net.clients[viewer].received.len();
         net.run(Duration::from_secs(1));
@@ -168,7 +170,10 @@ fn a_new_caster_that_never_connects_leaves_the_live_on_air() {
             "the viewer keeps the caster on air"
         );
     }
-    assert!(net.ended(attempt.peer), "the attempt is dropped at its deadline");
+    assert!(
+        net.ended(attempt.peer),
+        "the attempt is dropped at its deadline"
+    );
     assert!(!net.ended(net.clients[caster].peer));
     assert!(!went_off_air(&net, "show"));
 }
@@ -183,7 +188,10 @@ fn a_dead_caster_is_off_air_within_3_s() {
     net.clients[caster].dead = true; // killed: no goodbye
     net.run(Duration::from_millis(2900));
     assert!(net.ended(net.clients[caster].peer));
-    assert!(!net.last_state("show").unwrap().on_air, "off air within 3 s");
+    assert!(
+        !net.last_state("show").unwrap().on_air,
+        "off air within 3 s"
+    );
 }
 
 #[test]
@@ -193,13 +201,21 @@ fn across_workers_a_caster_takes_over_only_with_its_media() {
     let near = net.join_on(0, "show", Role::Play, false, false);
     let far = net.join_on(1, "show", Role::Play, false, false);
     net.run(Duration::from_millis(800));
-    assert!(!net.clients[far].received.is_empty(), "the far viewer gets the caster");
+    assert!(
+        !net.clients[far].received.is_empty(),
+        "the far viewer gets the caster"
+    );
     // A caster on the other worker that never connects changes nothing.
     let (_rtc, _, offer, _, _) = net.offer(true, 7778);
-    let attempt = net.sfus[1].join("show", Role::Cast, &offer, net.now).unwrap();
+    let attempt = net.sfus[1]
+        .join("show", Role::Cast, &offer, net.now)
+        .unwrap();
     net.run(Duration::from_millis(1000));
     assert!(!net.ended(net.clients[old].peer), "no one took the live");
-    let (n, f) = (net.clients[near].received.len(), net.clients[far].received.len());
+    let (n, f) = (
+        net.clients[near].received.len(),
+        net.clients[far].received.len(),
+    );
     net.run(Duration::from_millis(500));
     assert!(net.clients[near].received.len() > n + 10);
     assert!(net.clients[far].received.len() > f + 10);
@@ -212,7 +228,10 @@ fn across_workers_a_caster_takes_over_only_with_its_media() {
     let from_new = |c: &Client| c.received.iter().filter(|g| g.fill == 0x77).count();
     let (n, f) = (from_new(&net.clients[near]), from_new(&net.clients[far]));
     net.run(Duration::from_millis(500));
-    assert!(from_new(&net.clients[near]) > n + 10, "the near viewer gets the new caster");
+    assert!(
+        from_new(&net.clients[near]) > n + 10,
+        "the near viewer gets the new caster"
+    );
     assert!(from_new(&net.clients[far]) > f + 10, "so does the far one");
     assert!(!went_off_air(&net, "show"));
     let _ = attempt;

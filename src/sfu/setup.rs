@@ -1,0 +1,241 @@
+//! Setting up a WHIP/WHEP session — parsing the offer, building its `Rtc`
+//! (str0m makes the DTLS key shares then: about 1.5 ms of elliptic-curve
+//! work per session here), negotiating the answer — needs nothing of the
+//! `Sfu`'s state. So it runs wherever the caller likes (the runtime: a
+//! blocking pool, never the thread that forwards media), and the `Sfu`
+//! only admits the result: a join storm does not stall forwarding.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{TcpType, Transmit};
+use str0m::{Candidate, Output, Rtc};
+
+use super::peer::OutTrack;
+use super::{
+    JoinError, PeerId, RTX_CACHE_AGE, Role, SfuConfig, codec, new_ice_creds, offer,
+    offered_producer, rtc_config, tidy_sdp_error,
+};
+
+/// What setting up a session needs of its shard.
+#[derive(Clone)]
+pub struct Setup {
+    shard: usize,
+    candidates: Vec<Candidate>,
+    initial_estimate: u64,
+    dtls_cert: Option<DtlsCert>,
+}
+
+impl SfuConfig {
+    pub fn setup(&self) -> Setup {
+        Setup {
+            shard: self.shard,
+            candidates: local_candidates(&self.candidates, self.ice_tcp),
+            initial_estimate: self.initial_estimate,
+            dtls_cert: self.dtls_cert.clone(),
+        }
+    }
+}
+
+/// The host candidates announced for the media addresses.
+pub(super) fn local_candidates(addrs: &[std::net::SocketAddr], ice_tcp: bool) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        if let Ok(c) = Candidate::host(*addr, "udp") {
+            out.push(c);
+        }
+        // ICE-TCP (RFC 6544): the media port's TCP twin, for networks that
+        // block UDP. Browsers prefer the UDP candidate when both work.
+        if ice_tcp {
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            if let Ok(c) = tcp {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// A session negotiated and ready to be admitted by its shard's `Sfu`.
+pub struct Prepared {
+    pub(super) id: PeerId,
+    pub(super) live: String,
+    pub(super) rtc: Rtc,
+    pub(super) ufrag: String,
+    pub(super) role: Role,
+    /// A caster's producers.
+    pub(super) producers: Vec<super::direct::Producer>,
+    /// A viewer's outgoing tracks.
+    pub(super) audio: Option<OutTrack>,
+    pub(super) video: Option<OutTrack>,
+    pub(super) answer: String,
+    /// The `Rtc`'s output is drained up to here.
+    pub(super) rtc_timeout: Instant,
+    pub(super) transmits: Vec<Transmit>,
+}
+
+impl Prepared {
+    pub fn peer(&self) -> PeerId {
+        self.id
+    }
+
+    pub fn live(&self) -> &str {
+        &self.live
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// How long ago (from `now`) its `Rtc` was made: a session prepared
+    /// long before it is admitted has lost that much of its connect time.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.rtc_timeout)
+    }
+}
+
+/// Negotiates a caster's or viewer's SDP offer. A panic inside str0m on
+/// an offer it did not expect is a refusal, never more.
+pub fn prepare(
+    setup: &Setup,
+    live: &str,
+    role: Role,
+    offer: &str,
+    now: Instant,
+) -> Result<Prepared, JoinError> {
+    catch_unwind(AssertUnwindSafe(|| {
+        negotiate(setup, live, role, offer, now)
+    }))
+    .unwrap_or_else(|_| {
+        Err(JoinError::Refused(
+            "the offer could not be negotiated".into(),
+        ))
+    })
+}
+
+pub(in crate::sfu) fn negotiate(
+    setup: &Setup,
+    live: &str,
+    role: Role,
+    offer: &str,
+    now: Instant,
+) -> Result<Prepared, JoinError> {
+    let offer = SdpOffer::from_sdp_string(offer)
+        .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
+    offer::check(&offer)?;
+    let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
+    let id = PeerId::random_on(setup.shard);
+    let creds = new_ice_creds();
+    let ufrag = creds.ufrag.clone();
+    let mut rtc_config = rtc_config(creds, setup.dtls_cert.as_ref());
+    // RED (RFC 2198) for audio when the client offers it: a lost Opus
+    // packet is rebuilt from the next one, with no retransmission.
+    rtc_config.codec_config().enable_opus(true, true);
+    match role {
+        Role::Cast => codec::prefer_offered(rtc_config.codec_config(), &offer),
+        // The send-side estimate towards each viewer picks its layer.
+        Role::Play => {
+            rtc_config = rtc_config.enable_bwe(Some(Bitrate::bps(setup.initial_estimate)))
+        }
+    }
+    let mut rtc = rtc_config.build(now);
+    for c in &setup.candidates {
+        rtc.add_local_candidate(c.clone());
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| JoinError::Refused(e.to_string()))?;
+    let mut transmits = Vec::new();
+    let rtc_timeout = loop {
+        match rtc.poll_output() {
+            Ok(Output::Event(_)) => {}
+            Ok(Output::Transmit(t)) => transmits.push(t),
+            Ok(Output::Timeout(t)) => break t,
+            Err(e) => return Err(JoinError::Refused(e.to_string())),
+        }
+    };
+    // The negotiated m-lines, from our side's point of view.
+    let medias: Vec<(Mid, MediaKind, Direction)> = offered
+        .iter()
+        .filter_map(|mid| rtc.media(*mid))
+        .filter(|m| !m.disabled())
+        .map(|m| (m.mid(), m.kind(), m.direction()))
+        .collect();
+    let first = |kind: MediaKind, sending: bool| {
+        medias
+            .iter()
+            .find(|(_, k, dir)| {
+                *k == kind
+                    && if sending {
+                        dir.is_sending()
+                    } else {
+                        dir.is_receiving()
+                    }
+            })
+            .map(|(mid, _, _)| *mid)
+    };
+    let mut prepared = Prepared {
+        id,
+        live: live.to_string(),
+        rtc,
+        ufrag,
+        role,
+        producers: Vec::new(),
+        audio: None,
+        video: None,
+        answer: answer.to_sdp_string(),
+        rtc_timeout,
+        transmits,
+    };
+    match role {
+        Role::Cast => {
+            if first(MediaKind::Audio, false).is_none() && first(MediaKind::Video, false).is_none()
+            {
+                return Err(JoinError::NoMedia(
+                    "the offer sends no audio or video: a WHIP offer needs an m=audio or \
+                     m=video section with a=sendonly or a=sendrecv and a supported codec \
+                     (Opus, VP8, VP9, H264, AV1)",
+                ));
+            }
+            for kind in [MediaKind::Video, MediaKind::Audio] {
+                if let Some(p) =
+                    first(kind, false).and_then(|mid| offered_producer(&prepared.rtc, mid))
+                {
+                    prepared.producers.push(p);
+                }
+            }
+        }
+        Role::Play => {
+            let mut track = |kind| {
+                let mid = first(kind, true)?;
+                let mut api = prepared.rtc.direct_api();
+                let tx = api.stream_tx_by_mid(mid, None)?;
+                // A retransmission older than a second would miss any
+                // live player's jitter buffer; str0m keeps 3 s.
+                tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(0.15));
+                let ssrc = tx.ssrc();
+                Some(OutTrack::new(mid, ssrc, kind))
+            };
+            let (audio, video) = (track(MediaKind::Audio), track(MediaKind::Video));
+            if audio.is_none() && video.is_none() {
+                return Err(JoinError::NoMedia(
+                    "the offer receives no audio or video: a WHEP offer needs an m=audio or \
+                     m=video section with a=recvonly or a=sendrecv and a supported codec \
+                     (Opus, VP8, VP9, H264, AV1)",
+                ));
+            }
+            prepared.audio = audio;
+            prepared.video = video;
+        }
+    }
+    Ok(prepared)
+}
