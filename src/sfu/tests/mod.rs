@@ -14,6 +14,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use super::*;
 
 mod direct;
+mod fuzz;
 mod hardening;
 mod member;
 
