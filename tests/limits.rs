@@ -33,19 +33,8 @@ fn refusal(res: reqwest::blocking::Response) -> (u16, Option<u64>, String) {
 }
 
 fn refused_total(server: &Server, limit: &str) -> u64 {
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let series = format!("vessel_refused_total{{limit=\"{limit}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    let series = format!("vessel_refused_total{{limit=\"{limit}\"}}");
+    common::metric(server, &series).unwrap_or_else(|| panic!("no {series} in /metrics")) as u64
 }
 
 #[test]

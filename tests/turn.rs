@@ -175,23 +175,13 @@ fn rest_credentials_relay_every_message_over_udp_and_tcp() {
     // /metrics counts what was relayed (TURN threads publish once a second).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let text = http()
-            .get(server.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let relayed: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("vessel_turn_relayed_bytes_total "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let relayed = common::metric(&server, "vessel_turn_relayed_bytes_total").unwrap_or(0.0);
         if relayed > 100.0 * 4.0 * 100.0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "relayed bytes not counted:\n{text}"
+            "relayed bytes not counted: {relayed}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

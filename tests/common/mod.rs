@@ -172,6 +172,20 @@ pub fn http_from(ip: &str) -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// The value of `series` (name and labels, as printed) in `/metrics`.
+pub fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = http()
+        .get(server.url("/metrics"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
