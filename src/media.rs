@@ -929,17 +929,16 @@ mod tcp {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::tcp::OwnedWriteHalf;
     use tokio::sync::mpsc;
 
     use super::TcpEvent;
+    use crate::limits::stream::{Deadlines, Ended, read_exact_within};
 
     /// Connections beyond this are refused: each costs two tasks.
     const MAX_CONNECTIONS: usize = 4096;
-    /// A connection must say something (its ICE check) this soon.
-    const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
     /// Frames queued towards one connection; beyond, frames are dropped
     /// (as UDP would lose them) rather than let a slow reader grow memory.
     const WRITE_QUEUE: usize = 512;
@@ -970,46 +969,47 @@ mod tcp {
             let events = events.clone();
             tokio::spawn(async move {
                 let _guard = guard;
-                read_frames(read, peer, local, &events).await;
+                if let Ended::TimedOut(why) = read_frames(read, peer, local, &events).await {
+                    tracing::debug!(%peer, "ICE-TCP connection {why}; closed");
+                }
                 let _ = events.send(TcpEvent::Closed { peer }).await;
             });
         }
     }
 
-    async fn read_frames(
-        mut read: OwnedReadHalf,
+    /// Reads RFC 4571 frames until the peer closes or misses a deadline
+    /// ([`Deadlines::ICE_TCP`]).
+    pub(super) async fn read_frames<R: AsyncRead + Unpin>(
+        mut read: R,
         peer: SocketAddr,
         local: SocketAddr,
         events: &mpsc::Sender<TcpEvent>,
-    ) {
-        let mut first = true;
+    ) -> Ended {
+        let d = Deadlines::ICE_TCP;
+        let mut spoken = false;
         loop {
-            let len = if first {
-                first = false;
-                match tokio::time::timeout(FIRST_FRAME_WITHIN, read.read_u16()).await {
-                    Ok(Ok(len)) => len,
-                    _ => return,
-                }
-            } else {
-                match read.read_u16().await {
-                    Ok(len) => len,
-                    Err(_) => return,
-                }
-            };
-            let mut data = vec![0u8; len as usize];
-            if read.read_exact(&mut data).await.is_err() {
-                return;
+            let mut len = [0u8; 2];
+            if let Err(ended) = read_exact_within(&mut read, &mut len, &d, spoken, false).await {
+                return ended;
             }
+            let mut data = vec![0u8; u16::from_be_bytes(len) as usize];
+            if let Err(ended) = read_exact_within(&mut read, &mut data, &d, spoken, true).await {
+                return ended;
+            }
+            spoken = true;
             let frame = TcpEvent::Frame { peer, local, data };
             if events.send(frame).await.is_err() {
-                return;
+                return Ended::Closed;
             }
         }
     }
 
+    /// Writes queued frames; a peer that takes longer than a frame's
+    /// deadline to accept one is not reading, and its writer ends.
     async fn write_frames(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
         while let Some(frame) = queue.recv().await {
-            if write.write_all(&frame).await.is_err() {
+            let wrote = tokio::time::timeout(Deadlines::ICE_TCP.frame, write.write_all(&frame));
+            if !matches!(wrote.await, Ok(Ok(()))) {
                 return;
             }
         }
@@ -1026,6 +1026,39 @@ mod tcp {
 
     #[cfg(test)]
     mod tests {
+        use tokio::io::AsyncWriteExt;
+
+        use super::*;
+
+        #[tokio::test(start_paused = true)]
+        async fn a_connection_that_goes_quiet_or_stalls_mid_frame_is_closed() {
+            let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let (tx, mut rx) = mpsc::channel(8);
+            // One frame, then silence: read, then closed after `idle`.
+            let (ours, mut theirs) = tokio::io::duplex(256);
+            theirs.write_all(&frame(b"check").unwrap()).await.unwrap();
+            let start = tokio::time::Instant::now();
+            let ended = read_frames(ours, addr, addr, &tx).await;
+            assert_eq!(ended, Ended::TimedOut("idle"));
+            assert_eq!(start.elapsed(), Deadlines::ICE_TCP.idle);
+            assert!(matches!(rx.try_recv(), Ok(TcpEvent::Frame { data, .. }) if data == b"check"));
+            // A frame announced at 100 bytes with 3 sent: closed after `first`
+            // (it never spoke a whole frame).
+            let (ours, mut theirs) = tokio::io::duplex(256);
+            theirs.write_all(&[0, 100, 1, 2, 3]).await.unwrap();
+            let ended = read_frames(ours, addr, addr, &tx).await;
+            assert_eq!(ended, Ended::TimedOut("said nothing"));
+            // After a whole frame, half of the next: the frame deadline.
+            let (ours, mut theirs) = tokio::io::duplex(256);
+            theirs.write_all(&frame(b"check").unwrap()).await.unwrap();
+            theirs.write_all(&[0, 100, 1]).await.unwrap();
+            let start = tokio::time::Instant::now();
+            let ended = read_frames(ours, addr, addr, &tx).await;
+            assert_eq!(ended, Ended::TimedOut("stalled inside a frame"));
+            assert_eq!(start.elapsed(), Deadlines::ICE_TCP.frame);
+            drop(theirs);
+        }
+
         #[test]
         fn frames_carry_a_big_endian_length() {
             assert_eq!(super::frame(&[7, 8, 9]), Some(vec![0, 3, 7, 8, 9]));

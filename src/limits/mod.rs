@@ -9,6 +9,7 @@
 pub mod client;
 pub mod connections;
 pub mod sessions;
+pub mod stream;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

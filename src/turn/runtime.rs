@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stun_types::message::MessageHeader;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -20,12 +20,14 @@ use tokio_rustls::TlsAcceptor;
 use turn_types::channel::ChannelData;
 
 use super::{ClientKey, Output, Transport, TurnServer, TurnStats};
+use crate::limits::stream::{Deadlines, Ended, read_within};
 use crate::metrics::Metrics;
 
 /// Stream clients beyond this are refused.
 const MAX_STREAMS: usize = 4096;
-/// A stream client must complete TLS and send its first message this soon.
-const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
+/// STUN answers waiting for room in a full UDP socket buffer; beyond,
+/// answers are dropped (the client retransmits).
+const MAX_WAITING_ANSWERS: usize = 1024;
 /// Frames queued towards one stream client; beyond, frames are dropped as
 /// UDP would lose them, rather than let a slow reader grow memory.
 const WRITE_QUEUE: usize = 512;
@@ -224,6 +226,8 @@ struct Core {
     /// (relay, local media address) → the announced address last used, to
     /// attribute the SFU's answers.
     routed: HashMap<(SocketAddr, SocketAddr), SocketAddr>,
+    /// One clone per STUN answer waiting for room in the UDP socket.
+    waiting_answers: Rc<()>,
 }
 
 type Shared = Rc<RefCell<Core>>;
@@ -245,6 +249,7 @@ async fn run(
         relay_ip,
         own_routes,
         routed: HashMap::new(),
+        waiting_answers: Rc::new(()),
     }));
     let tcp = TcpListener::from_std(sockets.tcp)?;
     tokio::task::spawn_local(accept(shared.clone(), tcp, None));
@@ -316,9 +321,16 @@ fn drive(shared: &Shared) {
                         // kept until there is room: a lost Allocate answer
                         // makes the client retry with a new transaction,
                         // which its existing allocation must refuse (437).
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && data[0] & 0xC0 == 0 => {
+                        Err(e)
+                            if e.kind() == io::ErrorKind::WouldBlock
+                                && data[0] & 0xC0 == 0
+                                && Rc::strong_count(&core.waiting_answers)
+                                    <= MAX_WAITING_ANSWERS =>
+                        {
                             let udp = core.udp.clone();
+                            let waiting = core.waiting_answers.clone();
                             tokio::task::spawn_local(async move {
+                                let _waiting = waiting;
                                 let _ = udp.send_to(&data, client.remote).await;
                             });
                         }
@@ -419,6 +431,8 @@ async fn accept(shared: Shared, listener: TcpListener, tls: Option<TlsAcceptor>)
     let Ok(listen) = listener.local_addr() else {
         return;
     };
+    // Counts connections from accept to close, TLS handshakes included.
+    let open = Rc::new(());
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -428,10 +442,11 @@ async fn accept(shared: Shared, listener: TcpListener, tls: Option<TlsAcceptor>)
                 continue;
             }
         };
-        if shared.borrow().streams.len() >= MAX_STREAMS {
+        if Rc::strong_count(&open) > MAX_STREAMS {
             tracing::warn!("TURN: {MAX_STREAMS} stream clients already; refusing {remote}");
             continue;
         }
+        let held = open.clone();
         let _ = stream.set_nodelay(true);
         let client = ClientKey {
             transport,
@@ -441,10 +456,12 @@ async fn accept(shared: Shared, listener: TcpListener, tls: Option<TlsAcceptor>)
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::task::spawn_local(async move {
+            let _held = held;
             match tls {
                 None => serve_stream(shared, stream, client).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(FIRST_FRAME_WITHIN, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(Deadlines::TURN.first, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(stream)) => serve_stream(shared, stream, client).await,
                         Ok(Err(e)) => tracing::debug!(%remote, "TURN TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%remote, "TURN TLS handshake timed out"),
@@ -477,7 +494,10 @@ where
                     Err(_) => break,
                 }
             }
-            if wr.write_all(&batch).await.is_err() {
+            // A client that takes longer than a frame's deadline to take
+            // a write is not reading: stop writing to it.
+            let wrote = tokio::time::timeout(Deadlines::TURN.frame, wr.write_all(&batch));
+            if !matches!(wrote.await, Ok(Ok(()))) {
                 break;
             }
         }
@@ -485,20 +505,16 @@ where
     });
     let mut buf: Vec<u8> = Vec::with_capacity(2 * MAX_FRAME);
     let mut chunk = vec![0u8; MAX_FRAME];
-    let mut first = true;
+    let mut spoken = false;
+    let d = Deadlines::TURN;
     'read: loop {
-        let read = rd.read(&mut chunk);
-        let n = if first {
-            match tokio::time::timeout(FIRST_FRAME_WITHIN, read).await {
-                Ok(r) => r,
-                Err(_) => break,
-            }
-        } else {
-            read.await
-        };
-        let n = match n {
-            Ok(0) | Err(_) => break,
+        let n = match read_within(&mut rd, &mut chunk, &d, spoken, !buf.is_empty()).await {
             Ok(n) => n,
+            Err(Ended::Closed) => break,
+            Err(Ended::TimedOut(why)) => {
+                tracing::debug!(remote = %client.remote, "TURN {:?} client {why}; closing", client.transport);
+                break;
+            }
         };
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
@@ -512,7 +528,7 @@ where
                     );
                     drive(&shared);
                     at += len;
-                    first = false;
+                    spoken = true;
                 }
                 Framing::NeedMore => break,
                 Framing::Garbage => {
