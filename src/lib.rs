@@ -9,6 +9,7 @@ pub mod http;
 pub mod limits;
 pub mod loadtest;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod peerjs;
 pub mod sfu;

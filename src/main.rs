@@ -117,6 +117,7 @@ async fn serve(config: Config, lives: HashMap<String, LiveRules>) {
 async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), String> {
     str0m::crypto::from_feature_flags().install_process_default();
     let fd_limit = raise_fd_limit();
+    vessel::memory::spawn_trimmer(vessel::memory::TRIM_EVERY);
 
     let workers = config.workers();
     let (shards, shard_addrs) =

@@ -593,6 +593,22 @@ fn bind(
     Ok((sockets, announced))
 }
 
+/// Kernel buffers for each media socket. With the default (208 KiB, about
+/// 150 datagrams) a media thread held up for 50 ms by a burst of noise or
+/// of joins overflows, and the kernel drops casters' packets with the
+/// noise. Linux caps these at `net.core.rmem_max`/`wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn set_buffers(socket: &UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s
+        .set_recv_buffer_size(SOCKET_BUFFER)
+        .and(s.set_send_buffer_size(SOCKET_BUFFER))
+    {
+        tracing::debug!("media socket buffers: {e}");
+    }
+}
+
 /// Starts the media runtime: one thread per shard, each with its own
 /// sockets (`shards[i]`) and `Sfu` (`sfus[i]`).
 /// `observer` hears every event but live states (those go to `board`).
@@ -623,6 +639,7 @@ pub fn spawn(
     for (i, (sockets, sfu)) in shards.into_iter().zip(sfus).enumerate() {
         for s in &sockets {
             s.socket.set_nonblocking(true)?;
+            set_buffers(&s.socket);
             if let Some(l) = &s.tcp {
                 l.set_nonblocking(true)?;
             }
