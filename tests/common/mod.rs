@@ -233,6 +233,10 @@ impl Client {
     /// Builds a client and its offer: a caster sends, a viewer receives.
     fn offer(cast: bool) -> (Self, String, SdpPendingOffer) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A real client has a machine of its own; here clients share two
+        // cores with the server and whatever a test floods it with, so
+        // their sockets get room for a few seconds of media.
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
         let local = socket.local_addr().unwrap();
         let mut rtc = RtcConfig::new().set_rtp_mode(true).build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
