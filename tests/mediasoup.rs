@@ -188,6 +188,11 @@ fn bad_requests_are_answered_with_a_reason_and_the_live_goes_on() {
             "{name} {arg}: {e:?} should mention {reason:?}"
         );
     }
+    // A request with no argument at all is still answered, with a reason
+    // (mediasoup-client code awaits every answer).
+    io.raw(r#"42["createProducerTransport"]"#);
+    let reply = io.expect("re:createProducerTransport");
+    assert!(error_of(&reply).contains("needs one argument"), "{reply}");
     // What the server does not know is ignored, not fatal.
     io.ws
         .send(Message::text(r#"42["noSuchRequest",{}]"#))

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use axum::extract::Query;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{Data, SocketRef};
+use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::layer::SocketIoLayer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +116,14 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
     let (tx, mut rx) = mpsc::channel::<(&'static str, Request, Value)>(MAX_QUEUED);
     for (name, request) in REQUESTS {
         let tx = tx.clone();
-        socket.on(name, move |s: SocketRef, Data(arg): Data<Value>| {
+        socket.on(name, move |s: SocketRef, TryData(arg): TryData<Value>| {
+            // A request whose argument is missing or isn't JSON still gets
+            // an answer: the client awaits one.
+            let Ok(arg) = arg else {
+                let e = json!({ "error": format!("{name} needs one argument, a JSON object") });
+                let _ = s.emit(format!("re:{name}"), &e);
+                return std::future::ready(());
+            };
             if tx.try_send((name, request, arg)).is_err() {
                 let e = json!({ "error": "too many requests waiting: wait for each answer" });
                 let _ = s.emit(format!("re:{name}"), &e);
