@@ -46,6 +46,10 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// HTTP connections open now.
     pub connections: Gauge,
+    /// Times a viewer fell behind and skipped ahead.
+    pub late_skips: Counter,
+    /// Packets not sent to viewers because they were behind.
+    pub late_drops: Counter,
 }
 
 /// Which admission limit refused a request (see `limits::Limit::name`).
@@ -81,6 +85,8 @@ impl Metrics {
             refused: Family::default(),
             sessions: Gauge::default(),
             connections: Gauge::default(),
+            late_skips: Counter::default(),
+            late_drops: Counter::default(),
         };
         let registry = &mut m.registry;
         registry.register("lives", "Lives with a caster or viewers", m.lives.clone());
@@ -146,6 +152,16 @@ impl Metrics {
             "HTTP connections open",
             m.connections.clone(),
         );
+        registry.register(
+            "viewer_skips",
+            "Times a viewer's track fell more than 300 ms behind (the server short of CPU, or the viewer's link of bandwidth) and skipped ahead, video to a keyframe",
+            m.late_skips.clone(),
+        );
+        registry.register(
+            "late_packets_dropped",
+            "Packets not sent to viewers because they were behind",
+            m.late_drops.clone(),
+        );
         for engine in [MEDIA, TURN] {
             let _ = m.panics.get_or_create(&engine);
         }
@@ -190,6 +206,8 @@ impl Metrics {
         self.panics
             .get_or_create(&MEDIA)
             .inc_by(d(now.peer_panics, last.peer_panics));
+        self.late_skips.inc_by(d(now.late_skips, last.late_skips));
+        self.late_drops.inc_by(d(now.late_drops, last.late_drops));
     }
 
     /// The text exposition format.

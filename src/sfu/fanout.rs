@@ -2,19 +2,26 @@
 //! keyframe requests back to the caster, and each viewer's layer choice.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
 use str0m::media::{ExtensionValues, KeyframeRequestKind, MediaKind, Mid};
 use str0m::rtp::{RedDecoder, RtpPacket, Vp8Descriptor};
-use str0m::{Event, IceConnectionState, Output};
+use str0m::{Event, IceConnectionState, Input, Output};
 
-use super::forward::{MediaPacket, SourceId, Verdict};
+use super::forward::{MediaPacket, SourceId};
 use super::layer::LayerInfo;
 use super::live::LAYER_CHECK;
-use super::peer::{Forward, Peer, same_live};
+use super::peer::{Forward, Peer, Sent, same_live};
 use super::{PeerId, Sfu, SfuEvent, SfuStats, codec};
+
+/// A timeout str0m asks for within this of now is served at once.
+const IMMEDIATE: Duration = Duration::from_micros(50);
+
+/// Timeouts served in one drive of a peer, at most: 32 packets released
+/// to one viewer in one go is more than a frame of a 1 Mbit/s stream.
+const MAX_PASSES: u32 = 32;
 
 /// What polling one peer asks of the others.
 #[derive(Default)]
@@ -50,9 +57,23 @@ impl Sfu {
             panic!("injected failure");
         }
         let mut fx = Effects::default();
+        let mut passes = 0;
         let rtc_timeout = loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                // str0m's pacer lets one packet out per timeout and asks
+                // for the next a microsecond later. Served here rather than
+                // through the runtime's timers, a viewer's queue drains as
+                // fast as its pacing rate allows, not one packet per turn
+                // of a busy event loop (where it would fall ever further
+                // behind). Bounded, so that one peer cannot hold the thread.
+                Ok(Output::Timeout(t)) if t <= now + IMMEDIATE && passes < MAX_PASSES => {
+                    passes += 1;
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(t.max(now))) {
+                        tracing::warn!(live = %peer.live, peer = %id.log(), "session failed: {e}");
+                        break None;
+                    }
+                }
                 Ok(Output::Timeout(t)) => break Some(t),
                 Ok(Output::Event(e)) => on_event(peer, e, &mut fx, &mut self.stats),
                 Err(e) => {
@@ -334,10 +355,19 @@ impl Sfu {
             };
             self.running = Some(v);
             for f in forwards {
-                if let Some(track) = play.track(f.kind)
-                    && track.send(rtc, f) == Verdict::NeedKeyframe
-                {
-                    need_keyframe.push(f.media.source.ssrc);
+                let Some(track) = play.track(f.kind) else {
+                    continue;
+                };
+                match track.send(rtc, f, now) {
+                    Sent::NeedKeyframe => need_keyframe.push(f.media.source.ssrc),
+                    Sent::Late { started } => {
+                        self.stats.late_drops += 1;
+                        if started {
+                            self.stats.late_skips += 1;
+                            tracing::debug!(%live, peer = %v.log(), kind = ?f.kind, "viewer behind; skipping ahead");
+                        }
+                    }
+                    Sent::Queued | Sent::Dropped => {}
                 }
             }
             self.drive(v, now);

@@ -111,6 +111,15 @@ impl TrackRewriter {
         self.mapping.map(|m| m.source)
     }
 
+    /// Lets go of the current source: what comes next (video: from a
+    /// keyframe) is spliced in to follow the last packet sent, as a new
+    /// source would be. For a viewer that skips ahead: no gap in its
+    /// sequence numbers to NACK, and timestamps that jump by the time
+    /// skipped.
+    pub fn resync(&mut self) {
+        self.mapping = None;
+    }
+
     pub fn rewrite(&mut self, pkt: &MediaPacket) -> Verdict {
         let mapping = match self.mapping {
             Some(m) if m.source == pkt.source => {
@@ -317,6 +326,37 @@ mod tests {
         let delta = caster.frame(t0);
         assert_eq!(rw.rewrite(&delta[0]), Verdict::NeedKeyframe);
         assert_eq!(rw.source(), None);
+    }
+
+    #[test]
+    fn a_viewer_that_skips_ahead_resumes_at_a_keyframe_with_no_gap() {
+        let t0 = Instant::now();
+        let frame = Duration::from_millis(33);
+        let mut rw = TrackRewriter::video();
+        let mut caster = Caster::new(src(1, 10), 100, 0, 0, 10);
+        let mut out = vec![];
+        let mut now = t0;
+        for _ in 0..5 {
+            out.extend(caster.frame(now).iter().map(|p| sent(rw.rewrite(p))));
+            now += frame;
+        }
+        // Behind: frames 5-9 are never handed to the rewriter.
+        rw.resync();
+        for _ in 5..10 {
+            caster.frame(now);
+            now += frame;
+        }
+        // The next frames until the keyframe wait; then the stream goes on.
+        let key = caster.frame(now);
+        out.extend(key.iter().map(|p| sent(rw.rewrite(p))));
+        for pair in out.windows(2) {
+            assert_eq!(pair[1].seq, pair[0].seq + 1, "no gap to NACK");
+        }
+        let jump = out[15].ts.wrapping_sub(out[14].ts);
+        assert!(
+            (17_000..=18_500).contains(&jump),
+            "the timestamp jumps by the time skipped (~6 frames), got {jump}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod direct;
 mod fanout;
 pub mod forward;
 pub mod keyframe;
+pub mod lateness;
 pub mod layer;
 mod live;
 mod member;

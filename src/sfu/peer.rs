@@ -13,6 +13,7 @@ use super::PeerId;
 use super::codec::can_carry;
 use super::direct::Producer;
 use super::forward::{MediaPacket, TrackRewriter, Verdict};
+use super::lateness::{Gate, Lateness};
 use super::layer::LayerSelector;
 use super::simulcast::Layers;
 
@@ -245,6 +246,21 @@ pub(super) struct OutTrack {
     /// SDP, the allowed ones are the media's remote ones; a direct media
     /// has none there.
     pub direct_pt: Option<Pt>,
+    /// How far behind the viewer is.
+    lateness: Lateness,
+}
+
+/// What became of one packet for one viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued in the viewer's session.
+    Queued,
+    /// Not for this viewer (another layer, before a splice point, …).
+    Dropped,
+    /// The viewer waits for a keyframe of this packet's layer.
+    NeedKeyframe,
+    /// Dropped because the viewer is behind; `started` on the first.
+    Late { started: bool },
 }
 
 impl OutTrack {
@@ -263,6 +279,7 @@ impl OutTrack {
             bwe: (0, 0),
             pts: Vec::new(),
             direct_pt: None,
+            lateness: Lateness::default(),
         }
     }
 
@@ -271,8 +288,38 @@ impl OutTrack {
         self.rewriter.source()
     }
 
-    /// Rewrites `f` for this viewer and queues it in the viewer's `Rtc`.
-    pub fn send(&mut self, rtc: &mut Rtc, f: &Forward) -> Verdict {
+    /// Rewrites `f` for this viewer and queues it in the viewer's `Rtc`,
+    /// unless the viewer is too far behind.
+    pub fn send(&mut self, rtc: &mut Rtc, f: &Forward, now: Instant) -> Sent {
+        // str0m samples its queue at each pacer update; a stale sample
+        // that still holds packets means the pacer has not run since, so
+        // they are at least as late as it says.
+        let oldest = rtc
+            .direct_api()
+            .stream_tx(&self.ssrc)
+            .and_then(|s| s.queue_info())
+            .filter(|q| q.packet_count() > 0)
+            .and_then(|q| q.first_unsent());
+        match self.lateness.check(oldest, now) {
+            Gate::Pass => {}
+            Gate::Drop { started } => {
+                if started {
+                    self.rewriter.resync();
+                }
+                return Sent::Late { started };
+            }
+        }
+        match self.send_now(rtc, f) {
+            Verdict::Send(_) => {
+                self.lateness.queued(f.media.keyframe, f.media.ts, now);
+                Sent::Queued
+            }
+            Verdict::Drop => Sent::Dropped,
+            Verdict::NeedKeyframe => Sent::NeedKeyframe,
+        }
+    }
+
+    fn send_now(&mut self, rtc: &mut Rtc, f: &Forward) -> Verdict {
         // Video comes in layers: the current one flows until the chosen one
         // can be spliced in; any other is not for this viewer.
         if f.kind == MediaKind::Video && self.target != Some(f.media.source.ssrc) {

@@ -21,6 +21,11 @@ pub struct SfuStats {
     pub lost_out: u64,
     /// Sessions closed because their handling panicked.
     pub peer_panics: u64,
+    /// Times a viewer's track fell behind (see `lateness`) and skipped
+    /// ahead.
+    pub late_skips: u64,
+    /// Packets not sent to a viewer because it was behind.
+    pub late_drops: u64,
 }
 
 /// The last cumulative figures seen for one stream of one peer.

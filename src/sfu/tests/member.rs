@@ -110,6 +110,8 @@ impl Net {
             keyframe_requests: 0,
             dead: false,
             fill: 0x42,
+            parts: (2, 0),
+            link: None,
         });
         self.clients.len() - 1
     }

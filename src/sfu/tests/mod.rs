@@ -44,6 +44,29 @@ struct Client {
     dead: bool,
     /// Caster: the byte its payloads are filled with (tells casters apart).
     fill: u8,
+    /// Caster: packets per frame, and their size (0: 20 bytes on the
+    /// lowest layer, 3 times more on each above).
+    parts: (u8, usize),
+    /// Its downlink: bytes per second, and the bytes it may still take
+    /// now (a token bucket of 50 ms). What comes beyond is lost.
+    link: Option<(u64, f64, Instant)>,
+}
+
+impl Client {
+    /// Whether `bytes` more get through its downlink at `now`.
+    fn takes(&mut self, bytes: usize, now: Instant) -> bool {
+        let Some((rate, tokens, at)) = &mut self.link else {
+            return true;
+        };
+        let burst = *rate as f64 / 20.0;
+        *tokens = (*tokens + (now - *at).as_secs_f64() * *rate as f64).min(burst);
+        *at = now;
+        if *tokens < bytes as f64 {
+            return false;
+        }
+        *tokens -= bytes as f64;
+        true
+    }
 }
 
 /// A video packet as a viewer got it.
@@ -58,6 +81,17 @@ struct Got {
     /// Which caster layer it came from (index, lowest first).
     layer: u8,
     starts_keyframe: bool,
+    /// When the caster wrote it, as time since the start of the run.
+    sent: Duration,
+    /// When the viewer got it.
+    at: Instant,
+}
+
+impl Got {
+    /// How long it took from the caster to the viewer.
+    fn delay(&self, start: Instant) -> Duration {
+        (self.at - start).saturating_sub(self.sent)
+    }
 }
 
 const RIDS: [&str; 3] = ["q", "h", "f"];
@@ -71,6 +105,9 @@ struct Net {
     events: Vec<SfuEvent>,
     /// The same events with the shard that told them.
     told: Vec<(usize, SfuEvent)>,
+    /// How often the shards' timers run, in ms: above 1, a server short of
+    /// CPU (packets are still handled as they come).
+    timer_every: u128,
 }
 
 impl Net {
@@ -96,6 +133,7 @@ impl Net {
             clients: Vec::new(),
             events: Vec::new(),
             told: Vec::new(),
+            timer_every: 1,
         }
     }
 
@@ -181,6 +219,8 @@ impl Net {
             keyframe_requests: 0,
             dead: false,
             fill: 0x42,
+            parts: (2, 0),
+            link: None,
         });
         self.clients.len() - 1
     }
@@ -195,12 +235,17 @@ impl Net {
             let frame_due = (now - self.start).as_millis().is_multiple_of(33);
             for c in self.clients.iter_mut().filter(|c| !c.dead) {
                 if c.connected && frame_due {
-                    write_frame(c, now);
+                    write_frame(c, now, self.start);
                 }
                 let _ = c.rtc.handle_input(Input::Timeout(now));
             }
-            for sfu in &mut self.sfus {
-                sfu.handle_timeout(now);
+            if (now - self.start)
+                .as_millis()
+                .is_multiple_of(self.timer_every)
+            {
+                for sfu in &mut self.sfus {
+                    sfu.handle_timeout(now);
+                }
             }
             self.pump();
         }
@@ -225,6 +270,9 @@ impl Net {
                         continue;
                     };
                     let c = &mut self.clients[i];
+                    if !c.takes(t.contents.len(), self.now) {
+                        continue;
+                    }
                     let input = Input::Receive(
                         self.now,
                         Receive {
@@ -299,7 +347,7 @@ impl Net {
 
 /// One 2-packet VP8 frame on every layer; layer `i` is 3^i times larger, so
 /// measured bitrates order them. Byte 2 of the payload names the layer.
-fn write_frame(c: &mut Client, now: Instant) {
+fn write_frame(c: &mut Client, now: Instant, start: Instant) {
     // Negotiated by SDP, or (a client set up without SDP) any VP8 it knows.
     let remote = c.rtc.media(c.video).unwrap().remote_pts().to_vec();
     let pt = c
@@ -308,20 +356,28 @@ fn write_frame(c: &mut Client, now: Instant) {
         .find(|p| (remote.is_empty() || remote.contains(&p.pt())) && p.spec().codec == Codec::Vp8)
         .unwrap()
         .pt();
+    let (parts, size) = c.parts;
     for (i, (rid, seq, key)) in c.layers.iter_mut().enumerate() {
         let key = std::mem::take(key);
-        for part in 0..2u8 {
+        for part in 0..parts {
             let mut payload = vec![
                 if part == 0 { 0x10 } else { 0x00 },
                 if key { 0x00 } else { 0x01 },
                 i as u8,
             ];
-            payload.resize(20 * 3usize.pow(i as u32), c.fill);
+            let size = if size > 0 {
+                size
+            } else {
+                20 * 3usize.pow(i as u32)
+            };
+            payload.resize(size, c.fill);
+            let sent = (now - start).as_micros() as u64;
+            payload[4..12].copy_from_slice(&sent.to_be_bytes());
             let mut api = c.rtc.direct_api();
             let tx = api.stream_tx_by_mid(c.video, *rid).unwrap();
             tx.write_rtp(
                 RtpWrite::new(pt, (*seq).into(), c.ts, now, payload)
-                    .marker(part == 1)
+                    .marker(part == parts - 1)
                     .nackable(true),
             );
             *seq += 1;
@@ -360,6 +416,12 @@ fn on_event(c: &mut Client, e: Event) {
             ts: p.header.timestamp,
             layer: p.payload[2],
             starts_keyframe: p.payload[0] & 0x10 != 0 && p.payload[1] & 1 == 0,
+            sent: p
+                .payload
+                .get(4..12)
+                .map(|b| Duration::from_micros(u64::from_be_bytes(b.try_into().unwrap())))
+                .unwrap_or_default(),
+            at: p.timestamp,
         }),
         _ => {}
     }

@@ -1,0 +1,175 @@
+//! Bounded lateness: a viewer that the server (short of CPU) or its own
+//! link (short of bandwidth) cannot keep up with skips ahead, video to the
+//! next keyframe, rather than falling ever further behind. A live stream
+//! must not be seconds behind: late is worse than lost.
+//!
+//! What is already queued in str0m is sent (str0m 0.25 has no public way
+//! to drop it); what comes while the viewer is behind is not queued.
+
+use std::time::{Duration, Instant};
+
+/// How long media may wait in a viewer's send queue (str0m's pacer).
+/// Beyond, the viewer is behind: what comes is dropped until the queue is
+/// down to a third of this.
+pub const MAX_LATENESS: Duration = Duration::from_millis(300);
+
+/// A keyframe is large and takes long to send on a slow link, and skipping
+/// it would only ask for another: while the oldest waiting packet is the
+/// latest keyframe's, it may wait up to this.
+pub const MAX_KEYFRAME_LATENESS: Duration = Duration::from_secs(1);
+
+/// The least time between two skips of one track: each costs a keyframe,
+/// and on a link that cannot carry them, skipping in a loop would turn the
+/// stream into a slideshow.
+pub const SKIP_HOLD_OFF: Duration = Duration::from_secs(2);
+
+/// Whether the next packet may be queued for a viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Pass,
+    /// The viewer is behind; `started` on the first packet dropped, when
+    /// the track must resynchronise (video: wait for a keyframe).
+    Drop {
+        started: bool,
+    },
+}
+
+/// One outgoing track's lateness.
+#[derive(Debug, Default)]
+pub struct Lateness {
+    behind: bool,
+    keyframe: Option<KeyframeSpan>,
+    last_skip: Option<Instant>,
+}
+
+/// When the packets of the latest keyframe were queued.
+#[derive(Debug, Clone, Copy)]
+struct KeyframeSpan {
+    ts: u32,
+    start: Instant,
+    /// When the next frame's first packet was queued.
+    end: Option<Instant>,
+}
+
+impl Lateness {
+    /// Whether the next packet may be queued, given when the oldest packet
+    /// still waiting in the viewer's queue was queued (`None`: empty).
+    pub fn check(&mut self, oldest: Option<Instant>, now: Instant) -> Gate {
+        let waited = oldest.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        if self.behind {
+            if waited > MAX_LATENESS / 3 {
+                return Gate::Drop { started: false };
+            }
+            self.behind = false;
+            return Gate::Pass;
+        }
+        let limit = if oldest.is_some_and(|t| self.in_keyframe(t)) {
+            MAX_KEYFRAME_LATENESS
+        } else {
+            MAX_LATENESS
+        };
+        let held_off = self.last_skip.is_some_and(|s| now < s + SKIP_HOLD_OFF);
+        if waited > limit && !held_off {
+            self.behind = true;
+            self.last_skip = Some(now);
+            return Gate::Drop { started: true };
+        }
+        Gate::Pass
+    }
+
+    /// A packet (of the frame with RTP timestamp `ts`) was queued.
+    pub fn queued(&mut self, keyframe: bool, ts: u32, now: Instant) {
+        if keyframe {
+            self.keyframe = Some(KeyframeSpan {
+                ts,
+                start: now,
+                end: None,
+            });
+        } else if let Some(k) = &mut self.keyframe
+            && k.end.is_none()
+            && ts != k.ts
+        {
+            k.end = Some(now);
+        }
+    }
+
+    fn in_keyframe(&self, queued_at: Instant) -> bool {
+        self.keyframe
+            .is_some_and(|k| k.start <= queued_at && k.end.is_none_or(|e| queued_at < e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_backlog_past_the_bound_drops_until_it_has_drained() {
+        let t0 = Instant::now();
+        let mut l = Lateness::default();
+        l.queued(true, 0, t0);
+        l.queued(false, 3000, t0 + ms(33));
+        // The oldest waiting packet is a P-frame's, 250 ms old: fine.
+        assert_eq!(l.check(Some(t0 + ms(33)), t0 + ms(283)), Gate::Pass);
+        // 301 ms: behind.
+        let at = t0 + ms(334);
+        assert_eq!(l.check(Some(t0 + ms(33)), at), Gate::Drop { started: true });
+        // Still more than a third of the bound waiting: dropping goes on.
+        assert_eq!(
+            l.check(Some(t0 + ms(300)), t0 + ms(450)),
+            Gate::Drop { started: false }
+        );
+        // Drained: it passes again.
+        assert_eq!(l.check(Some(t0 + ms(460)), t0 + ms(500)), Gate::Pass);
+        assert_eq!(l.check(None, t0 + ms(520)), Gate::Pass);
+    }
+
+    #[test]
+    fn a_keyframe_on_a_slow_link_may_take_up_to_a_second() {
+        let t0 = Instant::now();
+        let mut l = Lateness::default();
+        l.queued(false, 0, t0);
+        l.queued(true, 3000, t0 + ms(33));
+        l.queued(true, 3000, t0 + ms(40)); // its later packets carry no flag
+        l.queued(false, 6000, t0 + ms(66));
+        // The keyframe's packets still wait after 900 ms: let them.
+        assert_eq!(l.check(Some(t0 + ms(40)), t0 + ms(940)), Gate::Pass);
+        // After a second, even a keyframe is too late.
+        assert_eq!(
+            l.check(Some(t0 + ms(40)), t0 + ms(1041)),
+            Gate::Drop { started: true }
+        );
+        // The P-frame after it is held to the usual bound.
+        let mut l = Lateness::default();
+        l.queued(true, 0, t0);
+        l.queued(false, 3000, t0 + ms(33));
+        assert_eq!(
+            l.check(Some(t0 + ms(33)), t0 + ms(340)),
+            Gate::Drop { started: true }
+        );
+    }
+
+    #[test]
+    fn skips_are_at_least_the_hold_off_apart() {
+        let t0 = Instant::now();
+        let mut l = Lateness::default();
+        l.queued(false, 0, t0);
+        assert_eq!(
+            l.check(Some(t0), t0 + ms(301)),
+            Gate::Drop { started: true }
+        );
+        assert_eq!(l.check(None, t0 + ms(400)), Gate::Pass);
+        l.queued(false, 3000, t0 + ms(400));
+        // Behind again within the hold-off: it waits (str0m's pacer bounds
+        // its queue at 2 s on its own).
+        assert_eq!(l.check(Some(t0 + ms(400)), t0 + ms(1000)), Gate::Pass);
+        assert_eq!(
+            l.check(Some(t0 + ms(400)), t0 + ms(2302)),
+            Gate::Drop { started: true }
+        );
+    }
+}
