@@ -8,9 +8,21 @@ use std::process::Command;
 
 use common::Server;
 
+/// The server's CPU time so far, in seconds, read here independently of
+/// the loadtest (utime + stime, fields 14 and 15 of /proc/<pid>/stat).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 #[test]
 fn twenty_viewers_receive_everything() {
     let server = Server::start();
+    let cpu_before = cpu_seconds(server.pid());
     let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
         .args(["loadtest", "--server", &server.base, "--live", "small"])
         .args([
@@ -52,9 +64,35 @@ fn twenty_viewers_receive_everything() {
         report["join_to_first_packet_ms"]["samples"] == 20,
         "{report:#}"
     );
+    // The server's cost over the measurement window: some of what the
+    // whole run cost it (read here independently), most of it even, as the
+    // window is most of the run; and per viewer-second, that divided out.
+    let total = cpu_seconds(server.pid()) - cpu_before;
     let usage = &report["server_usage"];
-    assert!(usage["cpu_s"].as_f64().unwrap() > 0.0, "{report:#}");
-    assert!(usage["rss_mib"].as_f64().unwrap() > 1.0, "{report:#}");
+    let cpu = usage["cpu_s"].as_f64().unwrap();
+    assert!(
+        cpu > 0.25 * total && cpu <= total + 0.02,
+        "window {cpu} s of {total} s in all: {report:#}"
+    );
+    let window = report["window_s"].as_f64().unwrap();
+    let per = usage["cpu_s_per_viewer_s"].as_f64().unwrap();
+    assert!(
+        (per - cpu / window / 20.0).abs() < 1e-9,
+        "per viewer-second: {report:#}"
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let rss_mib = rss
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap()
+        / 1024.0;
+    let reported = usage["rss_mib"].as_f64().unwrap();
+    assert!(
+        reported > 0.5 * rss_mib && reported < 2.0 * rss_mib,
+        "RSS {reported} MiB reported, {rss_mib} MiB now: {report:#}"
+    );
 }
 
 #[test]

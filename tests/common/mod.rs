@@ -202,6 +202,32 @@ pub struct Received {
     pub payload: Vec<u8>,
 }
 
+impl Received {
+    /// Video: the byte the caster filled its payload with (`Client::fill`),
+    /// which tells casters apart.
+    pub fn fill(&self) -> Option<u8> {
+        self.payload.get(5).copied()
+    }
+}
+
+/// Sequence numbers of one SSRC, contiguous once sorted (NACKed packets
+/// come late); timestamps never go back by much or jump: one stream, as a
+/// decoder needs it, whatever happened upstream.
+pub fn assert_continuous(pkts: &[&Received]) {
+    let ssrc = pkts[0].ssrc;
+    assert!(
+        pkts.iter().all(|p| p.ssrc == ssrc),
+        "the viewer sees one SSRC"
+    );
+    let mut sorted: Vec<_> = pkts.to_vec();
+    sorted.sort_by_key(|p| p.seq);
+    for w in sorted.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "no gap in sequence numbers");
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(step < 90_000 * 5, "timestamp went back or jumped: {step}");
+    }
+}
+
 /// A WHIP caster or WHEP viewer over real UDP on loopback.
 pub struct Client {
     pub rtc: Rtc,
@@ -227,6 +253,11 @@ pub struct Client {
     keyframe_requested: bool,
     pub keyframe_requests: usize,
     next_frame: Instant,
+    /// Caster: the byte its video payloads are filled with.
+    pub fill: u8,
+    /// Caster: video sequence numbers to leave out before the next frame,
+    /// as if those packets were lost on the way.
+    pub skip_seqs: u64,
 }
 
 impl Client {
@@ -272,6 +303,8 @@ impl Client {
             keyframe_requested: false,
             keyframe_requests: 0,
             next_frame: Instant::now(),
+            fill: 0x42,
+            skip_seqs: 0,
         };
         (client, offer.to_sdp_string(), pending)
     }
@@ -340,6 +373,7 @@ impl Client {
         let audio = self.audio.unwrap();
         let key = self.frame.is_multiple_of(90) || std::mem::take(&mut self.keyframe_requested);
         let (vpt, apt) = (self.pt(video, Codec::Vp8), self.pt(audio, Codec::Opus));
+        self.seq += std::mem::take(&mut self.skip_seqs);
         for part in 0..2u8 {
             let mut payload = vec![
                 0x80 | if part == 0 { 0x10 } else { 0 },
@@ -348,7 +382,7 @@ impl Client {
                 self.picture_id as u8,
             ];
             payload.push(if key { 0x00 } else { 0x01 });
-            payload.extend_from_slice(&[0x42; 200]);
+            payload.extend_from_slice(&[self.fill; 200]);
             let mut api = self.rtc.direct_api();
             let tx = api.stream_tx_by_mid(video, None).unwrap();
             tx.write_rtp(
