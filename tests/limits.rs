@@ -235,3 +235,50 @@ fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
     assert_eq!(ice("127.0.0.8", "203.0.113.1"), 200);
     assert_eq!(ice("127.0.0.8", "203.0.113.2"), 429);
 }
+
+#[test]
+fn an_address_guessing_the_admin_token_or_a_key_is_locked_out_right_or_wrong() {
+    let server = Server::start_with_args(&["--admin-token", "admin-secret-token"]);
+    let admin = |ip: &str, token: &str| {
+        http_from(ip)
+            .post(server.url("/api/lives"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(r#"{"live": "guarded"}"#)
+            .send()
+            .unwrap()
+    };
+    // Ten wrong tokens are mistakes: 401 each.
+    for i in 0..10 {
+        assert_eq!(admin("127.0.0.2", &format!("guess-{i}")).status(), 401);
+    }
+    // The eleventh is a guesser: 429 from now on, and the right token too.
+    let (status, retry, body) = refusal(admin("127.0.0.2", "guess-10"));
+    assert_eq!(
+        status, 401,
+        "the eleventh still checked, and it locks: {body}"
+    );
+    let (status, retry_right, body) = refusal(admin("127.0.0.2", "admin-secret-token"));
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("wrong keys or tokens"), "{body}");
+    assert!(
+        retry_right.is_some_and(|s| (50..=60).contains(&s)),
+        "{retry:?} {retry_right:?}"
+    );
+    // A stream key is a credential too: the same address is refused at WHIP.
+    let res = http_from("127.0.0.2")
+        .post(server.url("/whip/guarded"))
+        .header("authorization", "Bearer some-key")
+        .header("content-type", "application/sdp")
+        .body(viewer_offer())
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    // Another address, and the machine itself, are not held back.
+    assert_eq!(admin("127.0.0.3", "admin-secret-token").status(), 201);
+    for i in 0..12 {
+        assert_eq!(admin("127.0.0.1", &format!("local-{i}")).status(), 401);
+    }
+    assert_eq!(admin("127.0.0.1", "admin-secret-token").status(), 201);
+    assert!(refused_total(&server, "credential_guesses") >= 2);
+}

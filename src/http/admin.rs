@@ -12,13 +12,14 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde_json::json;
 
-use super::{ApiError, AppState, bearer_of, check_live};
+use super::{ApiError, AppState, bearer_of, check_live, guarded};
+use crate::limits::Client;
 use crate::sfu::Role;
 
 pub fn routes() -> Router<AppState> {
@@ -58,9 +59,20 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The admin token, checked through the limit on wrong guesses.
+fn check_admin(state: &AppState, client: &Client, headers: &HeaderMap) -> Result<(), ApiError> {
+    let bearer = bearer_of(headers);
+    guarded(state, client, bearer, || state.access.check_admin(bearer))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
-        state.access.check_admin(bearer_of(&headers))?;
+        check_admin(&state, &client, &headers)?;
         let request: CreateLive =
             json_body(&body, r#"{"live": "<name>", "private": false}"#, false)?;
         check_live(&request.live)?;
@@ -86,11 +98,12 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
 
 async fn revoke(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     Path(live): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        state.access.check_admin(bearer_of(&headers))?;
+        check_admin(&state, &client, &headers)?;
         check_live(&live)?;
         if !state.access.revoke_key(&live) {
             return Err(ApiError::new(
@@ -116,12 +129,13 @@ async fn revoke(
 
 async fn token(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     Path(live): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let result = async {
-        state.access.check_admin(bearer_of(&headers))?;
+        check_admin(&state, &client, &headers)?;
         check_live(&live)?;
         let request: CreateToken = json_body(&body, r#"{"ttl": <seconds>}"#, true)?;
         let ttl = request.ttl.unwrap_or(86_400);

@@ -234,6 +234,23 @@ pub(crate) fn client_of(
     (remote, forwarded_for)
 }
 
+/// Checks the credential a request presented (`bearer`) with `check`,
+/// through the limit on wrong guesses from one address: an address that
+/// presented too many wrong keys or tokens lately gets 429, right or wrong.
+fn guarded(
+    state: &AppState,
+    client: &crate::limits::Client,
+    bearer: Option<&str>,
+    check: impl FnOnce() -> Result<(), crate::access::Denied>,
+) -> Result<(), ApiError> {
+    state
+        .limits
+        .credential(client, bearer.is_some(), check, |d| {
+            matches!(d, crate::access::Denied::Unauthorized(_))
+        })?
+        .map_err(ApiError::from)
+}
+
 /// The token of the request's `Authorization: Bearer` header.
 fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
     crate::access::bearer(

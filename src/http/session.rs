@@ -12,7 +12,7 @@ use axum::routing::{patch, post};
 use str0m::Candidate;
 use tracing::Instrument;
 
-use super::{ApiError, AppState, bearer_of, check_live};
+use super::{ApiError, AppState, bearer_of, check_live, guarded};
 use crate::access::Admission;
 use crate::limits::Client;
 use crate::sfu::layer::Preference;
@@ -129,10 +129,10 @@ async fn offer(
         // Credentials first: a refused request must not cost an SDP parse,
         // nor disturb whoever is live.
         let bearer = bearer_of(&headers);
-        match role {
-            Role::Cast => state.access.check_cast(&live, bearer)?,
-            Role::Play => state.access.check_play(&live, bearer)?,
-        }
+        guarded(&state, &client, bearer, || match role {
+            Role::Cast => state.access.check_cast(&live, bearer),
+            Role::Play => state.access.check_play(&live, bearer),
+        })?;
         check_content_type(&headers, "application/sdp")?;
         let offer = utf8(&body)?;
         if offer.trim().is_empty() {

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod guesses;
 pub mod sessions;
 pub mod stream;
 
@@ -43,16 +44,19 @@ pub enum Limit {
     ConnectionsPerIp,
     /// HTTP connections in all.
     Connections,
+    /// Wrong keys and tokens from one address.
+    Guesses,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 7] = [
         Limit::JoinRate,
         Limit::SessionsPerIp,
         Limit::Sessions,
         Limit::ViewersPerLive,
         Limit::ConnectionsPerIp,
         Limit::Connections,
+        Limit::Guesses,
     ];
 
     /// The metric label and the name in logs.
@@ -64,6 +68,7 @@ impl Limit {
             Limit::ViewersPerLive => "viewers_per_live",
             Limit::ConnectionsPerIp => "connections_per_ip",
             Limit::Connections => "connections",
+            Limit::Guesses => "credential_guesses",
         }
     }
 
@@ -71,7 +76,7 @@ impl Limit {
     pub fn per_client(self) -> bool {
         matches!(
             self,
-            Limit::JoinRate | Limit::SessionsPerIp | Limit::ConnectionsPerIp
+            Limit::JoinRate | Limit::SessionsPerIp | Limit::ConnectionsPerIp | Limit::Guesses
         )
     }
 
@@ -91,6 +96,10 @@ impl Limit {
                 "too many connections from your address (--max-connections-per-ip)"
             }
             Limit::Connections => "the server has too many connections (--max-connections)",
+            Limit::Guesses => {
+                "too many wrong keys or tokens from your address: check the credential and \
+                 try again in a minute"
+            }
         }
     }
 }
@@ -154,6 +163,7 @@ pub struct Limits {
     joins: Option<DefaultKeyedRateLimiter<IpAddr>>,
     pub sessions: Arc<SessionBook>,
     pub connections: Arc<Connections>,
+    guesses: guesses::Guesses,
     refused: Arc<Refused>,
 }
 
@@ -185,6 +195,7 @@ impl Limits {
             sessions: Arc::new(SessionBook::new(config.sessions, refused.clone())),
             connections: Arc::new(Connections::new(config.connections, refused.clone())),
             joins,
+            guesses: guesses::Guesses::default(),
             config,
             refused,
         }
@@ -233,6 +244,36 @@ impl Limits {
         })
     }
 
+    /// Checks a credential `client` presented (`check`), unless its address
+    /// has presented too many wrong ones lately; a wrong one counts.
+    /// `presented`: whether there was a credential at all (asking without
+    /// one is no guess).
+    pub fn credential<T, E>(
+        &self,
+        client: &Client,
+        presented: bool,
+        check: impl FnOnce() -> Result<T, E>,
+        is_wrong: impl FnOnce(&E) -> bool,
+    ) -> Result<Result<T, E>, Refusal> {
+        if !presented || client.exempt {
+            return Ok(check());
+        }
+        let now = Instant::now();
+        if let Err(wait) = self.guesses.allowed(client.ip, now) {
+            return Err(self.refused(Refusal {
+                limit: Limit::Guesses,
+                retry_after: wait.max(Duration::from_secs(1)),
+            }));
+        }
+        let result = check();
+        if let Err(e) = &result
+            && is_wrong(e)
+        {
+            self.guesses.wrong(client.ip, now);
+        }
+        Ok(result)
+    }
+
     /// Counts and logs a refusal (by any limit), and hands it back.
     pub fn refused(&self, refusal: Refusal) -> Refusal {
         self.refused.count(refusal.limit);
@@ -247,6 +288,7 @@ impl Limits {
     /// Forgets the rate state of addresses that have gone quiet: call now
     /// and then, so the table holds only recent clients.
     pub fn tidy(&self) {
+        self.guesses.tidy(Instant::now());
         if let Some(joins) = &self.joins {
             joins.retain_recent();
             joins.shrink_to_fit();
@@ -262,11 +304,11 @@ impl Limits {
 /// Refusal counts, and one log line per limit per ten seconds.
 #[derive(Default)]
 pub struct Refused {
-    counts: [Counter; 6],
+    counts: [Counter; 7],
     /// Per limit: when it was last logged (ms since `epoch`), and how many
     /// refusals since.
-    logged_at: [AtomicU64; 6],
-    since_log: [AtomicU64; 6],
+    logged_at: [AtomicU64; 7],
+    since_log: [AtomicU64; 7],
     epoch: std::sync::OnceLock<Instant>,
 }
 
