@@ -25,8 +25,8 @@ use crate::sfu::setup::{self, Prepared, Setup};
 use crate::sfu::shard::Remote;
 use crate::sfu::{
     Answered, Consumer, DirectError, DirectTransport, JoinError, Joined, MemberError, MemberOffer,
-    NoSuchSession, PeerId, Produce, Produced, Producer, Role, Sfu, SfuEvent, SfuStats,
-    Subscription,
+    NoSuchSession, PeerId, PreparedDirect, PreparedMember, Produce, Produced, Producer, Role, Sfu,
+    SfuEvent, SfuStats, Subscription,
 };
 use str0m::config::Fingerprint;
 
@@ -60,11 +60,12 @@ enum Command {
         preference: Preference,
         reply: oneshot::Sender<Result<(), NoSuchSession>>,
     },
-    OpenDirect {
+    AdmitDirect {
+        prepared: Box<PreparedDirect>,
         live: String,
         role: Role,
         client: Client,
-        reply: oneshot::Sender<Result<DirectTransport, DirectError>>,
+        reply: oneshot::Sender<DirectTransport>,
     },
     ConnectDirect {
         peer: PeerId,
@@ -86,11 +87,11 @@ enum Command {
         device_pts: Vec<u8>,
         reply: oneshot::Sender<Result<Consumer, DirectError>>,
     },
-    OpenMember {
+    AdmitMember {
+        prepared: Box<PreparedMember>,
         room: String,
-        subs: Vec<Subscription>,
         client: Client,
-        reply: oneshot::Sender<Result<MemberOffer, JoinError>>,
+        reply: oneshot::Sender<MemberOffer>,
     },
     Member {
         peer: PeerId,
@@ -221,15 +222,29 @@ impl MediaHandle {
     ) -> Result<DirectTransport, MediaError> {
         self.sessions.check(&client, live, role)?;
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let setup = self.setups[shard].clone();
+        let name = live.to_string();
+        // The DTLS certificate and a viewer's Rtc: on the blocking pool.
+        let _permit = self
+            .preparing
+            .acquire()
+            .await
+            .map_err(|_| MediaError::Down)?;
+        let prepared = tokio::task::spawn_blocking(move || {
+            crate::sfu::prepare_direct(&setup, &name, role, Instant::now())
+        })
+        .await
+        .map_err(|_| MediaError::Down)??;
+        drop(_permit);
         let live = live.to_string();
-        Ok(self
-            .request(shard, |reply| Command::OpenDirect {
-                live,
-                role,
-                client,
-                reply,
-            })
-            .await??)
+        self.request(shard, |reply| Command::AdmitDirect {
+            prepared: Box::new(prepared),
+            live,
+            role,
+            client,
+            reply,
+        })
+        .await
     }
 
     pub async fn connect_direct(
@@ -365,15 +380,29 @@ impl MediaHandle {
     ) -> Result<MemberOffer, MediaError> {
         self.sessions.check(&client, room, Role::Play)?;
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let setup = self.setups[shard].clone();
+        let name = room.to_string();
+        // As for WHIP/WHEP: the Rtc, its key shares and the offer are made
+        // on the blocking pool, never on the thread that forwards media.
+        let _permit = self
+            .preparing
+            .acquire()
+            .await
+            .map_err(|_| MediaError::Down)?;
+        let prepared = tokio::task::spawn_blocking(move || {
+            crate::sfu::prepare_member(&setup, &name, &subs, Instant::now())
+        })
+        .await
+        .map_err(|_| MediaError::Down)??;
+        drop(_permit);
         let room = room.to_string();
-        Ok(self
-            .request(shard, |reply| Command::OpenMember {
-                room,
-                subs,
-                client,
-                reply,
-            })
-            .await??)
+        self.request(shard, |reply| Command::AdmitMember {
+            prepared: Box::new(prepared),
+            room,
+            client,
+            reply,
+        })
+        .await
     }
 
     pub async fn member_answer(&self, peer: PeerId, sdp: String) -> Result<Answered, MediaError> {
@@ -1127,16 +1156,15 @@ fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
         } => {
             let _ = reply.send(sfu.set_preference(&live, peer, preference, now));
         }
-        Command::OpenDirect {
+        Command::AdmitDirect {
+            prepared,
             live,
             role,
             client,
             reply,
         } => {
-            let opened = sfu.open_direct(&live, role, now);
-            if let Ok(t) = &opened {
-                sessions.opened(t.peer, &client, &live, role);
-            }
+            let opened = sfu.admit_direct(*prepared, now);
+            sessions.opened(opened.peer, &client, &live, role);
             let _ = reply.send(opened);
         }
         Command::ConnectDirect {
@@ -1164,17 +1192,15 @@ fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
         } => {
             let _ = reply.send(sfu.consume(peer, producer, &device_pts, now));
         }
-        Command::OpenMember {
+        Command::AdmitMember {
+            prepared,
             room,
-            subs,
             client,
             reply,
         } => {
-            let opened = sfu.open_member(&room, &subs, now);
-            if let Ok(m) = &opened {
-                sessions.opened(m.peer, &client, &room, Role::Play);
-            }
-            let _ = reply.send(opened);
+            let offered = sfu.admit_member(*prepared, now);
+            sessions.opened(offered.peer, &client, &room, Role::Play);
+            let _ = reply.send(offered);
         }
         Command::Member { peer, op } => match op {
             MemberCommand::Answer(sdp, reply) => {

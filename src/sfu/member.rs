@@ -24,12 +24,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::Candidate;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::Transmit;
+use str0m::{Candidate, Output, Rtc};
 
 use super::peer::{Cast, OutTrack, Play, same_live};
+use super::setup::Setup;
 use super::{
     JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, Sfu, new_ice_creds, offered_producer,
     rtc_config, tidy_sdp_error,
@@ -100,54 +102,117 @@ pub(super) struct Negotiation {
     mlines: usize,
 }
 
+/// A member session built off the media thread (its `Rtc`, key shares and
+/// first offer), waiting for its shard to admit it.
+pub struct PreparedMember {
+    id: PeerId,
+    room: String,
+    rtc: Rtc,
+    ufrag: String,
+    negotiation: Negotiation,
+    offer: String,
+    /// The `Rtc`'s output is drained up to here.
+    rtc_timeout: Instant,
+    transmits: Vec<Transmit>,
+}
+
+/// Builds a member session of `room` and its first offer: the upload
+/// m-lines, then those of `subs`. Needs nothing of the `Sfu`'s state, so
+/// it runs where the caller likes (the runtime: the blocking pool). A
+/// panic inside str0m is a refusal, never more.
+pub fn prepare_member(
+    setup: &Setup,
+    room: &str,
+    subs: &[Subscription],
+    now: Instant,
+) -> Result<PreparedMember, JoinError> {
+    if 2 + 2 * subs.len() > MAX_MLINES {
+        return Err(JoinError::Refused(format!(
+            "a room member may watch at most {} publishers",
+            (MAX_MLINES - 2) / 2
+        )));
+    }
+    catch_unwind(AssertUnwindSafe(|| build_member(setup, room, subs, now)))
+        .unwrap_or_else(|_| Err(JoinError::Refused("the session could not be made".into())))
+}
+
+fn build_member(
+    setup: &Setup,
+    room: &str,
+    subs: &[Subscription],
+    now: Instant,
+) -> Result<PreparedMember, JoinError> {
+    let id = PeerId::random_on(setup.shard);
+    let creds = new_ice_creds();
+    let ufrag = creds.ufrag.clone();
+    // A member watches: the send-side estimate picks its layers.
+    let mut config = rtc_config(creds, setup.dtls_cert.as_ref())
+        .enable_bwe(Some(Bitrate::bps(setup.initial_estimate)));
+    config.codec_config().enable_opus(true, true);
+    let mut rtc = config.build(now);
+    for c in &setup.candidates {
+        rtc.add_local_candidate(c.clone());
+    }
+    let mut api = rtc.sdp_api();
+    let upload_audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let upload_video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let offered: Vec<Sub> = subs.iter().map(|s| add_sub(&mut api, s)).collect();
+    let (offer, pending) = api
+        .apply()
+        .ok_or_else(|| JoinError::Refused("nothing to offer".into()))?;
+    let mut transmits = Vec::new();
+    let rtc_timeout = loop {
+        match rtc.poll_output() {
+            Ok(Output::Event(_)) => {}
+            Ok(Output::Transmit(t)) => transmits.push(t),
+            Ok(Output::Timeout(t)) => break t,
+            Err(e) => return Err(JoinError::Refused(e.to_string())),
+        }
+    };
+    Ok(PreparedMember {
+        id,
+        room: room.to_string(),
+        rtc,
+        ufrag,
+        negotiation: Negotiation {
+            upload_audio,
+            upload_video,
+            subs: Vec::new(),
+            mlines: 2 + 2 * offered.len(),
+            pending: Some((pending, offered)),
+        },
+        offer: offer.to_sdp_string(),
+        rtc_timeout,
+        transmits,
+    })
+}
+
 impl Sfu {
-    /// Opens a member session of `room` and makes its first offer: the
-    /// upload m-lines, then those of `subs`.
+    /// Opens a member session of `room` and makes its first offer, here
+    /// and now (the runtime prepares it off the media thread instead).
     pub fn open_member(
         &mut self,
         room: &str,
         subs: &[Subscription],
         now: Instant,
     ) -> Result<MemberOffer, JoinError> {
-        if 2 + 2 * subs.len() > MAX_MLINES {
-            return Err(JoinError::Refused(format!(
-                "a room member may watch at most {} publishers",
-                (MAX_MLINES - 2) / 2
-            )));
-        }
-        let id = PeerId::random_on(self.config.shard);
-        let creds = new_ice_creds();
-        let ufrag = creds.ufrag.clone();
-        // A member watches: the send-side estimate picks its layers.
-        let mut config = rtc_config(creds, self.config.dtls_cert.as_ref())
-            .enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)));
-        config.codec_config().enable_opus(true, true);
-        let mut rtc = config.build(now);
-        for c in self.local_candidates() {
-            rtc.add_local_candidate(c);
-        }
-        let mut api = rtc.sdp_api();
-        let upload_audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        let upload_video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        let offered: Vec<Sub> = subs.iter().map(|s| add_sub(&mut api, s)).collect();
-        let (offer, pending) = api
-            .apply()
-            .ok_or_else(|| JoinError::Refused("nothing to offer".into()))?;
-        let timeout = self.drain_setup(&mut rtc).map_err(JoinError::Refused)?;
-        let mut peer = self.new_peer(id, room, rtc, ufrag, Role::Play, None, Vec::new());
-        peer.member = Some(Box::new(Negotiation {
-            upload_audio,
-            upload_video,
-            subs: Vec::new(),
-            mlines: 2 + 2 * offered.len(),
-            pending: Some((pending, offered)),
-        }));
-        self.admit(peer, timeout, now);
-        tracing::info!(live = room, peer = %id.log(), "room member session offered");
-        Ok(MemberOffer {
+        let prepared = prepare_member(&self.config.setup(), room, subs, now)?;
+        Ok(self.admit_member(prepared, now))
+    }
+
+    /// Makes a member session prepared by [`prepare_member`] (with this
+    /// shard's [`super::SfuConfig::setup`]) live.
+    pub fn admit_member(&mut self, p: PreparedMember, now: Instant) -> MemberOffer {
+        self.transmits.extend(p.transmits);
+        let id = p.id;
+        let mut peer = self.new_peer(id, &p.room, p.rtc, p.ufrag, Role::Play, None, Vec::new());
+        peer.member = Some(Box::new(p.negotiation));
+        self.admit(peer, p.rtc_timeout, now);
+        tracing::info!(live = %p.room, peer = %id.log(), "room member session offered");
+        MemberOffer {
             peer: id,
-            offer: offer.to_sdp_string(),
-        })
+            offer: p.offer,
+        }
     }
 
     /// The member's answer to the offer out: sets up what it proposed.

@@ -21,7 +21,10 @@ pub mod simulcast;
 mod stats;
 
 pub use direct::{Consumer, DirectError, DirectTransport, Produce, Produced, Producer};
-pub use member::{Answered, MAX_MLINES, MemberError, MemberOffer, Subscription};
+pub use direct::{PreparedDirect, prepare_direct};
+pub use member::{
+    Answered, MAX_MLINES, MemberError, MemberOffer, PreparedMember, Subscription, prepare_member,
+};
 pub use stats::SfuStats;
 #[cfg(test)]
 mod tests;
@@ -564,10 +567,6 @@ impl Sfu {
     }
 
     /// The host candidates every session announces.
-    fn local_candidates(&self) -> Vec<Candidate> {
-        setup::local_candidates(&self.config.candidates, self.config.ice_tcp)
-    }
-
     /// Ends a session at the client's request.
     pub fn leave(
         &mut self,

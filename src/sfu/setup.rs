@@ -24,10 +24,10 @@ use super::{
 /// What setting up a session needs of its shard.
 #[derive(Clone)]
 pub struct Setup {
-    shard: usize,
-    candidates: Vec<Candidate>,
-    initial_estimate: u64,
-    dtls_cert: Option<DtlsCert>,
+    pub(super) shard: usize,
+    pub(super) candidates: Vec<Candidate>,
+    pub(super) initial_estimate: u64,
+    pub(super) dtls_cert: Option<DtlsCert>,
 }
 
 impl SfuConfig {

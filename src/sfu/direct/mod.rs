@@ -14,6 +14,7 @@
 mod check;
 mod pending;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,11 +23,13 @@ use str0m::config::{DtlsCert, Fingerprint};
 use str0m::format::{CodecConfig, CodecSpec, PayloadParams};
 use str0m::ice::StunMessage;
 use str0m::media::{MediaKind, Mid, Rid};
+use str0m::net::Transmit;
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, IceCreds, Input, Output, Rtc};
 
 use super::codec::can_carry;
 use super::peer::{Cast, DirectPeer, OutTrack, Peer, Play};
+use super::setup::Setup;
 use super::{PeerId, RTX_CACHE_AGE, Role, Sfu, new_ice_creds};
 pub(super) use pending::PendingCast;
 
@@ -110,33 +113,164 @@ fn refused(why: impl Into<String>) -> DirectError {
     DirectError::Refused(why.into())
 }
 
+/// A transport made off the media thread: its DTLS certificate and, for a
+/// viewer, its `Rtc` (key shares included), waiting for its shard.
+pub struct PreparedDirect {
+    id: PeerId,
+    live: String,
+    role: Role,
+    creds: IceCreds,
+    fingerprint: Fingerprint,
+    candidates: Vec<Candidate>,
+    setup: DirectSetup,
+}
+
+enum DirectSetup {
+    /// A caster's `Rtc` waits for its first producer.
+    Cast(DtlsCert),
+    Play {
+        rtc: Box<Rtc>,
+        /// Its output is drained up to here.
+        timeout: Instant,
+        transmits: Vec<Transmit>,
+    },
+}
+
+/// Makes a transport (mediasoup's `create*Transport`). Needs nothing of
+/// the `Sfu`'s state, so it runs where the caller likes (the runtime: the
+/// blocking pool). A panic inside str0m is a refusal, never more.
+pub fn prepare_direct(
+    setup: &Setup,
+    live: &str,
+    role: Role,
+    now: Instant,
+) -> Result<PreparedDirect, DirectError> {
+    catch_unwind(AssertUnwindSafe(|| build_direct(setup, live, role, now)))
+        .unwrap_or_else(|_| Err(refused("the transport could not be made")))
+}
+
+fn build_direct(
+    setup: &Setup,
+    live: &str,
+    role: Role,
+    now: Instant,
+) -> Result<PreparedDirect, DirectError> {
+    let crypto = str0m::crypto::from_feature_flags();
+    let cert = crypto
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| refused("could not make a DTLS certificate"))?;
+    let fingerprint = Fingerprint {
+        hash_func: "sha-256".into(),
+        bytes: crypto.sha256_provider.sha256(&cert.certificate).to_vec(),
+    };
+    let creds = new_ice_creds();
+    let direct = match role {
+        Role::Cast => DirectSetup::Cast(cert),
+        Role::Play => {
+            let mut rtc = direct_rtc(
+                setup,
+                &creds,
+                cert,
+                ExtensionMap::standard(),
+                CodecConfig::new_with_defaults(),
+                role,
+                now,
+            )?;
+            let mut transmits = Vec::new();
+            let timeout = loop {
+                match rtc.poll_output() {
+                    Ok(Output::Event(_)) => {}
+                    Ok(Output::Transmit(t)) => transmits.push(t),
+                    Ok(Output::Timeout(t)) => break t,
+                    Err(e) => return Err(refused(e.to_string())),
+                }
+            };
+            DirectSetup::Play {
+                rtc: Box::new(rtc),
+                timeout,
+                transmits,
+            }
+        }
+    };
+    Ok(PreparedDirect {
+        id: PeerId::random_on(setup.shard),
+        live: live.to_string(),
+        role,
+        creds,
+        fingerprint,
+        candidates: setup.candidates.clone(),
+        setup: direct,
+    })
+}
+
+/// A direct session's `Rtc`: ICE-lite, DTLS passive, `exts` and `codecs`
+/// fixed (a caster's are the browser's).
+fn direct_rtc(
+    setup: &Setup,
+    creds: &IceCreds,
+    cert: DtlsCert,
+    exts: ExtensionMap,
+    codecs: CodecConfig,
+    role: Role,
+    now: Instant,
+) -> Result<Rtc, DirectError> {
+    let mut config = super::rtc_config(creds.clone(), setup.dtls_cert.as_ref())
+        .set_dtls_cert(cert)
+        .set_extension_map(exts);
+    *config.codec_config() = codecs;
+    if role == Role::Play {
+        config = config.enable_bwe(Some(Bitrate::bps(setup.initial_estimate)));
+    }
+    let mut rtc = config.build(now);
+    for c in &setup.candidates {
+        rtc.add_local_candidate(c.clone());
+    }
+    let mut api = rtc.direct_api();
+    api.set_ice_controlling(false);
+    api.start_dtls(false)
+        .map_err(|e| refused(format!("DTLS could not start: {e}")))?;
+    if role == Role::Cast {
+        // SDP turns this on when the browser offers transport-cc; its
+        // bandwidth estimate (and so its simulcast layers) needs it.
+        api.enable_twcc_feedback();
+    }
+    Ok(rtc)
+}
+
 impl Sfu {
-    /// Creates a transport (mediasoup's `create*Transport`). A viewer's
-    /// session exists from now on; a caster's once it first produces.
+    /// Creates a transport here and now (the runtime prepares it off the
+    /// media thread instead). A viewer's session exists from now on; a
+    /// caster's once it first produces.
     pub fn open_direct(
         &mut self,
         live: &str,
         role: Role,
         now: Instant,
     ) -> Result<DirectTransport, DirectError> {
-        let crypto = str0m::crypto::from_feature_flags();
-        let cert = crypto
-            .dtls_provider
-            .generate_certificate()
-            .ok_or_else(|| refused("could not make a DTLS certificate"))?;
-        let fingerprint = Fingerprint {
-            hash_func: "sha-256".into(),
-            bytes: crypto.sha256_provider.sha256(&cert.certificate).to_vec(),
-        };
-        let id = PeerId::random_on(self.config.shard);
-        let creds = new_ice_creds();
-        match role {
-            Role::Cast => {
+        let prepared = prepare_direct(&self.config.setup(), live, role, now)?;
+        Ok(self.admit_direct(prepared, now))
+    }
+
+    /// Makes a transport prepared by [`prepare_direct`] (with this shard's
+    /// [`super::SfuConfig::setup`]) part of its live.
+    pub fn admit_direct(&mut self, p: PreparedDirect, now: Instant) -> DirectTransport {
+        let PreparedDirect {
+            id,
+            live,
+            role,
+            creds,
+            fingerprint,
+            candidates,
+            setup,
+        } = p;
+        match setup {
+            DirectSetup::Cast(cert) => {
                 self.by_ufrag.insert(creds.ufrag.clone(), id);
                 self.pending.insert(
                     id,
                     PendingCast {
-                        live: Arc::from(live),
+                        live: Arc::from(live.as_str()),
                         creds: creds.clone(),
                         cert,
                         fingerprint: None,
@@ -145,19 +279,15 @@ impl Sfu {
                     },
                 );
             }
-            Role::Play => {
-                let mut rtc = self.direct_rtc(
-                    &creds,
-                    cert,
-                    ExtensionMap::standard(),
-                    CodecConfig::new_with_defaults(),
-                    role,
-                    now,
-                )?;
-                let timeout = self.drain_setup(&mut rtc).map_err(refused)?;
-                let play = Play::new(self.live_name(live));
+            DirectSetup::Play {
+                rtc,
+                timeout,
+                transmits,
+            } => {
+                self.transmits.extend(transmits);
+                let play = Play::new(self.live_name(&live));
                 let ufrag = creds.ufrag.clone();
-                let mut peer = self.new_peer(id, live, rtc, ufrag, role, None, vec![play]);
+                let mut peer = self.new_peer(id, &live, *rtc, ufrag, role, None, vec![play]);
                 peer.direct = Some(DirectPeer {
                     learn_ufrag: true,
                     fingerprint_set: false,
@@ -167,12 +297,12 @@ impl Sfu {
             }
         }
         tracing::info!(live, peer = %id.log(), %role, "transport created");
-        Ok(DirectTransport {
+        DirectTransport {
             peer: id,
             ice: creds,
-            candidates: self.local_candidates(),
+            candidates,
             fingerprint,
-        })
+        }
     }
 
     /// The client's DTLS fingerprint (mediasoup's `connect*Transport`).
@@ -254,7 +384,8 @@ impl Sfu {
             }
         }
         let codecs = CodecConfig::new_from_payload_params(params);
-        let built = self.direct_rtc(
+        let built = direct_rtc(
+            &self.config.setup(),
             &pending.creds,
             pending.cert,
             exts.clone(),
@@ -412,38 +543,6 @@ impl Sfu {
     /// An `Rtc` for a session set up by the direct API: ICE-lite, and the
     /// DTLS server (mediasoup-client's `role: 'auto'` makes the browser the
     /// client).
-    fn direct_rtc(
-        &self,
-        creds: &IceCreds,
-        cert: DtlsCert,
-        exts: ExtensionMap,
-        codecs: CodecConfig,
-        role: Role,
-        now: Instant,
-    ) -> Result<Rtc, DirectError> {
-        let mut config = super::rtc_config(creds.clone(), self.config.dtls_cert.as_ref())
-            .set_dtls_cert(cert)
-            .set_extension_map(exts);
-        *config.codec_config() = codecs;
-        if role == Role::Play {
-            config = config.enable_bwe(Some(Bitrate::bps(self.config.initial_estimate)));
-        }
-        let mut rtc = config.build(now);
-        for c in self.local_candidates() {
-            rtc.add_local_candidate(c);
-        }
-        let mut api = rtc.direct_api();
-        api.set_ice_controlling(false);
-        api.start_dtls(false)
-            .map_err(|e| refused(format!("DTLS could not start: {e}")))?;
-        if role == Role::Cast {
-            // SDP turns this on when the browser offers transport-cc; its
-            // bandwidth estimate (and so its simulcast layers) needs it.
-            api.enable_twcc_feedback();
-        }
-        Ok(rtc)
-    }
-
     /// Drains a new `Rtc`'s output, returning when it next wants time.
     pub(super) fn drain_setup(&mut self, rtc: &mut Rtc) -> Result<Instant, String> {
         loop {

@@ -93,12 +93,27 @@ impl Net {
         self.clients.len() - 1
     }
 
+    /// A transport prepared on another thread, as the runtime's blocking
+    /// pool does, then admitted by its shard.
+    fn open_direct_off_thread(
+        &mut self,
+        shard: usize,
+        live: &str,
+        role: Role,
+    ) -> crate::sfu::DirectTransport {
+        let (setup, live, now) = (self.sfus[shard].config.setup(), live.to_string(), self.now);
+        let prepared = std::thread::spawn(move || {
+            crate::sfu::prepare_direct(&setup, &live, role, now).unwrap()
+        })
+        .join()
+        .unwrap();
+        self.sfus[shard].admit_direct(prepared, self.now)
+    }
+
     /// A mediasoup-client caster of `live` producing three simulcast layers.
     fn direct_cast(&mut self, live: &str) -> usize {
         let port = 6000 + self.clients.len() as u16;
-        let t = self.sfus[0]
-            .open_direct(live, Role::Cast, self.now)
-            .unwrap();
+        let t = self.open_direct_off_thread(0, live, Role::Cast);
         let (mut rtc, addr) = self.direct_client(&t, &chrome_video_exts(), port);
         let mid = Mid::from("0");
         let mut api = rtc.direct_api();
@@ -138,9 +153,7 @@ impl Net {
     /// (the caster is on shard 0, which the runtime asks for producers).
     fn direct_play(&mut self, live: &str, shard: usize) -> (usize, crate::sfu::Consumer) {
         let port = 6000 + self.clients.len() as u16;
-        let t = self.sfus[shard]
-            .open_direct(live, Role::Play, self.now)
-            .unwrap();
+        let t = self.open_direct_off_thread(shard, live, Role::Play);
         let standard: Vec<(u8, Extension)> = ExtensionMap::standard()
             .iter()
             .map(|(i, e)| (i, e.clone()))

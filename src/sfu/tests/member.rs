@@ -63,7 +63,15 @@ impl Net {
     ) -> usize {
         let port = 6000 + self.clients.len() as u16;
         let addr: SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
-        let offer = self.sfus[shard].open_member(room, subs, self.now).unwrap();
+        // Prepared on another thread, as the runtime's blocking pool does.
+        let setup = self.sfus[shard].config.setup();
+        let (name, list, now) = (room.to_string(), subs.to_vec(), self.now);
+        let prepared =
+            std::thread::spawn(move || crate::sfu::prepare_member(&setup, &name, &list, now))
+                .join()
+                .unwrap()
+                .unwrap();
+        let offer = self.sfus[shard].admit_member(prepared, self.now);
         let mids = offered_mids(&offer.offer);
         assert_eq!(mids[0].1, MediaKind::Audio, "upload audio first");
         assert_eq!(mids[1].1, MediaKind::Video, "then upload video");
