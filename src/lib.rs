@@ -5,6 +5,8 @@ pub mod access;
 pub mod board;
 pub mod chat;
 pub mod config;
+#[cfg(test)]
+mod fuzz_json;
 pub mod http;
 pub mod limits;
 pub mod loadtest;

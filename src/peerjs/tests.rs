@@ -205,3 +205,99 @@ fn queues_for_absent_ids_are_bounded() {
     );
     assert!(w.server.queues.is_empty() && w.server.queued_bytes == 0);
 }
+
+/// Seeded randomized run (`VESSEL_FUZZ_SEED` replays): peers connect with
+/// good and bad credentials, send damaged messages and garbage, vanish and
+/// come back, while time passes. Nothing may panic, what is held stays
+/// within its bounds, and once everyone has gone and time has passed the
+/// server holds nothing.
+#[test]
+fn fuzzed_messages_break_nothing_and_leave_nothing_behind() {
+    use crate::fuzz_json::{mutate, rng, text};
+    use rand::Rng;
+
+    let (mut rng, seed) = rng();
+    let mut w = World::new();
+    w.server.config.max_peers = 6;
+    let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let templates = [
+        json!({"type": "HEARTBEAT"}),
+        json!({"type": "OFFER", "dst": "b", "payload": {"sdp": {"type": "offer", "sdp": "v=0\r\n"},
+            "type": "media", "connectionId": "mc_1", "browser": "chrome"}}),
+        json!({"type": "ANSWER", "dst": "a", "payload": {"sdp": {"type": "answer", "sdp": "v=0\r\n"},
+            "type": "media", "connectionId": "mc_1"}}),
+        json!({"type": "CANDIDATE", "dst": "c", "payload": {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"},
+            "type": "data", "connectionId": "dc_1"}}),
+        json!({"type": "LEAVE", "dst": "zz"}),
+        json!({"type": "EXPIRE", "dst": "a"}),
+    ];
+    let mut open: Vec<ConnId> = Vec::new();
+    let mut next: ConnId = 1;
+    for step in 0..20_000 {
+        let what = rng.random_range(0..10);
+        if what == 0 || open.is_empty() {
+            let id = ids[rng.random_range(0..ids.len())];
+            let key = if rng.random_bool(0.9) {
+                "peerjs"
+            } else {
+                "nope"
+            };
+            let token = format!("t{}", rng.random_range(0..2));
+            let id = if rng.random_bool(0.05) {
+                text(&mut rng)
+            } else {
+                id.to_string()
+            };
+            w.server
+                .connect(next, Some(key), Some(&id), Some(&token), w.now);
+            open.push(next);
+            next += 1;
+        } else if what == 1 {
+            let conn = open.swap_remove(rng.random_range(0..open.len()));
+            w.server.disconnect(conn);
+        } else if what == 2 {
+            w.now += Duration::from_millis(rng.random_range(0..3_000));
+            w.server.handle_timeout(w.now);
+        } else {
+            let conn = open[rng.random_range(0..open.len())];
+            let msg = if rng.random_bool(0.1) {
+                text(&mut rng)
+            } else {
+                let t = &templates[rng.random_range(0..templates.len())];
+                let v = if rng.random_bool(0.5) {
+                    mutate(&mut rng, t)
+                } else {
+                    t.clone()
+                };
+                v.to_string()
+            };
+            w.server.message(conn, &msg, w.now);
+        }
+        for out in w.drain() {
+            if let Out::Close(c) = out {
+                open.retain(|o| *o != c);
+            }
+        }
+        assert!(
+            w.server.clients.len() <= 6,
+            "seed {seed}, step {step}: {} peers held",
+            w.server.clients.len()
+        );
+        assert!(w.server.queued_bytes <= MAX_QUEUED_BYTES, "seed {seed}");
+        assert!(
+            w.server
+                .queues
+                .values()
+                .all(|q| q.messages.len() <= MAX_QUEUED_PER_ID),
+            "seed {seed}"
+        );
+    }
+    for conn in open {
+        w.server.disconnect(conn);
+    }
+    w.wait(Duration::from_secs(3600));
+    assert!(w.server.clients.is_empty(), "seed {seed}");
+    assert!(w.server.ids.is_empty(), "seed {seed}");
+    assert!(w.server.queues.is_empty(), "seed {seed}");
+    assert_eq!(w.server.queued_bytes, 0, "seed {seed}");
+}

@@ -798,3 +798,148 @@ fn a_member_whose_session_ends_may_ask_again() {
     let out = w.say(1, "SFU_GET_OFFER", json!({"roomName": "r"}));
     assert!(matches!(&media(&out)[..], [MediaOp::Open { .. }]));
 }
+
+/// Seeded randomized run (`VESSEL_FUZZ_SEED` replays): peers connect with
+/// good and bad credentials, send every event damaged and made-up ones,
+/// are admitted or refused at random, vanish and come back, while time
+/// passes. Nothing may panic, and once everyone has gone the server holds
+/// no peer, connection or room.
+#[test]
+fn fuzzed_events_break_nothing_and_leave_nothing_behind() {
+    use crate::fuzz_json::{any, mutate, rng, text};
+    use rand::Rng;
+
+    let (mut rng, seed) = rng();
+    let mut w = World::new();
+    let ids = ["a", "b", "c", "d", "e"];
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+    let templates: Vec<(&str, Value)> = vec![
+        ("PING", json!({})),
+        (
+            "SEND_OFFER",
+            json!({"dst": "b", "offer": {"sdp": sdp, "type": "offer"},
+            "connectionId": "mc_1", "connectionType": "media"}),
+        ),
+        (
+            "SEND_ANSWER",
+            json!({"dst": "a", "answer": {"sdp": sdp, "type": "answer"},
+            "connectionId": "mc_1", "connectionType": "media"}),
+        ),
+        (
+            "SEND_CANDIDATE",
+            json!({"dst": "c", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host",
+            "sdpMid": "0", "sdpMLineIndex": 0}, "connectionId": "dc_1", "connectionType": "data"}),
+        ),
+        (
+            "SEND_FORCE_CLOSE",
+            json!({"dst": "a", "connectionId": "mc_1"}),
+        ),
+        ("ROOM_JOIN", json!({"roomName": "r", "roomType": "mesh"})),
+        ("ROOM_JOIN", json!({"roomName": "s", "roomType": "sfu"})),
+        ("ROOM_LEAVE", json!({"roomName": "r", "roomType": "mesh"})),
+        ("ROOM_GET_USERS", json!({"roomName": "r", "type": "mesh"})),
+        ("ROOM_GET_LOGS", json!({"roomName": "s", "roomType": "sfu"})),
+        ("ROOM_SEND_DATA", json!({"roomName": "r", "data": "hi"})),
+        ("SFU_GET_OFFER", json!({"roomName": "s"})),
+        (
+            "SFU_ANSWER",
+            json!({"roomName": "s", "answer": {"sdp": sdp, "type": "answer"}}),
+        ),
+        (
+            "SFU_CANDIDATE",
+            json!({"roomName": "s", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}}),
+        ),
+        (
+            "UPDATE_CREDENTIAL",
+            json!({"peerId": "a", "timestamp": 1, "ttl": 60, "authToken": "x"}),
+        ),
+    ];
+    let mut open: Vec<ConnId> = Vec::new();
+    let mut next: ConnId = 1;
+    for step in 0..20_000 {
+        let what = rng.random_range(0..10);
+        if what == 0 || open.is_empty() {
+            let key = if rng.random_bool(0.9) {
+                KEY.to_string()
+            } else {
+                text(&mut rng)
+            };
+            let id = if rng.random_bool(0.9) {
+                Some(ids[rng.random_range(0..ids.len())].to_string())
+            } else if rng.random_bool(0.5) {
+                None
+            } else {
+                Some(text(&mut rng))
+            };
+            let token = format!("t{}", rng.random_range(0..2));
+            let credential = rng.random_bool(0.1).then(|| any(&mut rng, 0));
+            let hello = Hello {
+                api_key: Some(&key),
+                token: Some(&token),
+                peer_id: id.as_deref(),
+                credential,
+            };
+            w.server.connect(next, hello, w.now);
+            open.push(next);
+            next += 1;
+        } else if what == 1 {
+            let conn = open.swap_remove(rng.random_range(0..open.len()));
+            w.server.disconnect(conn, rng.random_bool(0.5), w.now);
+        } else if what == 2 {
+            w.now += Duration::from_millis(rng.random_range(0..3_000));
+            w.server.handle_timeout(w.now);
+        } else {
+            let conn = open[rng.random_range(0..open.len())];
+            let (event, arg) = if rng.random_bool(0.05) {
+                (text(&mut rng), any(&mut rng, 0))
+            } else {
+                let (e, t) = &templates[rng.random_range(0..templates.len())];
+                let arg = if rng.random_bool(0.5) {
+                    mutate(&mut rng, t)
+                } else {
+                    t.clone()
+                };
+                (e.to_string(), arg)
+            };
+            w.server.message(conn, &event, arg, w.now);
+        }
+        // The runtime's part: admissions decided at random, media never
+        // answers, closed connections are gone.
+        let mut pending: Vec<Out> = w.drain();
+        while let Some(out) = pending.pop() {
+            match out {
+                Out::Close(c) => open.retain(|o| *o != c),
+                Out::Admit {
+                    conn, room, ask, ..
+                } => {
+                    let result = if rng.random_bool(0.8) {
+                        Ok(())
+                    } else {
+                        Err(Refusal::new("authentication", "no"))
+                    };
+                    w.server.admitted(conn, &room, ask, result);
+                    pending.extend(w.drain());
+                }
+                _ => {}
+            }
+        }
+        // Every peer held has its connection.
+        assert!(
+            w.server.conns.len() <= open.len(),
+            "seed {seed}, step {step}: {} connections held, {} open",
+            w.server.conns.len(),
+            open.len()
+        );
+    }
+    for conn in open {
+        w.server.disconnect(conn, true, w.now);
+    }
+    w.wait(Duration::from_secs(3600));
+    assert!(
+        w.server.conns.is_empty(),
+        "seed {seed}: {:?}",
+        w.server.conns
+    );
+    assert!(w.server.peers.is_empty(), "seed {seed}");
+    assert!(w.server.rooms.is_empty(), "seed {seed}");
+}
