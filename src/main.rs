@@ -399,6 +399,7 @@ fn limits_config(flags: &LimitsFlags, workers: usize, fd_limit: u64) -> LimitsCo
             total: flags.max_sessions.unwrap_or(500 * workers),
             per_ip: flags.max_sessions_per_ip,
             viewers_per_live: flags.max_viewers,
+            max_load: flags.max_load,
         },
         connections: ConnectionCaps {
             total: connections,

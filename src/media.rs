@@ -16,7 +16,8 @@ use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::LiveBoard;
-use crate::limits::{Client, Refusal, SessionBook};
+use crate::limits::load::{LoadMeter, Loads};
+use crate::limits::{Client, Limit, Refusal, SessionBook};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{self, Metrics};
@@ -145,12 +146,26 @@ pub struct MediaHandle {
     setups: Arc<[Setup]>,
     /// Sessions being prepared at once (one per core).
     preparing: Arc<tokio::sync::Semaphore>,
+    /// How busy each worker is: new viewers go where there is room.
+    loads: Arc<Loads>,
 }
 
 /// Caster sessions and their lives.
 type CastSessions = Arc<Mutex<HashMap<PeerId, String>>>;
 
 impl MediaHandle {
+    /// The worker for a new session of `role`: round-robin, skipping
+    /// workers past `--max-load` for viewers (503 when all are).
+    fn place(&self, role: Role) -> Result<usize, MediaError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        if role == Role::Cast {
+            return Ok(start);
+        }
+        self.loads
+            .pick(start)
+            .ok_or_else(|| MediaError::from(self.sessions.refuse(Limit::Busy)))
+    }
+
     /// A WHIP/WHEP session for `client` (within the session caps).
     pub async fn join(
         &self,
@@ -160,7 +175,7 @@ impl MediaHandle {
         client: Client,
     ) -> Result<Joined, MediaError> {
         self.sessions.check(&client, live, role)?;
-        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let shard = self.place(role)?;
         let setup = self.setups[shard].clone();
         let name = live.to_string();
         // SDP, the Rtc and its key shares: on the blocking pool, a few at
@@ -221,7 +236,7 @@ impl MediaHandle {
         client: Client,
     ) -> Result<DirectTransport, MediaError> {
         self.sessions.check(&client, live, role)?;
-        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let shard = self.place(role)?;
         let setup = self.setups[shard].clone();
         let name = live.to_string();
         // The DTLS certificate and a viewer's Rtc: on the blocking pool.
@@ -379,7 +394,7 @@ impl MediaHandle {
         client: Client,
     ) -> Result<MemberOffer, MediaError> {
         self.sessions.check(&client, room, Role::Play)?;
-        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let shard = self.place(Role::Play)?;
         let setup = self.setups[shard].clone();
         let name = room.to_string();
         // As for WHIP/WHEP: the Rtc, its key shares and the offer are made
@@ -654,6 +669,7 @@ pub fn spawn(
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let casters = Casters::default();
     let cast_sessions = CastSessions::default();
+    let loads = Arc::new(Loads::new(shards.len(), sessions.caps().max_load));
     let mut commands = Vec::new();
     let mut remotes = Vec::new();
     let mut remote_rxs = Vec::new();
@@ -682,6 +698,7 @@ pub fn spawn(
         let casters = casters.clone();
         let cast_sessions = cast_sessions.clone();
         let sessions = sessions.clone();
+        let loads = loads.clone();
         std::thread::Builder::new()
             .name(format!("vessel-media-{i}"))
             .spawn(move || {
@@ -706,6 +723,7 @@ pub fn spawn(
                     casters,
                     cast_sessions,
                     sessions,
+                    loads,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -735,6 +753,7 @@ pub fn spawn(
         sessions,
         setups,
         preparing: Arc::new(tokio::sync::Semaphore::new(cores)),
+        loads,
     })
 }
 
@@ -818,6 +837,8 @@ struct Shard {
     /// The handle's caster registry: a caster that ends leaves it.
     casters: Casters,
     cast_sessions: CastSessions,
+    /// Where this worker says how busy it is.
+    loads: Arc<Loads>,
     /// Sessions this shard opens and ends are booked here.
     sessions: Arc<SessionBook>,
 }
@@ -880,14 +901,20 @@ async fn run(
     let sockets = udp;
     let mut tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let mut load = LoadMeter::new(Instant::now());
     loop {
         flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
         let wake = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let waiting = Instant::now();
+        if let Some(permille) = load.poll(waiting) {
+            shard.loads.set(shard.index, permille, sfu.session_count());
+        }
         let readable = select_all(sockets.iter().map(|s| Box::pin(s.socket.readable())));
         tokio::select! {
             _ = readable => {
+                load.waited(waiting, Instant::now());
                 let (mut packets, mut bytes) = (0, 0);
                 for s in &sockets {
                     // Drain what is queued; a bounded batch keeps timers fair.
@@ -911,35 +938,43 @@ async fn run(
                 shard.counters.packets_in.inc_by(packets);
                 shard.counters.bytes_in.inc_by(bytes);
             }
-            Some(event) = tcp_rx.recv() => match event {
-                TcpEvent::Open { peer, writer } => {
-                    tcp_conns.insert(peer, writer);
+            Some(event) = tcp_rx.recv() => {
+                load.waited(waiting, Instant::now());
+                match event {
+                    TcpEvent::Open { peer, writer } => {
+                        tcp_conns.insert(peer, writer);
+                    }
+                    TcpEvent::Frame { peer, local, data } => {
+                        shard.counters.packets_in.inc();
+                        shard.counters.bytes_in.inc_by(data.len() as u64);
+                        sfu.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
+                    }
+                    TcpEvent::Closed { peer } => {
+                        tcp_conns.remove(&peer);
+                    }
                 }
-                TcpEvent::Frame { peer, local, data } => {
-                    shard.counters.packets_in.inc();
-                    shard.counters.bytes_in.inc_by(data.len() as u64);
-                    sfu.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
+            }
+            cmd = commands.recv() => {
+                load.waited(waiting, Instant::now());
+                match cmd {
+                    // The goodbyes (DTLS close_notify) leave before the
+                    // reply lets the process exit.
+                    Some(Command::CloseAll { reply }) => {
+                        sfu.close_all(Instant::now());
+                        flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
+                        let _ = reply.send(());
+                    }
+                    // A command that fails inside one session ends that
+                    // session; its caller hears the media engine did not
+                    // answer.
+                    Some(cmd) => {
+                        sfu.isolated(Instant::now(), |sfu| handle(sfu, cmd, &shard.sessions));
+                    }
+                    None => return Ok(()),
                 }
-                TcpEvent::Closed { peer } => {
-                    tcp_conns.remove(&peer);
-                }
-            },
-            cmd = commands.recv() => match cmd {
-                // The goodbyes (DTLS close_notify) leave before the reply
-                // lets the process exit.
-                Some(Command::CloseAll { reply }) => {
-                    sfu.close_all(Instant::now());
-                    flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
-                    let _ = reply.send(());
-                }
-                // A command that fails inside one session ends that session;
-                // its caller hears the media engine did not answer.
-                Some(cmd) => {
-                    sfu.isolated(Instant::now(), |sfu| handle(sfu, cmd, &shard.sessions));
-                }
-                None => return Ok(()),
-            },
+            }
             Some(msg) = shard.remote_rx.recv() => {
+                load.waited(waiting, Instant::now());
                 let now = Instant::now();
                 sfu.isolated(now, |sfu| sfu.handle_remote(msg, now));
                 // Take what else is queued in the same wake-up.
@@ -947,7 +982,7 @@ async fn run(
                     sfu.isolated(now, |sfu| sfu.handle_remote(msg, now));
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => load.waited(waiting, Instant::now()),
         }
         sfu.handle_timeout(Instant::now());
     }

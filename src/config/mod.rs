@@ -120,6 +120,13 @@ pub struct LimitsFlags {
     #[arg(long = "max-viewers", env = "VESSEL_MAX_VIEWERS", default_value_t = 0)]
     pub max_viewers: usize,
 
+    /// Percent of a media worker's time busy (over the last second) past
+    /// which it takes no new viewer; when every worker is that busy, new
+    /// viewers get 503 and those watching keep a live stream (0: no limit).
+    /// Casters are never refused for load.
+    #[arg(long = "max-load", env = "VESSEL_MAX_LOAD", default_value_t = 90)]
+    pub max_load: u32,
+
     /// Media sessions one client address may hold.
     #[arg(
         long = "max-sessions-per-ip",

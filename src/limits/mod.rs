@@ -9,6 +9,7 @@
 pub mod client;
 pub mod connections;
 pub mod guesses;
+pub mod load;
 pub mod sessions;
 pub mod stream;
 
@@ -46,10 +47,12 @@ pub enum Limit {
     Connections,
     /// Wrong keys and tokens from one address.
     Guesses,
+    /// Every media worker is past its CPU (`--max-load`).
+    Busy,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::JoinRate,
         Limit::SessionsPerIp,
         Limit::Sessions,
@@ -57,6 +60,7 @@ impl Limit {
         Limit::ConnectionsPerIp,
         Limit::Connections,
         Limit::Guesses,
+        Limit::Busy,
     ];
 
     /// The metric label and the name in logs.
@@ -69,6 +73,7 @@ impl Limit {
             Limit::ConnectionsPerIp => "connections_per_ip",
             Limit::Connections => "connections",
             Limit::Guesses => "credential_guesses",
+            Limit::Busy => "cpu",
         }
     }
 
@@ -100,6 +105,10 @@ impl Limit {
                 "too many wrong keys or tokens from your address: check the credential and \
                  try again in a minute"
             }
+            Limit::Busy => {
+                "the server is at its CPU limit: try again later, or watch from another \
+                 server (--max-load)"
+            }
         }
     }
 }
@@ -116,6 +125,7 @@ impl Refusal {
         let retry_after = match limit {
             Limit::JoinRate => Duration::from_secs(1),
             Limit::Connections | Limit::ConnectionsPerIp => Duration::from_secs(2),
+            Limit::Busy => Duration::from_secs(5),
             _ => Duration::from_secs(10),
         };
         Self { limit, retry_after }
@@ -304,11 +314,11 @@ impl Limits {
 /// Refusal counts, and one log line per limit per ten seconds.
 #[derive(Default)]
 pub struct Refused {
-    counts: [Counter; 7],
+    counts: [Counter; 8],
     /// Per limit: when it was last logged (ms since `epoch`), and how many
     /// refusals since.
-    logged_at: [AtomicU64; 7],
-    since_log: [AtomicU64; 7],
+    logged_at: [AtomicU64; 8],
+    since_log: [AtomicU64; 8],
     epoch: std::sync::OnceLock<Instant>,
 }
 

@@ -16,6 +16,9 @@ pub struct SessionCaps {
     pub total: usize,
     pub per_ip: usize,
     pub viewers_per_live: usize,
+    /// Percent of a media worker's time busy past which it takes no new
+    /// viewer (see `limits::load`); 0: no limit.
+    pub max_load: u32,
 }
 
 impl SessionCaps {
@@ -23,6 +26,7 @@ impl SessionCaps {
         total: 0,
         per_ip: 0,
         viewers_per_live: 0,
+        max_load: 0,
     };
 }
 
@@ -61,6 +65,13 @@ impl SessionBook {
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a refusal by `limit` decided elsewhere (the media runtime's
+    /// load), and hands it back.
+    pub fn refuse(&self, limit: Limit) -> Refusal {
+        self.refused.count(limit);
+        Refusal::new(limit)
     }
 
     /// Whether `client` may open one more session of `role` on `live`.
@@ -165,6 +176,7 @@ mod tests {
                 total: 4,
                 per_ip: 2,
                 viewers_per_live: 3,
+                max_load: 0,
             },
             Arc::default(),
         );

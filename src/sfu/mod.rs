@@ -895,6 +895,12 @@ impl Sfu {
         self.timers.insert((at, id));
     }
 
+    /// Sessions held (connected or not), transports still waiting for
+    /// their first producer included.
+    pub fn session_count(&self) -> usize {
+        self.peers.len() + self.pending.len()
+    }
+
     /// Removes a session and everything that points at it.
     fn close_peer(&mut self, id: PeerId, now: Instant) {
         let Some(mut peer) = self.peers.remove(&id) else {
