@@ -166,6 +166,31 @@ impl MediaHandle {
             .ok_or_else(|| MediaError::from(self.sessions.refuse(Limit::Busy)))
     }
 
+    /// Runs `make` (building a session for `shard`: SDP, the Rtc and its
+    /// key shares, certificates) on the blocking pool, a few at a time,
+    /// never on the thread that forwards media.
+    async fn prepare<T, E>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(&Setup, Instant) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, MediaError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+        MediaError: From<E>,
+    {
+        let setup = self.setups[shard].clone();
+        let _permit = self
+            .preparing
+            .acquire()
+            .await
+            .map_err(|_| MediaError::Down)?;
+        let made = tokio::task::spawn_blocking(move || make(&setup, Instant::now()))
+            .await
+            .map_err(|_| MediaError::Down)?;
+        Ok(made?)
+    }
+
     /// A WHIP/WHEP session for `client` (within the session caps).
     pub async fn join(
         &self,
@@ -176,21 +201,12 @@ impl MediaHandle {
     ) -> Result<Joined, MediaError> {
         self.sessions.check(&client, live, role)?;
         let shard = self.place(role)?;
-        let setup = self.setups[shard].clone();
         let name = live.to_string();
-        // SDP, the Rtc and its key shares: on the blocking pool, a few at
-        // a time, never on the thread that forwards media.
-        let _permit = self
-            .preparing
-            .acquire()
-            .await
-            .map_err(|_| MediaError::Down)?;
-        let prepared = tokio::task::spawn_blocking(move || {
-            setup::prepare(&setup, &name, role, &offer, Instant::now())
-        })
-        .await
-        .map_err(|_| MediaError::Down)??;
-        drop(_permit);
+        let prepared = self
+            .prepare(shard, move |setup, now| {
+                setup::prepare(setup, &name, role, &offer, now)
+            })
+            .await?;
         let joined = self
             .request(shard, |reply| Command::Admit {
                 prepared: Box::new(prepared),
@@ -237,20 +253,12 @@ impl MediaHandle {
     ) -> Result<DirectTransport, MediaError> {
         self.sessions.check(&client, live, role)?;
         let shard = self.place(role)?;
-        let setup = self.setups[shard].clone();
         let name = live.to_string();
-        // The DTLS certificate and a viewer's Rtc: on the blocking pool.
-        let _permit = self
-            .preparing
-            .acquire()
-            .await
-            .map_err(|_| MediaError::Down)?;
-        let prepared = tokio::task::spawn_blocking(move || {
-            crate::sfu::prepare_direct(&setup, &name, role, Instant::now())
-        })
-        .await
-        .map_err(|_| MediaError::Down)??;
-        drop(_permit);
+        let prepared = self
+            .prepare(shard, move |setup, now| {
+                crate::sfu::prepare_direct(setup, &name, role, now)
+            })
+            .await?;
         let live = live.to_string();
         self.request(shard, |reply| Command::AdmitDirect {
             prepared: Box::new(prepared),
@@ -395,21 +403,12 @@ impl MediaHandle {
     ) -> Result<MemberOffer, MediaError> {
         self.sessions.check(&client, room, Role::Play)?;
         let shard = self.place(Role::Play)?;
-        let setup = self.setups[shard].clone();
         let name = room.to_string();
-        // As for WHIP/WHEP: the Rtc, its key shares and the offer are made
-        // on the blocking pool, never on the thread that forwards media.
-        let _permit = self
-            .preparing
-            .acquire()
-            .await
-            .map_err(|_| MediaError::Down)?;
-        let prepared = tokio::task::spawn_blocking(move || {
-            crate::sfu::prepare_member(&setup, &name, &subs, Instant::now())
-        })
-        .await
-        .map_err(|_| MediaError::Down)??;
-        drop(_permit);
+        let prepared = self
+            .prepare(shard, move |setup, now| {
+                crate::sfu::prepare_member(setup, &name, &subs, now)
+            })
+            .await?;
         let room = room.to_string();
         self.request(shard, |reply| Command::AdmitMember {
             prepared: Box::new(prepared),

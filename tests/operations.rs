@@ -52,7 +52,9 @@ fn metrics_reflect_a_live_with_viewers() {
         |c| c[1].video().len() >= 30 && c[2].video().len() >= 30,
     );
     // Three video packets lost on the way in: Vessel asks the caster for
-    // them, the viewers (who see the same gap) ask Vessel.
+    // them, the viewers (who see the same gap) ask Vessel. (Loss counts
+    // come from str0m's loss fractions, which three packets in thousands
+    // may round to zero: not waited for.)
     clients[0].skip_seqs = 3;
     // Counters reach /metrics once a loop turn, stats every 2 s: step the
     // clients until the scrape shows the live.
@@ -69,7 +71,6 @@ fn metrics_reflect_a_live_with_viewers() {
             && get("vessel_keyframe_requests_total{direction=\"in\"}") >= 1.0
             && get("vessel_nacks_total{direction=\"in\"}") >= 1.0
             && get("vessel_nacks_total{direction=\"out\"}") >= 1.0
-            && get("vessel_packets_lost_total{direction=\"in\"}") >= 1.0
     };
     while !ready(&last) {
         assert!(

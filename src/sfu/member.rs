@@ -28,7 +28,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::Transmit;
-use str0m::{Candidate, Output, Rtc};
+use str0m::{Candidate, Rtc};
 
 use super::peer::{Cast, OutTrack, Play, same_live};
 use super::setup::Setup;
@@ -160,15 +160,7 @@ fn build_member(
     let (offer, pending) = api
         .apply()
         .ok_or_else(|| JoinError::Refused("nothing to offer".into()))?;
-    let mut transmits = Vec::new();
-    let rtc_timeout = loop {
-        match rtc.poll_output() {
-            Ok(Output::Event(_)) => {}
-            Ok(Output::Transmit(t)) => transmits.push(t),
-            Ok(Output::Timeout(t)) => break t,
-            Err(e) => return Err(JoinError::Refused(e.to_string())),
-        }
-    };
+    let (rtc_timeout, transmits) = super::setup::drain(&mut rtc).map_err(JoinError::Refused)?;
     Ok(PreparedMember {
         id,
         room: room.to_string(),

@@ -64,6 +64,20 @@ pub(super) fn local_candidates(addrs: &[std::net::SocketAddr], ice_tcp: bool) ->
     out
 }
 
+/// Drains a new `Rtc`'s output (str0m's contract: after every change, poll
+/// until it asks for time): when it next wants time, and what it sends.
+pub(super) fn drain(rtc: &mut Rtc) -> Result<(Instant, Vec<Transmit>), String> {
+    let mut transmits = Vec::new();
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Event(_)) => {}
+            Ok(Output::Transmit(t)) => transmits.push(t),
+            Ok(Output::Timeout(t)) => return Ok((t, transmits)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// A session negotiated and ready to be admitted by its shard's `Sfu`.
 pub struct Prepared {
     pub(super) id: PeerId,
@@ -154,15 +168,7 @@ pub(in crate::sfu) fn negotiate(
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| JoinError::Refused(e.to_string()))?;
-    let mut transmits = Vec::new();
-    let rtc_timeout = loop {
-        match rtc.poll_output() {
-            Ok(Output::Event(_)) => {}
-            Ok(Output::Transmit(t)) => transmits.push(t),
-            Ok(Output::Timeout(t)) => break t,
-            Err(e) => return Err(JoinError::Refused(e.to_string())),
-        }
-    };
+    let (rtc_timeout, transmits) = drain(&mut rtc).map_err(JoinError::Refused)?;
     // The negotiated m-lines, from our side's point of view.
     let medias: Vec<(Mid, MediaKind, Direction)> = offered
         .iter()

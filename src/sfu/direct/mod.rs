@@ -177,15 +177,7 @@ fn build_direct(
                 role,
                 now,
             )?;
-            let mut transmits = Vec::new();
-            let timeout = loop {
-                match rtc.poll_output() {
-                    Ok(Output::Event(_)) => {}
-                    Ok(Output::Transmit(t)) => transmits.push(t),
-                    Ok(Output::Timeout(t)) => break t,
-                    Err(e) => return Err(refused(e.to_string())),
-                }
-            };
+            let (timeout, transmits) = super::setup::drain(&mut rtc).map_err(refused)?;
             DirectSetup::Play {
                 rtc: Box::new(rtc),
                 timeout,
