@@ -316,8 +316,10 @@ test('i: the viewer gets the camera\'s full 1280x720 with a small jitter buffer'
       1000,
     );
     h.note(`full resolution: ${JSON.stringify(full.video)}`);
-    const size = await viewer.evaluate(() => [document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]);
-    assert.deepEqual(size, [1280, 720], '<video> shows 1280x720');
+    // The <video> element takes the new size with the next frame it renders: wait for it.
+    const size = () => viewer.evaluate(() => [document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]);
+    await waitFor(async () => (await size())[0] >= 1280, 5000, '<video> showing the full size', 100).catch(() => {});
+    assert.deepEqual(await size(), [1280, 720], '<video> shows 1280x720');
 
     // Video delay: the jitter buffer must stay small (wrong RTCP sender reports grow it).
     const jitter = () =>
