@@ -150,20 +150,40 @@ pub struct MediaHandle {
     loads: Arc<Loads>,
 }
 
+/// A session on its way to a worker: counted as joining it (the worker
+/// cannot see it yet) until it is held there or has failed.
+struct Placement {
+    shard: usize,
+    loads: Arc<Loads>,
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        self.loads.joined(self.shard);
+    }
+}
+
 /// Caster sessions and their lives.
 type CastSessions = Arc<Mutex<HashMap<PeerId, String>>>;
 
 impl MediaHandle {
     /// The worker for a new session of `role`: round-robin, skipping
-    /// workers past `--max-load` for viewers (503 when all are).
-    fn place(&self, role: Role) -> Result<usize, MediaError> {
+    /// workers past `--max-load` for viewers (503 when all are). The
+    /// session counts against the worker's room until the placement drops.
+    fn place(&self, role: Role) -> Result<Placement, MediaError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        if role == Role::Cast {
-            return Ok(start);
-        }
-        self.loads
-            .pick(start)
-            .ok_or_else(|| MediaError::from(self.sessions.refuse(Limit::Busy)))
+        let shard = if role == Role::Cast {
+            self.loads.joining(start);
+            start
+        } else {
+            self.loads
+                .pick(start)
+                .ok_or_else(|| MediaError::from(self.sessions.refuse(Limit::Busy)))?
+        };
+        Ok(Placement {
+            shard,
+            loads: self.loads.clone(),
+        })
     }
 
     /// Runs `make` (building a session for `shard`: SDP, the Rtc and its
@@ -200,7 +220,8 @@ impl MediaHandle {
         client: Client,
     ) -> Result<Joined, MediaError> {
         self.sessions.check(&client, live, role)?;
-        let shard = self.place(role)?;
+        let placed = self.place(role)?;
+        let shard = placed.shard;
         let name = live.to_string();
         let prepared = self
             .prepare(shard, move |setup, now| {
@@ -252,7 +273,8 @@ impl MediaHandle {
         client: Client,
     ) -> Result<DirectTransport, MediaError> {
         self.sessions.check(&client, live, role)?;
-        let shard = self.place(role)?;
+        let placed = self.place(role)?;
+        let shard = placed.shard;
         let name = live.to_string();
         let prepared = self
             .prepare(shard, move |setup, now| {
@@ -402,7 +424,8 @@ impl MediaHandle {
         client: Client,
     ) -> Result<MemberOffer, MediaError> {
         self.sessions.check(&client, room, Role::Play)?;
-        let shard = self.place(Role::Play)?;
+        let placed = self.place(Role::Play)?;
+        let shard = placed.shard;
         let name = room.to_string();
         let prepared = self
             .prepare(shard, move |setup, now| {
@@ -669,6 +692,11 @@ pub fn spawn(
     let casters = Casters::default();
     let cast_sessions = CastSessions::default();
     let loads = Arc::new(Loads::new(shards.len(), sessions.caps().max_load));
+    let quota = crate::limits::cpu_quota::cores();
+    if let Some(q) = quota {
+        tracing::info!("CPU quota: {q:.2} cores; media workers measure their load against it");
+    }
+    let share = crate::limits::load::worker_share(quota, shards.len());
     let mut commands = Vec::new();
     let mut remotes = Vec::new();
     let mut remote_rxs = Vec::new();
@@ -723,6 +751,7 @@ pub fn spawn(
                     cast_sessions,
                     sessions,
                     loads,
+                    share,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(run(sockets, sfu, board, rx, shard))
@@ -838,6 +867,8 @@ struct Shard {
     cast_sessions: CastSessions,
     /// Where this worker says how busy it is.
     loads: Arc<Loads>,
+    /// Cores' worth of CPU this worker may use (its share of a quota).
+    share: f64,
     /// Sessions this shard opens and ends are booked here.
     sessions: Arc<SessionBook>,
 }
@@ -900,15 +931,18 @@ async fn run(
     let sockets = udp;
     let mut tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
-    let mut load = LoadMeter::new(Instant::now());
+    let mut load = LoadMeter::new(Instant::now(), thread_cpu(), shard.share);
     loop {
         flush(&mut sfu, &sockets, &tcp_conns, &board, &shard).await;
         let wake = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let waiting = Instant::now();
-        if let Some(permille) = load.poll(waiting) {
-            shard.loads.set(shard.index, permille, sfu.session_count());
+        if let Some(permille) = load.poll(waiting, thread_cpu()) {
+            let census = sfu.session_census(waiting, crate::limits::load::SETTLE);
+            shard
+                .loads
+                .set(shard.index, permille, census.sessions, census.settled);
         }
         let readable = select_all(sockets.iter().map(|s| Box::pin(s.socket.readable())));
         tokio::select! {
@@ -985,6 +1019,19 @@ async fn run(
         }
         sfu.handle_timeout(Instant::now());
     }
+}
+
+/// CPU time the calling thread has used (zero if the clock is missing).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// What the ICE-TCP connections tell the media loop.

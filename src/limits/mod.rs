@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod cpu_quota;
 pub mod guesses;
 pub mod load;
 pub mod sessions;

@@ -30,6 +30,10 @@ pub struct Totals {
     pub connected: AtomicUsize,
     pub receiving: AtomicUsize,
     pub failed: AtomicUsize,
+    /// Viewers the server turned away for now (429/503), waiting to retry.
+    pub waiting: AtomicUsize,
+    /// 429/503 answers to viewers' offers.
+    pub refused: AtomicU64,
     pub caster_connected: AtomicBool,
     /// Why the caster could not start or went away.
     pub caster_error: std::sync::Mutex<Option<String>>,
@@ -106,13 +110,35 @@ impl SeqTrack {
     }
 }
 
+/// Why a session did not open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// 429/503: the server is full for now; try again after this long.
+    Refused(Duration, String),
+    Failed(String),
+}
+
+impl From<String> for OpenError {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Refused(_, e) | OpenError::Failed(e) => e,
+        }
+    }
+}
+
 /// POSTs an SDP offer; returns the answer and the session URL.
 async fn exchange(
     http: &reqwest::Client,
     url: &str,
     bearer: Option<&str>,
     offer: String,
-) -> Result<(String, String), String> {
+) -> Result<(String, String), OpenError> {
     let mut req = http.post(url).header("content-type", "application/sdp");
     if let Some(b) = bearer {
         req = req.header("authorization", format!("Bearer {b}"));
@@ -128,9 +154,19 @@ async fn exchange(
         .get("location")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = res.text().await.unwrap_or_default();
+    let error = format!("POST {url}: {status}: {}", body.trim());
+    if matches!(status.as_u16(), 429 | 503) {
+        let after = Duration::from_secs(retry_after.unwrap_or(5).clamp(1, 60));
+        return Err(OpenError::Refused(after, error));
+    }
     if status.as_u16() != 201 {
-        return Err(format!("POST {url}: {status}: {}", body.trim()));
+        return Err(OpenError::Failed(error));
     }
     let base = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
     let location = match location {
@@ -150,7 +186,7 @@ struct Session {
 }
 
 impl Session {
-    async fn open(worker: &Worker, url: &str, cast: bool) -> Result<Self, String> {
+    async fn open(worker: &Worker, url: &str, cast: bool) -> Result<Self, OpenError> {
         let socket = UdpSocket::bind((worker.bind, 0))
             .await
             .map_err(|e| e.to_string())?;
@@ -169,14 +205,17 @@ impl Session {
         let mut api = rtc.sdp_api();
         let audio = api.add_media(MediaKind::Audio, dir, None, None, None);
         let video = api.add_media(MediaKind::Video, dir, None, None, None);
-        let (offer, pending): (_, SdpPendingOffer) = api.apply().ok_or("no offer")?;
+        let (offer, pending): (_, SdpPendingOffer) = api
+            .apply()
+            .ok_or_else(|| OpenError::Failed("no offer".into()))?;
         let bearer = if cast { &worker.key } else { &worker.token };
         let (answer, location) =
             exchange(&worker.http, url, bearer.as_deref(), offer.to_sdp_string()).await?;
-        let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| format!("bad answer: {e}"))?;
+        let answer = SdpAnswer::from_sdp_string(&answer)
+            .map_err(|e| OpenError::Failed(format!("bad answer: {e}")))?;
         rtc.sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| format!("answer refused: {e}"))?;
+            .map_err(|e| OpenError::Failed(format!("answer refused: {e}")))?;
         Ok(Self {
             rtc,
             socket,
@@ -250,7 +289,9 @@ async fn cast_until_stopped(
     bitrate: u64,
     fps: u32,
 ) -> Result<(), String> {
-    let mut s = Session::open(worker, &url, true).await?;
+    let mut s = Session::open(worker, &url, true)
+        .await
+        .map_err(String::from)?;
     let mut stop = worker.caster_stop.clone();
     let mut source = Vp8Source::new(bitrate, fps, Duration::from_secs(2));
     let mut frames = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(fps.max(1))));
@@ -329,12 +370,31 @@ async fn cast_until_stopped(
 pub async fn view(worker: Rc<Worker>, url: String) -> ViewerResult {
     let mut result = ViewerResult::default();
     let started = Instant::now();
-    let mut s = match Session::open(&worker, &url, false).await {
-        Ok(s) => s,
-        Err(e) => {
-            worker.totals.failed.fetch_add(1, Ordering::Relaxed);
-            result.error = Some(e);
-            return result;
+    // Turned away (429/503: the server is full), a viewer waits as long
+    // as it is told and tries again until the test ends, as vessel.js does.
+    let mut s = loop {
+        match Session::open(&worker, &url, false).await {
+            Ok(s) => break s,
+            Err(OpenError::Refused(after, e)) => {
+                worker.totals.refused.fetch_add(1, Ordering::Relaxed);
+                worker.totals.waiting.fetch_add(1, Ordering::Relaxed);
+                let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
+                let mut stop = worker.stop.clone();
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(after + jitter) => *stop.borrow(),
+                    _ = stop.changed() => true,
+                };
+                worker.totals.waiting.fetch_sub(1, Ordering::Relaxed);
+                if stopped {
+                    result.error = Some(e);
+                    return result;
+                }
+            }
+            Err(OpenError::Failed(e)) => {
+                worker.totals.failed.fetch_add(1, Ordering::Relaxed);
+                result.error = Some(e);
+                return result;
+            }
         }
     };
     let totals = worker.totals.clone();

@@ -247,8 +247,11 @@ pub fn run(args: LoadtestArgs) -> Result<Report, String> {
     loop {
         std::thread::sleep(Duration::from_secs(1));
         progress(&totals, args.viewers, ramp_start, "ramp");
-        let settled =
-            totals.connected.load(Ordering::Relaxed) + totals.failed.load(Ordering::Relaxed);
+        // Those turned away count as settled: they keep retrying while
+        // the server stays full.
+        let settled = totals.connected.load(Ordering::Relaxed)
+            + totals.failed.load(Ordering::Relaxed)
+            + totals.waiting.load(Ordering::Relaxed);
         if (Instant::now() >= ramp_start + ramp && settled >= args.viewers)
             || Instant::now() > ramp_deadline
         {
@@ -327,6 +330,7 @@ pub fn run(args: LoadtestArgs) -> Result<Report, String> {
         live: args.live.clone(),
         viewers: args.viewers,
         connected,
+        refused: totals.refused.load(Ordering::Relaxed),
         receiving: viewers.iter().filter(|v| v.window_packets > 0).count(),
         bitrate: args.bitrate,
         fps: args.fps,

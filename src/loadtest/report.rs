@@ -156,6 +156,8 @@ pub struct Report {
     pub live: String,
     pub viewers: usize,
     pub connected: usize,
+    /// 429/503 answers to viewers (each retried after its Retry-After).
+    pub refused: u64,
     /// Viewers that received video during the measurement window.
     pub receiving: usize,
     pub bitrate: u64,
@@ -195,8 +197,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "viewers           {} asked, {} connected, {} receiving (fewest packets: {})",
-            self.viewers, self.connected, self.receiving, self.min_viewer_packets
+            "viewers           {} asked, {} connected, {} receiving (fewest packets: {}), {} times turned away",
+            self.viewers, self.connected, self.receiving, self.min_viewer_packets, self.refused
         )?;
         writeln!(f, "join → 1st packet {}", q(&self.join_to_first_packet_ms))?;
         writeln!(

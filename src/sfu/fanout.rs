@@ -152,9 +152,10 @@ impl Sfu {
     /// Session `id`'s connection is up: its cast goes on air, its plays
     /// count as watching and get a layer.
     fn on_connected(&mut self, id: PeerId, now: Instant) {
-        let Some(peer) = self.peers.get(&id) else {
+        let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        peer.connected_at = Some(now);
         let cast_live = peer.cast.as_ref().map(|c| c.live.clone());
         if let Some(live) = cast_live {
             self.on_air(id, &live, now);

@@ -26,6 +26,14 @@ pub use member::{
     Answered, MAX_MLINES, MemberError, MemberOffer, PreparedMember, Subscription, prepare_member,
 };
 pub use stats::SfuStats;
+
+/// How many sessions a worker holds, and how many of them have been
+/// connected long enough to cost what a session costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    pub sessions: usize,
+    pub settled: usize,
+}
 #[cfg(test)]
 mod tests;
 
@@ -376,6 +384,7 @@ impl Sfu {
             addrs: Vec::new(),
             connected: false,
             connect_by: Instant::now(),
+            connected_at: None,
             last_heard: Instant::now(),
             timer: None,
             role,
@@ -899,6 +908,21 @@ impl Sfu {
     /// their first producer included.
     pub fn session_count(&self) -> usize {
         self.peers.len() + self.pending.len()
+    }
+
+    /// Sessions held and, of those, how many have been connected for at
+    /// least `settle` (so cost what a session costs). For the load
+    /// estimate: once a second, so a walk over the peers is cheap.
+    pub fn session_census(&self, now: Instant, settle: Duration) -> Census {
+        let settled = now.checked_sub(settle);
+        Census {
+            sessions: self.session_count(),
+            settled: self
+                .peers
+                .values()
+                .filter(|p| matches!((p.connected_at, settled), (Some(at), Some(s)) if at <= s))
+                .count(),
+        }
     }
 
     /// Removes a session and everything that points at it.

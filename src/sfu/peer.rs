@@ -28,6 +28,9 @@ pub(super) struct Peer {
     /// ICE + DTLS are up. Until then, `connect_by` bounds the wait.
     pub connected: bool,
     pub connect_by: Instant,
+    /// When it connected: the load estimate counts a session as costing
+    /// what a connected one does only after a full load window of it.
+    pub connected_at: Option<Instant>,
     /// When it last sent anything.
     pub last_heard: Instant,
     /// The key of this peer in the SFU's timer set.
