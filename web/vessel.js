@@ -495,6 +495,7 @@ class Session extends Emitter {
         this._cancel(this._connectTimer);
         this._connected = true;
         this._attempt = 0;
+        this._watchDtls(pc);
         this._updateState();
         break;
       case 'disconnected':
@@ -512,6 +513,24 @@ class Session extends Emitter {
         this._reconnect(new Error('connection failed'));
         break;
     }
+  }
+
+  /**
+   * The server ends a session with a DTLS close_notify (another caster took the live, the session
+   * was deleted, a limit closed it): the DTLS transport says 'closed' at once, while the
+   * connection state only turns 'disconnected' after ICE consent times out (~10-30 s). Act on it.
+   */
+  _watchDtls(pc) {
+    const transport = [...pc.getSenders(), ...pc.getReceivers()].map((x) => x.transport).find((t) => t);
+    if (!transport || transport._vesselWatched) return;
+    transport._vesselWatched = true;
+    transport.addEventListener('statechange', () => {
+      // Not while this side is already tearing it down (its own DELETE also ends in close_notify).
+      if (pc !== this.pc || this._stopped || !this._connected) return;
+      if (transport.state === 'closed' || transport.state === 'failed') {
+        this._reconnect(new Error('the server closed the connection'));
+      }
+    });
   }
 
   /** Drops the current connection and schedules a new one, with backoff. */
