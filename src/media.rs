@@ -1357,6 +1357,12 @@ async fn flush(
             .collect();
         crate::udp_batch::send_all(&socket.socket, &datagrams).await;
     }
+    // The copies are with the kernel: how long each caster packet took.
+    let sent = Instant::now();
+    for arrival in sfu.take_forwarded() {
+        let delay = sent.saturating_duration_since(arrival);
+        shard.metrics.forwarding_delay.observe(delay.as_secs_f64());
+    }
     while let Some(e) = sfu.poll_event() {
         match e {
             SfuEvent::Live(state) => board.update_from(shard.index, state),

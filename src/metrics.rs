@@ -8,6 +8,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::sfu::SfuStats;
@@ -50,7 +51,16 @@ pub struct Metrics {
     pub late_skips: Counter,
     /// Packets not sent to viewers because they were behind.
     pub late_drops: Counter,
+    /// A caster's packet received → its viewers' copies handed to the
+    /// kernel (`sendmmsg`), seconds: the server's own forwarding delay.
+    pub forwarding_delay: Histogram,
 }
+
+/// Buckets of the forwarding delay, seconds: 25 µs to 2.5 s.
+const FORWARDING_BUCKETS: [f64; 16] = [
+    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
+    500e-3, 1.0, 2.5,
+];
 
 /// Which admission limit refused a request (see `limits::Limit::name`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +97,7 @@ impl Metrics {
             connections: Gauge::default(),
             late_skips: Counter::default(),
             late_drops: Counter::default(),
+            forwarding_delay: Histogram::new(FORWARDING_BUCKETS),
         };
         let registry = &mut m.registry;
         registry.register("lives", "Lives with a caster or viewers", m.lives.clone());
@@ -161,6 +172,11 @@ impl Metrics {
             "late_packets_dropped",
             "Packets not sent to viewers because they were behind",
             m.late_drops.clone(),
+        );
+        registry.register(
+            "forwarding_delay_seconds",
+            "A caster's packet received to its viewers' copies handed to the kernel, seconds (copies a viewer's pacer holds back are not in it: see viewer_skips)",
+            m.forwarding_delay.clone(),
         );
         for engine in [MEDIA, TURN] {
             let _ = m.panics.get_or_create(&engine);

@@ -71,6 +71,9 @@ fn metrics_reflect_a_live_with_viewers() {
             && get("vessel_keyframe_requests_total{direction=\"in\"}") >= 1.0
             && get("vessel_nacks_total{direction=\"in\"}") >= 1.0
             && get("vessel_nacks_total{direction=\"out\"}") >= 1.0
+            // Each forwarded packet's delay is measured (and is not zero).
+            && get("vessel_forwarding_delay_seconds_count") > 100.0
+            && get("vessel_forwarding_delay_seconds_sum") > 0.0
     };
     while !ready(&last) {
         assert!(
@@ -83,6 +86,10 @@ fn metrics_reflect_a_live_with_viewers() {
         });
         last = scrape(&server);
     }
+    // On an idle loopback almost every packet is forwarded within 100 ms.
+    let count = last["vessel_forwarding_delay_seconds_count"];
+    let fast = last["vessel_forwarding_delay_seconds_bucket{le=\"0.1\"}"];
+    assert!(fast >= 0.9 * count, "{fast} of {count} within 100 ms");
     // Nothing else happened: no panic, nobody refused, nobody behind.
     for name in [
         "vessel_panics_total{engine=\"media\"}",

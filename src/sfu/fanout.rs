@@ -338,6 +338,7 @@ impl Sfu {
         let caster = forwards.first().map(|f| f.media.source.peer);
         let running = self.running;
         let mut need_keyframe: Vec<u32> = Vec::new();
+        let mut copies = 0usize;
         for v in viewers {
             // A room member that just took over a live it watched: not its
             // own media back while the re-offer that stops it is out.
@@ -368,12 +369,17 @@ impl Sfu {
                             tracing::debug!(%live, peer = %v.log(), kind = ?f.kind, "viewer behind; skipping ahead");
                         }
                     }
-                    Sent::Queued | Sent::Dropped => {}
+                    Sent::Queued => copies += 1,
+                    Sent::Dropped => {}
                 }
             }
             self.drive(v, now);
         }
         self.running = running;
+        if copies > 0 {
+            self.forwarded
+                .extend(forwards.iter().map(|f| f.media.arrival));
+        }
         need_keyframe.sort_unstable();
         need_keyframe.dedup();
         for layer in need_keyframe {

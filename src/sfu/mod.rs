@@ -264,6 +264,9 @@ pub struct Sfu {
     by_addr: HashMap<SocketAddr, PeerId>,
     timers: BTreeSet<(Instant, PeerId)>,
     transmits: VecDeque<Transmit>,
+    /// When each caster packet fanned out since the last
+    /// [`Sfu::take_forwarded`] arrived: its copies are among `transmits`.
+    forwarded: Vec<Instant>,
     events: VecDeque<SfuEvent>,
     /// Messages for other shards.
     remote_out: VecDeque<(usize, shard::Remote)>,
@@ -286,6 +289,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
+            forwarded: Vec::new(),
             events: VecDeque::new(),
             remote_out: VecDeque::new(),
             interest: HashMap::new(),
@@ -855,6 +859,15 @@ impl Sfu {
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Arrival times of the caster packets whose copies to viewers were
+    /// queued for sending since the last call: once the runtime has handed
+    /// those transmits to the kernel, `now - arrival` is the forwarding
+    /// delay. (Copies a viewer's pacer holds back leave later and are not
+    /// told apart.)
+    pub fn take_forwarded(&mut self) -> std::vec::Drain<'_, Instant> {
+        self.forwarded.drain(..)
     }
 
     pub fn poll_event(&mut self) -> Option<SfuEvent> {
