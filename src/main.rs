@@ -76,6 +76,20 @@ fn loadtest(args: LoadtestArgs) {
         .init();
     str0m::crypto::from_feature_flags().install_process_default();
     let json = args.json;
+    if args.floor {
+        match vessel::loadtest::floor::run(&args) {
+            Ok(report) if json => println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serializable")
+            ),
+            Ok(report) => print!("{report}"),
+            Err(e) => {
+                eprintln!("loadtest --floor: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     match vessel::loadtest::run(args) {
         Ok(report) if json => {
             println!(

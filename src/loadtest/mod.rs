@@ -8,6 +8,7 @@
 //! `--server-pid` the server's CPU time and memory are read from `/proc`.
 
 mod client;
+pub mod floor;
 pub mod probe;
 pub mod report;
 
@@ -87,6 +88,14 @@ pub struct LoadtestArgs {
     /// Print the report as JSON on stdout (the progress line stays on stderr).
     #[arg(long)]
     pub json: bool,
+
+    /// Measure the floor instead (no server): what each copy of a packet
+    /// costs at the least on this machine, SRTP (AES-256-GCM) and
+    /// `sendmmsg` to --viewers loopback sockets at the caster's packet
+    /// rate for --duration seconds. Compare Vessel's CPU per packet sent
+    /// against it (BENCHMARKS.md).
+    #[arg(long)]
+    pub floor: bool,
 }
 
 type WorkerResult = (Vec<ViewerResult>, Histogram, Histogram);
