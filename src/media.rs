@@ -958,6 +958,12 @@ async fn run(
                                 bytes += n as u64;
                                 sfu.handle_receive(
                                     Instant::now(), Protocol::Udp, source, s.announced, &buf[..n]);
+                                // A caster's packet goes out before the rest
+                                // of the batch is read: its copies should not
+                                // wait for the viewers' RTCP behind it.
+                                if sfu.has_forwarded() {
+                                    send_transmits(&mut sfu, &sockets, &tcp_conns, &shard).await;
+                                }
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => {
@@ -1303,11 +1309,12 @@ fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
     }
 }
 
-async fn flush(
+/// Hands what the SFU has to send to the kernel (and other shards' media
+/// to them), then records how long each forwarded caster packet took.
+async fn send_transmits(
     sfu: &mut Sfu,
     sockets: &[Socket],
     tcp_conns: &HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    board: &LiveBoard,
     shard: &Shard,
 ) {
     while let Some((to, msg)) = sfu.poll_remote() {
@@ -1342,11 +1349,6 @@ async fn flush(
         shard.counters.packets_out.inc_by(packets);
         shard.counters.bytes_out.inc_by(bytes);
     }
-    let stats = sfu.stats();
-    if stats != shard.published.get() {
-        shard.metrics.add_sfu(&stats, &shard.published.get());
-        shard.published.set(stats);
-    }
     for (socket, transmits) in sockets.iter().zip(&udp) {
         if transmits.is_empty() {
             continue;
@@ -1362,6 +1364,21 @@ async fn flush(
     for arrival in sfu.take_forwarded() {
         let delay = sent.saturating_duration_since(arrival);
         shard.metrics.forwarding_delay.observe(delay.as_secs_f64());
+    }
+}
+
+async fn flush(
+    sfu: &mut Sfu,
+    sockets: &[Socket],
+    tcp_conns: &HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    board: &LiveBoard,
+    shard: &Shard,
+) {
+    send_transmits(sfu, sockets, tcp_conns, shard).await;
+    let stats = sfu.stats();
+    if stats != shard.published.get() {
+        shard.metrics.add_sfu(&stats, &shard.published.get());
+        shard.published.set(stats);
     }
     while let Some(e) = sfu.poll_event() {
         match e {

@@ -870,6 +870,11 @@ impl Sfu {
         self.forwarded.drain(..)
     }
 
+    /// Whether a caster packet's copies are waiting to be sent.
+    pub fn has_forwarded(&self) -> bool {
+        !self.forwarded.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<SfuEvent> {
         self.events.pop_front()
     }
