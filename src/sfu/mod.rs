@@ -258,7 +258,8 @@ pub struct NoSuchSession;
 
 pub struct Sfu {
     config: SfuConfig,
-    peers: HashMap<PeerId, Peer>,
+    /// By id: looked up for every viewer of every forwarded packet.
+    peers: HashMap<PeerId, Peer, rustc_hash::FxBuildHasher>,
     lives: HashMap<Arc<str>, Live>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -283,7 +284,7 @@ impl Sfu {
     pub fn new(config: SfuConfig) -> Self {
         Self {
             config,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             lives: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
@@ -730,7 +731,10 @@ impl Sfu {
     /// with it: the address is learnt once the check passes), everything
     /// else by remote address.
     fn route(&self, source: SocketAddr, contents: &[u8]) -> Option<(PeerId, bool)> {
-        if let Ok(stun) = StunMessage::parse(contents)
+        // RFC 7983: only a first byte of 0-3 can be STUN; media and DTLS
+        // need not be tried as a STUN message.
+        if contents.first().is_some_and(|b| *b < 4)
+            && let Ok(stun) = StunMessage::parse(contents)
             && let Some((local, _)) = stun.split_username()
         {
             return self.by_ufrag.get(local).map(|id| (*id, true));
