@@ -56,10 +56,11 @@ pub struct Metrics {
     pub forwarding_delay: Histogram,
 }
 
-/// Buckets of the forwarding delay, seconds: 25 µs to 2.5 s.
-const FORWARDING_BUCKETS: [f64; 16] = [
-    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
-    500e-3, 1.0, 2.5,
+/// Buckets of the forwarding delay, seconds: 25 µs to 2.5 s, fine around
+/// the milliseconds a fan-out to hundreds of viewers takes.
+const FORWARDING_BUCKETS: [f64; 22] = [
+    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 5e-3, 7.5e-3, 10e-3,
+    15e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0,
 ];
 
 /// Which admission limit refused a request (see `limits::Limit::name`).
