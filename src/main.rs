@@ -77,29 +77,30 @@ fn loadtest(args: LoadtestArgs) {
     str0m::crypto::from_feature_flags().install_process_default();
     let json = args.json;
     if args.floor {
-        match vessel::loadtest::floor::run(&args) {
-            Ok(report) if json => println!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("serializable")
-            ),
-            Ok(report) => print!("{report}"),
-            Err(e) => {
-                eprintln!("loadtest --floor: {e}");
-                std::process::exit(1);
-            }
-        }
-        return;
+        report(
+            vessel::loadtest::floor::run(&args),
+            json,
+            "loadtest --floor",
+        );
+    } else {
+        report(vessel::loadtest::run(args), json, "loadtest");
     }
-    match vessel::loadtest::run(args) {
-        Ok(report) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("serializable")
-            );
-        }
+}
+
+/// Prints a report as text or JSON, or the error and exits 1.
+fn report<R: serde::Serialize + std::fmt::Display>(
+    result: Result<R, String>,
+    json: bool,
+    what: &str,
+) {
+    match result {
+        Ok(report) if json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializable")
+        ),
         Ok(report) => print!("{report}"),
         Err(e) => {
-            eprintln!("loadtest: {e}");
+            eprintln!("{what}: {e}");
             std::process::exit(1);
         }
     }
