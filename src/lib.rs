@@ -7,6 +7,8 @@ pub mod chat;
 pub mod config;
 #[cfg(test)]
 mod fuzz_json;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod loadtest;

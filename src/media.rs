@@ -1041,7 +1041,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// What the ICE-TCP connections tell the media loop.
-enum TcpEvent {
+pub(crate) enum TcpEvent {
     Open {
         peer: SocketAddr,
         writer: mpsc::Sender<Vec<u8>>,
@@ -1058,7 +1058,7 @@ enum TcpEvent {
 
 /// ICE-TCP connections: RFC 4571 framing (a 16-bit length before each
 /// STUN, DTLS or SRTP packet) between a TCP stream and the media loop.
-mod tcp {
+pub(crate) mod tcp {
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -1112,7 +1112,7 @@ mod tcp {
 
     /// Reads RFC 4571 frames until the peer closes or misses a deadline
     /// ([`Deadlines::ICE_TCP`]).
-    pub(super) async fn read_frames<R: AsyncRead + Unpin>(
+    pub(crate) async fn read_frames<R: AsyncRead + Unpin>(
         mut read: R,
         peer: SocketAddr,
         local: SocketAddr,

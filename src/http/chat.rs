@@ -44,10 +44,10 @@ struct HubState {
 }
 
 /// What a connection starts from.
-struct Joined {
-    history: Vec<Message>,
-    removed: Vec<u64>,
-    events: broadcast::Receiver<ChatEvent>,
+pub(crate) struct Joined {
+    pub(crate) history: Vec<Message>,
+    pub(crate) removed: Vec<u64>,
+    pub(crate) events: broadcast::Receiver<ChatEvent>,
 }
 
 /// Chat rooms kept at once (each keeps up to 200 messages of up to 500
@@ -71,7 +71,7 @@ impl ChatHub {
 
     /// What a new connection missed, and its subscription from then on; taken
     /// under one lock so that nothing falls between them.
-    fn join(&self, live: &str, since: Option<u64>) -> Result<Joined, ChatError> {
+    pub(crate) fn join(&self, live: &str, since: Option<u64>) -> Result<Joined, ChatError> {
         let mut state = self.lock();
         let entered = state.rooms.enter(live)?;
         let history = entered.room.since(since);
@@ -94,11 +94,24 @@ impl ChatHub {
 
     /// A connection ended: the last one out of a room without messages
     /// takes the room with it.
-    fn leave(&self, live: &str) {
+    pub(crate) fn leave(&self, live: &str) {
         let mut state = self.lock();
         if state.rooms.leave(live, Instant::now()) {
             state.channels.remove(live);
         }
+    }
+
+    /// Reads and applies one text frame from a client; the error is what
+    /// the client is told.
+    pub(crate) fn frame(
+        &self,
+        live: &str,
+        speaker: &mut Speaker,
+        text: &str,
+    ) -> Result<(), String> {
+        serde_json::from_str::<ClientFrame>(text)
+            .map_err(|e| format!("bad frame: {e}"))
+            .and_then(|f| self.handle(live, speaker, f).map_err(|e| e.to_string()))
     }
 
     /// Applies one client frame. Events are sent under the lock, so every
@@ -247,10 +260,7 @@ async fn converse(
                     Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,
                 };
-                let result = serde_json::from_str::<ClientFrame>(text.as_str())
-                    .map_err(|e| format!("bad frame: {e}"))
-                    .and_then(|f| hub.handle(live, speaker, f).map_err(|e| e.to_string()));
-                if let Err(reason) = result
+                if let Err(reason) = hub.frame(live, speaker, text.as_str())
                     && send(socket, &json!({"type": "error", "reason": reason})).await.is_err()
                 {
                     return;

@@ -3,13 +3,13 @@
 mod admin;
 pub mod admission;
 mod api;
-mod chat;
+pub(crate) mod chat;
 mod error;
 pub mod mediasoup;
 mod ops;
 mod pages;
 pub mod peerjs;
-mod session;
+pub(crate) mod session;
 pub mod skyway;
 pub mod tls;
 

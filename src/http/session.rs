@@ -231,7 +231,7 @@ async fn trickle(
 }
 
 /// The `a=candidate` lines of a trickle-ice-sdpfrag body.
-fn parse_candidates(frag: &str) -> Result<Vec<Candidate>, ApiError> {
+pub(crate) fn parse_candidates(frag: &str) -> Result<Vec<Candidate>, ApiError> {
     frag.lines()
         .map(str::trim)
         .filter_map(|l| l.strip_prefix("a="))

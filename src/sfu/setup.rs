@@ -135,7 +135,7 @@ pub fn prepare(
     })
 }
 
-pub(in crate::sfu) fn negotiate(
+pub(crate) fn negotiate(
     setup: &Setup,
     live: &str,
     role: Role,

@@ -547,7 +547,8 @@ where
     drive(&shared);
 }
 
-enum Framing {
+/// What [`frame_len`] finds at the front of a stream buffer.
+pub(crate) enum Framing {
     Complete(usize),
     NeedMore,
     Garbage,
@@ -555,7 +556,7 @@ enum Framing {
 
 /// The length of the first frame in `buf`: a STUN message (by its header) or
 /// ChannelData padded to 4 bytes.
-fn frame_len(buf: &[u8]) -> Framing {
+pub(crate) fn frame_len(buf: &[u8]) -> Framing {
     if buf.len() < 4 {
         return Framing::NeedMore;
     }

@@ -10,7 +10,7 @@
 //! socket.io `auth` payload (`{token}`) or a `token` query parameter.
 
 mod caps;
-mod params;
+pub(crate) mod params;
 
 use std::net::SocketAddr;
 

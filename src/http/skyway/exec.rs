@@ -105,7 +105,7 @@ async fn publish(
 }
 
 /// A trickled `RTCIceCandidate` as JSON (`{candidate, sdpMid, …}`).
-fn candidate_of(v: &Value) -> Option<Candidate> {
+pub(crate) fn candidate_of(v: &Value) -> Option<Candidate> {
     let line = v.get("candidate")?.as_str()?;
     if line.is_empty() {
         return None; // end of candidates

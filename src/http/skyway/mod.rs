@@ -8,7 +8,7 @@
 
 mod admission;
 pub mod api;
-mod exec;
+pub(crate) mod exec;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,10 +218,10 @@ enum Incoming {
 }
 
 #[derive(serde::Deserialize)]
-struct SendData {
+pub(crate) struct SendData {
     #[serde(rename = "roomName")]
-    room: String,
-    data: RoomData,
+    pub(crate) room: String,
+    pub(crate) data: RoomData,
 }
 
 fn on_connect(socket: SocketRef, state: AppState) {
