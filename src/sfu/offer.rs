@@ -5,7 +5,11 @@
 //! so an offer that can never connect gets a 400 with the reason instead of
 //! a 201 and a session that holds a key pair until it times out.
 
+use std::collections::HashMap;
+
 use str0m::change::SdpOffer;
+use str0m::format::CodecSpec;
+use str0m::media::Pt;
 
 use super::JoinError;
 
@@ -76,6 +80,46 @@ pub fn check(offer: &SdpOffer) -> Result<(), JoinError> {
             fingerprint.hash_func
         )));
     }
+    payload_types(offer)
+}
+
+/// What a payload type carries.
+#[derive(Debug, PartialEq)]
+enum Carries {
+    Media(CodecSpec),
+    /// Retransmissions of (the codec of) another payload type.
+    Resend(CodecSpec),
+}
+
+/// All m-lines share one transport (BUNDLE), so a payload type must mean
+/// the same in each (RFC 9143). str0m 0.25 panics ("Pt locked multiple
+/// times") on a viewer's offer that maps one payload type to two H.264
+/// configurations in two m-lines; refused here, it gets a reason instead.
+fn payload_types(offer: &SdpOffer) -> Result<(), JoinError> {
+    let mut seen: HashMap<Pt, Carries> = HashMap::new();
+    for m in &offer.media_lines {
+        for p in m.rtp_params() {
+            let carried = [
+                Some((p.pt(), Carries::Media(p.spec()))),
+                p.resend().map(|rtx| (rtx, Carries::Resend(p.spec()))),
+            ];
+            for (pt, what) in carried.into_iter().flatten() {
+                match seen.get(&pt) {
+                    Some(before) if *before != what => {
+                        return Err(JoinError::Unusable(format!(
+                            "the offer gives payload type {pt} two meanings ({before:?} and \
+                             {what:?}): bundled m-lines must give a payload type the same codec \
+                             and parameters"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(pt, what);
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -119,5 +163,23 @@ mod tests {
             ));
         }
         assert!(check_sdp(&many).unwrap_err().contains("m-lines"));
+    }
+
+    #[test]
+    fn a_payload_type_means_one_thing_in_every_m_line() {
+        let video = |pts: &str, rtpmaps: &str| {
+            format!("{GOOD}m=video 9 UDP/TLS/RTP/SAVPF {pts}\r\na=mid:1\r\na=recvonly\r\n{rtpmaps}")
+        };
+        let vp8 = "a=rtpmap:96 VP8/90000\r\n";
+        let rtx = "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+        check_sdp(&video("96 97", &format!("{vp8}{rtx}"))).unwrap();
+        let opus_again = "a=rtpmap:111 opus/48000/2\r\n";
+        check_sdp(&video("96", &format!("{vp8}{opus_again}"))).unwrap();
+        let vp8_on_111 = "a=rtpmap:111 VP8/90000\r\n";
+        let e = check_sdp(&video("96 111", &format!("{vp8}{vp8_on_111}"))).unwrap_err();
+        assert!(e.contains("payload type 111"), "{e}");
+        let rtx_on_111 = "a=rtpmap:111 rtx/90000\r\na=fmtp:111 apt=96\r\n";
+        let e = check_sdp(&video("96 111", &format!("{vp8}{rtx_on_111}"))).unwrap_err();
+        assert!(e.contains("payload type 111"), "{e}");
     }
 }

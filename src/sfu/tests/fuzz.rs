@@ -201,3 +201,35 @@ fn random_datagrams_from_anyone_never_panic_nor_disturb_sessions() {
         "seed {seed}: no forged check moved the session anywhere"
     );
 }
+
+/// Found by the `sdp_offer` fuzz target (its randomized run, 30 000
+/// inputs, `src/fuzzing/tests.rs`): a viewer's offer mapping
+/// payload type 108 to H.264 without parameters in its audio m-line and to
+/// H.264 with them in its video m-line made str0m 0.25 panic ("Pt locked
+/// multiple times"). `setup::prepare` turned that into a vague refusal;
+/// now the offer is refused before str0m sees it, with the reason.
+#[test]
+fn an_offer_giving_a_payload_type_two_meanings_is_refused_not_a_panic() {
+    let offer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\n\
+        a=rtpmap:108 H264/90000\r\na=rtpmap:111 opus/48000/2\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96 127 124 108 123\r\n\
+        a=ice-ufrag:FkCtvh4VBs1AMN7I\r\na=ice-pwd:FYRrp6qVByo6QpalVqPUko\r\n\
+        a=fingerprint:sha-256 93:AD:B6:28:36:22:81:BF:29:0B:E8:2F:48:D3:BE:14:E8:C4:4A:CD:9E:A8:11:C8:E3:8A:DC:BE:79:49:BE:C0\r\n\
+        a=mid:1\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:127 H264/90000\r\n\
+        a=rtpmap:124 H264/90000\r\na=rtpmap:108 H264/90000\r\n\
+        a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+        a=rtpmap:123 H264/90000\r\n";
+    let setup = SfuConfig::new(vec!["127.0.0.1:5000".parse().unwrap()]).setup();
+    for role in [Role::Play, Role::Cast] {
+        let offer = match role {
+            Role::Play => offer.to_string(),
+            Role::Cast => offer.replace("recvonly", "sendonly"),
+        };
+        match super::super::setup::negotiate(&setup, "show", role, &offer, Instant::now()) {
+            Err(JoinError::Unusable(why)) => assert!(why.contains("payload type 108"), "{why}"),
+            Err(e) => panic!("{role}: refused for another reason: {e}"),
+            Ok(_) => panic!("{role}: accepted"),
+        }
+    }
+}
