@@ -938,7 +938,7 @@ async fn run(
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let waiting = Instant::now();
-        if let Some(permille) = load.poll(waiting, thread_cpu()) {
+        if let Some(permille) = load.poll(waiting, thread_cpu) {
             let census = sfu.session_census(waiting, crate::limits::load::SETTLE);
             shard
                 .loads

@@ -59,12 +59,14 @@ impl LoadMeter {
     }
 
     /// Once a window has passed: the busy fraction of it, in thousandths,
-    /// and a new window starts. `cpu`: the thread's CPU time now.
-    pub fn poll(&mut self, now: Instant, cpu: Duration) -> Option<u32> {
+    /// and a new window starts. `cpu` reads the thread's CPU time (a
+    /// system call, so only once a window, not every loop turn).
+    pub fn poll(&mut self, now: Instant, cpu: impl FnOnce() -> Duration) -> Option<u32> {
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed < WINDOW {
             return None;
         }
+        let cpu = cpu();
         let wall = elapsed.as_secs_f64();
         let busy = elapsed.saturating_sub(self.idle).as_secs_f64() / wall;
         let used = cpu.saturating_sub(self.cpu).as_secs_f64() / (wall * self.share);
@@ -189,11 +191,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = LoadMeter::new(t0, MS(0), 1.0);
         m.waited(t0, t0 + MS(250));
-        assert_eq!(m.poll(t0 + MS(900), MS(600)), None);
+        assert_eq!(m.poll(t0 + MS(900), || MS(600)), None);
         m.waited(t0 + MS(900), t0 + MS(950));
-        assert_eq!(m.poll(t0 + MS(1000), MS(700)), Some(700));
+        assert_eq!(m.poll(t0 + MS(1000), || MS(700)), Some(700));
         // A new window: never waiting is fully busy.
-        assert_eq!(m.poll(t0 + MS(2000), MS(1700)), Some(1000));
+        assert_eq!(m.poll(t0 + MS(2000), || MS(1700)), Some(1000));
     }
 
     #[test]
@@ -203,9 +205,9 @@ mod tests {
         // though the worker waited for work 84 % of the time.
         let mut m = LoadMeter::new(t0, MS(0), worker_share(Some(0.25), 1));
         m.waited(t0, t0 + MS(840));
-        assert_eq!(m.poll(t0 + MS(1000), MS(160)), Some(640));
+        assert_eq!(m.poll(t0 + MS(1000), || MS(160)), Some(640));
         // Throttled mid-work: never waiting is fully busy whatever the CPU.
-        assert_eq!(m.poll(t0 + MS(2000), MS(410)), Some(1000));
+        assert_eq!(m.poll(t0 + MS(2000), || MS(410)), Some(1000));
         assert_eq!(worker_share(None, 4), 1.0);
         assert_eq!(worker_share(Some(3.0), 2), 1.0);
         assert_eq!(worker_share(Some(1.0), 4), 0.25);
