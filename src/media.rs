@@ -956,11 +956,13 @@ async fn run(
                             Ok((n, source)) => {
                                 packets += 1;
                                 bytes += n as u64;
-                                sfu.handle_receive(
+                                // A caster's run of packets (a frame) is
+                                // fanned out together when it ends.
+                                sfu.handle_receive_run(
                                     Instant::now(), Protocol::Udp, source, s.announced, &buf[..n]);
-                                // A caster's packet goes out before the rest
-                                // of the batch is read: its copies should not
-                                // wait for the viewers' RTCP behind it.
+                                // Its copies go out before the rest of the
+                                // batch is read: they should not wait for
+                                // the viewers' RTCP behind them.
                                 if sfu.has_forwarded() {
                                     send_transmits(&mut sfu, &sockets, &tcp_conns, &shard).await;
                                 }
@@ -974,6 +976,8 @@ async fn run(
                         }
                     }
                 }
+                // The batch ended: a run still waiting goes out now.
+                sfu.process(Instant::now());
                 shard.counters.packets_in.inc_by(packets);
                 shard.counters.bytes_in.inc_by(bytes);
             }
@@ -1008,6 +1012,7 @@ async fn run(
                     // answer.
                     Some(cmd) => {
                         sfu.isolated(Instant::now(), |sfu| handle(sfu, cmd, &shard.sessions));
+                        sfu.process(Instant::now());
                     }
                     None => return Ok(()),
                 }
@@ -1233,7 +1238,13 @@ fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
             candidates,
             reply,
         } => {
-            let _ = reply.send(sfu.add_remote_candidates(&live, role, peer, candidates));
+            let _ = reply.send(sfu.add_remote_candidates(
+                &live,
+                role,
+                peer,
+                candidates,
+                Instant::now(),
+            ));
         }
         Command::Layer {
             live,
@@ -1300,7 +1311,7 @@ fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
                 let _ = reply.send(sfu.member_cast(peer, live.as_deref(), now));
             }
             MemberCommand::Candidate(c) => {
-                let _ = sfu.member_candidate(peer, c);
+                let _ = sfu.member_candidate(peer, c, now);
             }
             MemberCommand::Leave => {
                 let _ = sfu.member_leave(peer, now);

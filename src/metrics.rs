@@ -51,6 +51,11 @@ pub struct Metrics {
     pub late_skips: Counter,
     /// Packets not sent to viewers because they were behind.
     pub late_drops: Counter,
+    /// Caster packets written to viewers.
+    pub copies: Counter,
+    /// Sessions' `Rtc`s drained, and timeouts handed to them.
+    pub rtc_polls: Counter,
+    pub rtc_timeouts: Counter,
     /// A caster's packet received → its viewers' copies handed to the
     /// kernel (`sendmmsg`), seconds: the server's own forwarding delay.
     pub forwarding_delay: Histogram,
@@ -98,6 +103,9 @@ impl Metrics {
             connections: Gauge::default(),
             late_skips: Counter::default(),
             late_drops: Counter::default(),
+            copies: Counter::default(),
+            rtc_polls: Counter::default(),
+            rtc_timeouts: Counter::default(),
             forwarding_delay: Histogram::new(FORWARDING_BUCKETS),
         };
         let registry = &mut m.registry;
@@ -175,6 +183,21 @@ impl Metrics {
             m.late_drops.clone(),
         );
         registry.register(
+            "forwarded_copies",
+            "Caster packets written to viewers (one per viewer per packet)",
+            m.copies.clone(),
+        );
+        registry.register(
+            "rtc_polls",
+            "Times a WebRTC session's state machine was drained to its next timeout",
+            m.rtc_polls.clone(),
+        );
+        registry.register(
+            "rtc_timeouts",
+            "Timeouts handed to WebRTC sessions' state machines (each runs all of a session's timers); per forwarded copy, the main cost of forwarding",
+            m.rtc_timeouts.clone(),
+        );
+        registry.register(
             "forwarding_delay_seconds",
             "A caster's packet received to its viewers' copies handed to the kernel, seconds (copies a viewer's pacer holds back are not in it: see viewer_skips)",
             m.forwarding_delay.clone(),
@@ -225,6 +248,10 @@ impl Metrics {
             .inc_by(d(now.peer_panics, last.peer_panics));
         self.late_skips.inc_by(d(now.late_skips, last.late_skips));
         self.late_drops.inc_by(d(now.late_drops, last.late_drops));
+        self.copies.inc_by(d(now.copies, last.copies));
+        self.rtc_polls.inc_by(d(now.polls, last.polls));
+        self.rtc_timeouts
+            .inc_by(d(now.rtc_timeouts, last.rtc_timeouts));
     }
 
     /// The text exposition format.

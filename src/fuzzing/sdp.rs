@@ -38,7 +38,7 @@ pub fn sdp_offer(data: &[u8]) {
                 .join("show", Role::Play, &viewer_offer(), now)
                 .expect("the canned viewer offer is accepted");
             if let Ok(candidates) = crate::http::session::parse_candidates(text) {
-                let _ = sfu.add_remote_candidates("show", Role::Play, joined.peer, candidates);
+                let _ = sfu.add_remote_candidates("show", Role::Play, joined.peer, candidates, now);
             }
             sfu.handle_timeout(now);
             drain(&mut sfu);

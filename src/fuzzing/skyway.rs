@@ -178,7 +178,7 @@ impl Harness {
             }
             MediaOp::Candidate { session, candidate } => {
                 if let Some(c) = candidate_of(&candidate) {
-                    let _ = self.sfu.member_candidate(session, c);
+                    let _ = self.sfu.member_candidate(session, c, now);
                 }
             }
             MediaOp::Leave { session } => {

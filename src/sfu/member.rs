@@ -33,8 +33,8 @@ use str0m::{Candidate, Rtc};
 use super::peer::{Cast, OutTrack, Play, same_live};
 use super::setup::Setup;
 use super::{
-    JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, Sfu, new_ice_creds, offered_producer,
-    rtc_config, tidy_sdp_error,
+    JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, Sfu, offered_producer, rtc_config,
+    tidy_sdp_error,
 };
 
 /// m-lines one session may grow to. Stopped m-lines stay in the SDP (str0m
@@ -142,8 +142,8 @@ fn build_member(
     subs: &[Subscription],
     now: Instant,
 ) -> Result<PreparedMember, JoinError> {
-    let id = PeerId::random_on(setup.shard);
-    let creds = new_ice_creds();
+    let id = setup.ids.peer_id(setup.shard);
+    let creds = setup.ids.ice_creds();
     let ufrag = creds.ufrag.clone();
     // A member watches: the send-side estimate picks its layers.
     let mut config = rtc_config(creds, setup.dtls_cert.as_ref())
@@ -354,12 +354,14 @@ impl Sfu {
         &mut self,
         id: PeerId,
         candidate: Candidate,
+        now: Instant,
     ) -> Result<(), MemberError> {
         let peer = self.peers.get_mut(&id).ok_or(MemberError::NoSuchSession)?;
         if peer.member.is_none() {
             return Err(MemberError::NoSuchSession);
         }
         peer.add_remote_candidate(candidate);
+        self.drive(id, now);
         Ok(())
     }
 

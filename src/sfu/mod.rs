@@ -6,9 +6,13 @@
 
 pub mod codec;
 mod direct;
+mod drive;
+mod effects;
 mod fanout;
 pub mod forward;
+pub mod ids;
 pub mod keyframe;
+mod keyframe_requests;
 pub mod lateness;
 pub mod layer;
 mod live;
@@ -19,6 +23,7 @@ pub mod setup;
 pub mod shard;
 pub mod simulcast;
 mod stats;
+mod viewing;
 
 pub use direct::{Consumer, DirectError, DirectTransport, Produce, Produced, Producer};
 pub use direct::{PreparedDirect, prepare_direct};
@@ -65,7 +70,7 @@ impl PeerId {
     /// A random id that names the shard owning the session (low byte), so
     /// that commands find it.
     pub fn random_on(shard: usize) -> Self {
-        Self((rand::random::<u128>() & !0xff) | (shard as u128 & 0xff))
+        ids::Ids::Entropy.peer_id(shard)
     }
 
     pub fn shard(&self) -> usize {
@@ -172,6 +177,8 @@ pub struct SfuConfig {
     /// the media thread for every join (mediasoup and Janus share one the
     /// same way; each session still has its own DTLS keys).
     pub dtls_cert: Option<DtlsCert>,
+    /// Where session ids and ICE credentials come from (a seed: tests only).
+    pub ids: ids::Ids,
 }
 
 impl SfuConfig {
@@ -185,6 +192,7 @@ impl SfuConfig {
             shard: 0,
             shards: 1,
             dtls_cert: new_dtls_cert(),
+            ids: ids::Ids::Entropy,
         }
     }
 }
@@ -278,6 +286,15 @@ pub struct Sfu {
     stats: SfuStats,
     /// The peer whose `Rtc` runs now: the one a panic is blamed on.
     running: Option<PeerId>,
+    /// What polled peers asked of others, for [`Sfu::process`].
+    effects: VecDeque<effects::Effects>,
+    /// Peers written to since they were last polled.
+    dirty: VecDeque<PeerId>,
+    /// The caster whose packets wait for the rest of its run (see
+    /// [`Sfu::handle_receive_run`]).
+    run: Option<PeerId>,
+    /// The latest time given: when queued work is due.
+    last_now: Instant,
 }
 
 impl Sfu {
@@ -297,6 +314,10 @@ impl Sfu {
             pending: HashMap::new(),
             stats: SfuStats::default(),
             running: None,
+            effects: VecDeque::new(),
+            dirty: VecDeque::new(),
+            run: None,
+            last_now: Instant::now(),
         }
     }
 
@@ -392,6 +413,7 @@ impl Sfu {
             connected_at: None,
             last_heard: Instant::now(),
             timer: None,
+            dirty: false,
             role,
             cast,
             plays,
@@ -618,12 +640,16 @@ impl Sfu {
         role: Role,
         peer: PeerId,
         candidates: Vec<Candidate>,
+        now: Instant,
     ) -> Result<(), NoSuchSession> {
         self.check(live, role, peer)?;
-        if let Some(p) = self.peers.get_mut(&peer) {
-            for c in candidates {
-                p.add_remote_candidate(c);
-            }
+        for c in candidates {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                break;
+            };
+            p.add_remote_candidate(c);
+            // Drained after each, as str0m asks of every input.
+            self.drive(peer, now);
         }
         Ok(())
     }
@@ -673,6 +699,40 @@ impl Sfu {
         self.isolated(now, |sfu| {
             sfu.receive(now, proto, source, destination, contents)
         });
+        self.process(now);
+    }
+
+    /// A datagram of a batch read in one go. A caster's packets are fanned
+    /// out when its run ends (a datagram from someone else arrives, or the
+    /// caller calls [`Sfu::process`] at the end of the batch), so each
+    /// viewer takes a frame's packets in one write and one poll. Until
+    /// then they wait: the caller must call `process` before it sleeps
+    /// ([`Sfu::poll_timeout`] says "now" while work waits).
+    pub fn handle_receive_run(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        let heard = self.isolated(now, |sfu| {
+            sfu.receive(now, proto, source, destination, contents)
+        });
+        match heard.flatten() {
+            Some(id) if self.run == Some(id) || self.run.is_none() && self.forwards_of(id) => {
+                self.run = Some(id);
+            }
+            _ => self.process(now),
+        }
+    }
+
+    /// Whether everything queued is `id`'s packets, waiting for the rest
+    /// of its run.
+    fn forwards_of(&self, id: PeerId) -> bool {
+        self.dirty.is_empty()
+            && !self.effects.is_empty()
+            && self.effects.iter().all(|fx| fx.peer == id)
     }
 
     fn receive(
@@ -682,20 +742,18 @@ impl Sfu {
         source: SocketAddr,
         destination: SocketAddr,
         contents: &[u8],
-    ) {
-        let Some((id, stun)) = self.route(source, contents) else {
-            return;
-        };
+    ) -> Option<PeerId> {
+        let (id, stun) = self.route(source, contents)?;
+        if self.run.is_some_and(|r| r != id) {
+            // A caster's run ended: its copies go before this is handled.
+            self.process(now);
+        }
         if self.keep_early(id, proto, source, destination, contents) {
-            return;
+            return None;
         }
         let raw = contents;
-        let Ok(contents) = contents.try_into() else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
+        let contents = contents.try_into().ok()?;
+        let peer = self.peers.get_mut(&id)?;
         let input = Input::Receive(
             now,
             Receive {
@@ -710,13 +768,11 @@ impl Sfu {
             // may move a session to a new address: a forged one must not
             // take a viewer's media elsewhere.
             if !peer.rtc.accepts(&input) {
-                return;
+                return None;
             }
             self.learn_address(id, source);
         }
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
+        let peer = self.peers.get_mut(&id)?;
         peer.last_heard = now;
         self.running = Some(id);
         direct::learn_ufrag(peer, &input, raw);
@@ -725,6 +781,7 @@ impl Sfu {
         }
         self.drive(id, now);
         self.running = None;
+        Some(id)
     }
 
     /// Finds the session a datagram belongs to: STUN by ICE username (true
@@ -769,6 +826,7 @@ impl Sfu {
     /// code on its behalf). A panic in there ends that peer alone, with an
     /// error log and a count; everything else goes on.
     pub fn isolated<T>(&mut self, now: Instant, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        self.last_now = self.last_now.max(now);
         match catch_unwind(AssertUnwindSafe(|| f(self))) {
             Ok(v) => Some(v),
             Err(panic) => {
@@ -804,6 +862,7 @@ impl Sfu {
 
     /// Time moved on to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.process(now);
         // Collect first: a peer whose next timeout is `now` again (str0m's
         // pacer does that) is handled once per call, never in a loop.
         let mut due = Vec::new();
@@ -823,6 +882,7 @@ impl Sfu {
             self.isolated(now, |sfu| sfu.peer_timeout(id, now));
         }
         self.isolated(now, |sfu| sfu.live_timeouts(now));
+        self.process(now);
     }
 
     fn peer_timeout(&mut self, id: PeerId, now: Instant) {
@@ -840,6 +900,7 @@ impl Sfu {
             return;
         }
         let prev = self.running.replace(id);
+        self.stats.rtc_timeouts += 1;
         if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
             tracing::debug!(peer = %id.log(), "timeout refused: {e}");
         }
@@ -885,6 +946,9 @@ impl Sfu {
 
     /// When [`Sfu::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.has_work() {
+            return Some(self.last_now);
+        }
         let peers = self.timers.first().map(|(t, _)| *t);
         let lives = self.lives.values().filter_map(Live::poll_timeout);
         let keyframes = self
@@ -1059,14 +1123,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into())
-}
-
-/// A fresh pair of local ICE credentials.
-fn new_ice_creds() -> IceCreds {
-    IceCreds {
-        ufrag: format!("{:016x}", rand::random::<u64>()),
-        pass: format!("{:032x}", rand::random::<u128>()),
-    }
 }
 
 /// What a WHIP caster sends on `mid`, as a producer: the codec it offered

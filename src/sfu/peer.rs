@@ -35,6 +35,8 @@ pub(super) struct Peer {
     pub last_heard: Instant,
     /// The key of this peer in the SFU's timer set.
     pub timer: Option<Instant>,
+    /// Written to since it was last polled: queued for [`super::Sfu::process`].
+    pub dirty: bool,
     /// What the session was opened as: a caster (WHIP, a mediasoup
     /// producer transport) or a viewer (WHEP, a consumer transport, a
     /// room member).

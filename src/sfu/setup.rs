@@ -17,8 +17,8 @@ use str0m::{Candidate, Output, Rtc};
 
 use super::peer::OutTrack;
 use super::{
-    JoinError, PeerId, RTX_CACHE_AGE, Role, SfuConfig, codec, new_ice_creds, offer,
-    offered_producer, rtc_config, tidy_sdp_error,
+    JoinError, PeerId, RTX_CACHE_AGE, Role, SfuConfig, codec, offer, offered_producer, rtc_config,
+    tidy_sdp_error,
 };
 
 /// What setting up a session needs of its shard.
@@ -28,6 +28,7 @@ pub struct Setup {
     pub(super) candidates: Vec<Candidate>,
     pub(super) initial_estimate: u64,
     pub(super) dtls_cert: Option<DtlsCert>,
+    pub(super) ids: super::ids::Ids,
 }
 
 impl SfuConfig {
@@ -37,6 +38,7 @@ impl SfuConfig {
             candidates: local_candidates(&self.candidates, self.ice_tcp),
             initial_estimate: self.initial_estimate,
             dtls_cert: self.dtls_cert.clone(),
+            ids: self.ids.clone(),
         }
     }
 }
@@ -146,8 +148,8 @@ pub(crate) fn negotiate(
         .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
     offer::check(&offer)?;
     let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
-    let id = PeerId::random_on(setup.shard);
-    let creds = new_ice_creds();
+    let id = setup.ids.peer_id(setup.shard);
+    let creds = setup.ids.ice_creds();
     let ufrag = creds.ufrag.clone();
     let mut rtc_config = rtc_config(creds, setup.dtls_cert.as_ref());
     // RED (RFC 2198) for audio when the client offers it: a lost Opus

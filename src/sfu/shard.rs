@@ -58,6 +58,12 @@ impl Sfu {
 
     /// A message from another shard.
     pub fn handle_remote(&mut self, msg: Remote, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        self.remote(msg, now);
+        self.process(now);
+    }
+
+    fn remote(&mut self, msg: Remote, now: Instant) {
         match msg {
             Remote::Media { live, forwards } => self.remote_media(live, &forwards, now),
             Remote::Interest {

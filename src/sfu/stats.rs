@@ -26,6 +26,14 @@ pub struct SfuStats {
     pub late_skips: u64,
     /// Packets not sent to a viewer because it was behind.
     pub late_drops: u64,
+    /// Caster packets written to viewers (one per viewer per packet).
+    pub copies: u64,
+    /// Times a session's `Rtc` was drained (polled to its next timeout).
+    pub polls: u64,
+    /// Timeouts handed to sessions' `Rtc`s: each runs all of the session's
+    /// timers (ICE, RTCP, pacer, bandwidth estimate). What a copy costs is
+    /// mostly these per copy.
+    pub rtc_timeouts: u64,
 }
 
 /// The last cumulative figures seen for one stream of one peer.

@@ -30,7 +30,7 @@ use str0m::{Candidate, IceCreds, Input, Output, Rtc};
 use super::codec::can_carry;
 use super::peer::{Cast, DirectPeer, OutTrack, Peer, Play};
 use super::setup::Setup;
-use super::{PeerId, RTX_CACHE_AGE, Role, Sfu, new_ice_creds};
+use super::{PeerId, RTX_CACHE_AGE, Role, Sfu};
 pub(super) use pending::PendingCast;
 
 /// A transport as the client is told of it.
@@ -164,7 +164,7 @@ fn build_direct(
         hash_func: "sha-256".into(),
         bytes: crypto.sha256_provider.sha256(&cert.certificate).to_vec(),
     };
-    let creds = new_ice_creds();
+    let creds = setup.ids.ice_creds();
     let direct = match role {
         Role::Cast => DirectSetup::Cast(cert),
         Role::Play => {
@@ -186,7 +186,7 @@ fn build_direct(
         }
     };
     Ok(PreparedDirect {
-        id: PeerId::random_on(setup.shard),
+        id: setup.ids.peer_id(setup.shard),
         live: live.to_string(),
         role,
         creds,

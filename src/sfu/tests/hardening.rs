@@ -131,7 +131,7 @@ fn trickled_candidates_are_bounded() {
     for port in 0..500u16 {
         let c = Candidate::host(SocketAddr::new([10, 9, 9, 9].into(), 1000 + port), "udp").unwrap();
         net.sfus[0]
-            .add_remote_candidates("show", Role::Play, peer, vec![c])
+            .add_remote_candidates("show", Role::Play, peer, vec![c], net.now)
             .unwrap();
     }
     assert_eq!(net.sfus[0].peers[&peer].candidates, MAX_REMOTE_CANDIDATES);

@@ -16,6 +16,7 @@ use super::*;
 mod direct;
 mod fuzz;
 mod hardening;
+mod lossy;
 mod member;
 
 /// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
@@ -108,6 +109,21 @@ struct Net {
     /// How often the shards' timers run, in ms: above 1, a server short of
     /// CPU (packets are still handled as they come).
     timer_every: u128,
+    /// The run's seed (`VESSEL_SIM_SEED` replays one): session ids and the
+    /// network's losses come from it.
+    seed: u64,
+    /// Datagrams lost on the way, each way, in percent; drawn from `rng`.
+    loss_percent: u32,
+    rng: rand::rngs::StdRng,
+}
+
+/// The seed of a simulated run: `VESSEL_SIM_SEED` if set (to replay a
+/// failure), otherwise a fixed one.
+fn sim_seed() -> u64 {
+    std::env::var("VESSEL_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED)
 }
 
 impl Net {
@@ -117,12 +133,14 @@ impl Net {
 
     fn sharded(shards: usize) -> Self {
         str0m::crypto::from_feature_flags().install_process_default();
+        let seed = sim_seed();
         let sfus = (0..shards)
             .map(|k| {
                 let mut config = SfuConfig::new(vec![server(k)]);
                 config.connect_timeout = Duration::from_secs(5);
                 config.shard = k;
                 config.shards = shards;
+                config.ids = ids::Ids::seeded(seed.wrapping_add(k as u64));
                 Sfu::new(config)
             })
             .collect();
@@ -134,7 +152,15 @@ impl Net {
             events: Vec::new(),
             told: Vec::new(),
             timer_every: 1,
+            seed,
+            loss_percent: 0,
+            rng: rand::SeedableRng::seed_from_u64(seed),
         }
+    }
+
+    /// Whether the network loses the next datagram.
+    fn lost(&mut self) -> bool {
+        self.loss_percent > 0 && rand::Rng::random_range(&mut self.rng, 0..100) < self.loss_percent
     }
 
     fn offer(&self, cast: bool, port: u16) -> (Rtc, Mid, String, SdpPendingOffer, SocketAddr) {
@@ -252,7 +278,8 @@ impl Net {
     }
 
     /// Delivers datagrams until the network is quiet. Each input is
-    /// followed by a poll, as str0m requires.
+    /// followed by a poll, as str0m requires; the SFU takes each client's
+    /// datagrams as one batch (a caster's frame fans out together).
     fn pump(&mut self) {
         loop {
             let mut moved = false;
@@ -260,6 +287,8 @@ impl Net {
                 moved |= self.drain_client(i);
             }
             for k in 0..self.sfus.len() {
+                // The end of a batch, as the runtime's receive loop has it.
+                self.sfus[k].process(self.now);
                 while let Some(t) = self.sfus[k].poll_transmit() {
                     moved = true;
                     let Some(i) = self
@@ -269,6 +298,9 @@ impl Net {
                     else {
                         continue;
                     };
+                    if self.lost() {
+                        continue;
+                    }
                     let c = &mut self.clients[i];
                     if !c.takes(t.contents.len(), self.now) {
                         continue;
@@ -319,7 +351,10 @@ impl Net {
                 Output::Transmit(t) => {
                     sent = true;
                     let (addr, shard) = (c.addr, c.shard);
-                    self.sfus[shard].handle_receive(
+                    if self.lost() {
+                        continue;
+                    }
+                    self.sfus[shard].handle_receive_run(
                         self.now,
                         Protocol::Udp,
                         addr,
@@ -786,7 +821,7 @@ fn a_viewer_joining_mid_stream_counts_a_keyframe_request() {
     let mut net = Net::new();
     net.join("show", Role::Cast);
     net.run(Duration::from_millis(500));
-    assert_eq!(net.sfus[0].stats(), SfuStats::default());
+    assert_eq!(net.sfus[0].stats().keyframe_requests_sent, 0);
     net.join("show", Role::Play);
     net.run(Duration::from_millis(500));
     let stats = net.sfus[0].stats();
