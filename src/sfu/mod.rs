@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
-use str0m::media::{Mid, Rids};
+use str0m::media::{MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
@@ -151,6 +151,10 @@ pub(crate) const MAX_REMOTE_CANDIDATES: usize = 32;
 /// Addresses a session may be reached at (a browser tries a few
 /// candidates; more is a client lying about where it is).
 const MAX_ADDRS: usize = 8;
+
+/// A caster's packets fanned out together, at most (see
+/// [`Sfu::handle_receive_run`]).
+const MAX_RUN: usize = 16;
 
 /// How long a viewer's sent packets are kept for NACKs.
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
@@ -703,11 +707,11 @@ impl Sfu {
     }
 
     /// A datagram of a batch read in one go. A caster's packets are fanned
-    /// out when its run ends (a datagram from someone else arrives, or the
-    /// caller calls [`Sfu::process`] at the end of the batch), so each
-    /// viewer takes a frame's packets in one write and one poll. Until
-    /// then they wait: the caller must call `process` before it sleeps
-    /// ([`Sfu::poll_timeout`] says "now" while work waits).
+    /// out when its run ends (its frame is complete, a datagram from
+    /// someone else arrives, or the caller calls [`Sfu::process`] at the end
+    /// of the batch), so each viewer takes a frame's packets in one write
+    /// and one poll. Until then they wait: the caller must call `process`
+    /// before it sleeps ([`Sfu::poll_timeout`] says "now" while work waits).
     pub fn handle_receive_run(
         &mut self,
         now: Instant,
@@ -720,7 +724,10 @@ impl Sfu {
             sfu.receive(now, proto, source, destination, contents)
         });
         match heard.flatten() {
-            Some(id) if self.run == Some(id) || self.run.is_none() && self.forwards_of(id) => {
+            Some(id)
+                if (self.run == Some(id) || self.run.is_none() && self.forwards_of(id))
+                    && !self.run_complete() =>
+            {
                 self.run = Some(id);
             }
             _ => self.process(now),
@@ -733,6 +740,19 @@ impl Sfu {
         self.dirty.is_empty()
             && !self.effects.is_empty()
             && self.effects.iter().all(|fx| fx.peer == id)
+    }
+
+    /// A run ends with a video frame (its last packet carries the marker
+    /// bit), or at [`MAX_RUN`] packets: what waits behind a longer run
+    /// (after the thread was descheduled, say) is not held up for it.
+    fn run_complete(&self) -> bool {
+        self.effects.back().is_some_and(|fx| {
+            fx.forwards.len() >= MAX_RUN
+                || fx
+                    .forwards
+                    .last()
+                    .is_some_and(|f| f.marker && f.kind == MediaKind::Video)
+        })
     }
 
     fn receive(
