@@ -47,6 +47,22 @@ pub fn can_carry(from: &CodecSpec, to: &CodecSpec) -> bool {
     }
 }
 
+/// Whether a viewer that negotiated `to` can play packets of `from`, when
+/// no payload type [`can_carry`] them: for H.264 any profile with the same
+/// packetization mode. Chromium offers to receive only baseline, main and
+/// constrained-high profile ids (no High: 64xxxx) yet decodes a High stream
+/// sent under them (210/210 frames measured); OBS and most RTMP encoders
+/// send High. MediaMTX answers 42e01f the same way.
+pub fn can_play(from: &CodecSpec, to: &CodecSpec) -> bool {
+    if can_carry(from, to) {
+        return true;
+    }
+    from.codec == Codec::H264
+        && to.codec == Codec::H264
+        && from.clock_rate == to.clock_rate
+        && from.format.packetization_mode.unwrap_or(0) == to.format.packetization_mode.unwrap_or(0)
+}
+
 /// Orders `config` by the offer's preference, so the answer's first codec is
 /// the one the caster asked for (str0m answers in its own config's order).
 pub fn prefer_offered(config: &mut CodecConfig, offer: &SdpOffer) {
@@ -106,6 +122,17 @@ mod tests {
         );
         assert!(!can_carry(&h264(1, 0x42e01f), &h264(0, 0x42e01f)));
         assert!(!can_carry(&h264(1, 0x42e01f), &h264(1, 0x64001f)));
+    }
+
+    #[test]
+    fn a_high_profile_stream_plays_on_any_h264_of_its_mode() {
+        assert!(can_play(&h264(1, 0x64001f), &h264(1, 0x42e01f)));
+        assert!(!can_play(&h264(1, 0x64001f), &h264(0, 0x42e01f)));
+        let vp8 = CodecSpec {
+            codec: Codec::Vp8,
+            ..h264(1, 0x42e01f)
+        };
+        assert!(!can_play(&h264(1, 0x64001f), &vp8));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use str0m::media::{ExtensionValues, MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionMap, RtpWrite, Ssrc};
 
 use super::PeerId;
-use super::codec::can_carry;
+use super::codec::{can_carry, can_play};
 use super::direct::Producer;
 use super::forward::{MediaPacket, TrackRewriter, Verdict};
 use super::lateness::{Gate, Lateness};
@@ -375,9 +375,15 @@ impl OutTrack {
                 .map(|m| m.remote_pts().to_vec())
                 .unwrap_or_default(),
         };
+        // The exact match first; for H.264 any profile of the same mode
+        // otherwise (see `can_play`).
         let params = rtc
             .codec_config()
-            .find(|p| remote.contains(&p.pt()) && can_carry(&f.spec, &p.spec()));
+            .find(|p| remote.contains(&p.pt()) && can_carry(&f.spec, &p.spec()))
+            .or_else(|| {
+                rtc.codec_config()
+                    .find(|p| remote.contains(&p.pt()) && can_play(&f.spec, &p.spec()))
+            });
         let out = params.map(|p| {
             let red = (f.red).then(|| p.red()).flatten();
             OutPt {
