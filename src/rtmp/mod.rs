@@ -23,12 +23,12 @@
 //! - [`audio`]: AAC-LC to Opus (decode, resample to 48 kHz, encode).
 
 mod amf;
-// pub mod audio;
+pub mod audio;
 pub mod flv;
 pub mod h264;
 pub mod session;
 
-// pub use audio::{AacToOpus, AudioError, OpusFrame};
+pub use audio::{AacToOpus, AudioError, OpusFrame};
 pub use flv::{AacConfig, AudioTag, AvcConfig, FlvError, NaluLengthSize, VideoTag};
 pub use h264::{H264Error, H264Packetizer, RtpOut};
 pub use session::{CloseReason, PublishRequest, RtmpConn, RtmpError, RtmpOutput, StreamMetadata};
