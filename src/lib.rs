@@ -16,6 +16,7 @@ pub mod media;
 pub mod memory;
 pub mod metrics;
 pub mod peerjs;
+pub mod rtmp;
 pub mod sfu;
 pub mod skyway;
 pub mod tls;
