@@ -253,6 +253,58 @@ fn snr_db(x: &[f32], y: &[f32]) -> f64 {
     10.0 * (sig / noise.max(1e-20)).log10()
 }
 
+/// Writes Opus frames as Ogg and decodes them with ffmpeg to 48 kHz f32.
+fn ffmpeg_decode(dir: &std::path::Path, stem: &str, frames: &[OpusFrame]) -> Vec<f32> {
+    let ogg = dir.join(format!("{stem}.opus"));
+    std::fs::write(&ogg, ogg_opus(frames)).unwrap();
+    let pcm = dir.join(format!("{stem}.f32"));
+    sh(&format!(
+        "ffmpeg -hide_banner -loglevel error -y -i {} -ar 48000 -ac 2 -f f32le {}",
+        ogg.display(),
+        pcm.display()
+    ));
+    read_f32le(&pcm)
+}
+
+/// The Opus encoders alone on the 48 kHz source (no AAC), both decoded by
+/// ffmpeg: mousiki at `bitrate` vs libopus at `bitrate`.
+fn encoders_alone(
+    dir: &std::path::Path,
+    name: &str,
+    reference: &[f32],
+    bitrate: u32,
+) -> (f64, f64, f64) {
+    let mut enc = Encoder::builder(OPUS_RATE, Channels::Stereo, Application::Audio)
+        .bitrate(Bitrate::Bits(bitrate as i32))
+        .build()
+        .unwrap();
+    let mut pkt = vec![0u8; MAX_OPUS_PACKET];
+    let started = std::time::Instant::now();
+    let frames: Vec<OpusFrame> = reference
+        .chunks_exact(FRAME_SAMPLES * 2)
+        .enumerate()
+        .map(|(i, c)| {
+            let n = enc.encode_float(c, &mut pkt).unwrap();
+            OpusFrame {
+                payload: Bytes::copy_from_slice(&pkt[..n]),
+                rtp_ts: (i * FRAME_SAMPLES) as u32,
+            }
+        })
+        .collect();
+    let ms_per_s =
+        started.elapsed().as_secs_f64() * 1000.0 / (reference.len() / 2) as f64 * 48_000.0;
+    let ours = ffmpeg_decode(dir, &format!("{name}_enc_ours"), &frames);
+    let d = dir.display();
+    sh(&format!(
+        "ffmpeg -hide_banner -loglevel error -y -f f32le -ar 48000 -ac 2 -i {d}/{name}.f32 \
+         -c:a libopus -b:a {bitrate} -frame_duration 20 {d}/{name}_enc_lib.opus && \
+         ffmpeg -hide_banner -loglevel error -y -i {d}/{name}_enc_lib.opus -ar 48000 -ac 2 \
+         -f f32le {d}/{name}_enc_lib.f32"
+    ));
+    let lib = read_f32le(&dir.join(format!("{name}_enc_lib.f32")));
+    (snr_db(reference, &ours), snr_db(reference, &lib), ms_per_s)
+}
+
 #[test]
 #[ignore = "measurement: needs ffmpeg (libopus) and espeak-ng; prints figures"]
 fn opus_quality_vs_libopus() {
@@ -276,6 +328,23 @@ fn opus_quality_vs_libopus() {
          -filter_complex '[1]aformat=channel_layouts=stereo[n];[0][n]amix=inputs=2:normalize=0' \
          -ar 48000 -ac 2 -f f32le {d}/music.f32"
     ));
+    println!("Opus encoders alone, 48 kHz stereo source, decoded by ffmpeg:");
+    println!(
+        "| signal | bitrate | mousiki | libopus (ffmpeg) | mousiki encode CPU (ms per audio s) |"
+    );
+    println!("|---|---|---|---|---|");
+    for name in ["speech", "music"] {
+        let reference = read_f32le(&dir.join(format!("{name}.f32")));
+        for bitrate in [64_000, 128_000] {
+            let (ours, lib, cpu) = encoders_alone(&dir, name, &reference, bitrate);
+            println!(
+                "| {name} | {} k | {ours:.1} dB | {lib:.1} dB | {cpu:.2} |",
+                bitrate / 1000
+            );
+        }
+    }
+    println!();
+    println!("Full transcode, AAC 160 kbit/s -> Opus 128 kbit/s, SNR vs the source:");
     println!(
         "| signal | AAC rate | AAC only (ceiling) | ours: AAC->mousiki Opus | ffmpeg: AAC->libopus | CPU ours (ms per audio s) |"
     );
@@ -304,7 +373,10 @@ fn opus_quality_vs_libopus() {
             let ours = transcode(&config, &frames, DEFAULT_BITRATE);
             let cpu = started.elapsed();
             let audio_s = frames.len() as f64 * 1024.0 / f64::from(rate);
-            let ours_pcm = decode_opus(&ours);
+            // Decoded by ffmpeg, like libopus's output: mousiki 0.2.1's own
+            // *decoder* scores ~12 dB on these signals, far below libopus's
+            // decoder on the same packets (see BENCHMARKS-rtmp-notes.md).
+            let ours_pcm = ffmpeg_decode(&dir, &format!("{name}_{rate}_ours"), &ours);
             let aac_only = read_f32le(&dir.join(format!("{name}_{rate}_aac.f32")));
             let libopus = read_f32le(&dir.join(format!("{name}_{rate}_libopus.f32")));
             println!(
@@ -316,4 +388,65 @@ fn opus_quality_vs_libopus() {
             );
         }
     }
+}
+
+/// Ogg CRC-32 (polynomial 0x04c11db7, no reflection), RFC 3533.
+fn ogg_crc(data: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for b in data {
+        crc ^= u32::from(*b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+fn ogg_page(out: &mut Vec<u8>, packet: &[u8], granule: u64, seq: u32, flags: u8) {
+    let mut lacing = vec![255u8; packet.len() / 255];
+    lacing.push((packet.len() % 255) as u8);
+    let start = out.len();
+    out.extend_from_slice(b"OggS");
+    out.extend([0, flags]);
+    out.extend(granule.to_le_bytes());
+    out.extend(0x5645_5353u32.to_le_bytes()); // serial
+    out.extend(seq.to_le_bytes());
+    out.extend([0; 4]); // crc, filled below
+    out.push(lacing.len() as u8);
+    out.extend(lacing);
+    out.extend_from_slice(packet);
+    let crc = ogg_crc(&out[start..]);
+    out[start + 22..start + 26].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Ogg Opus file (RFC 7845) of 20 ms stereo frames, for ffmpeg to decode.
+pub(crate) fn ogg_opus(frames: &[OpusFrame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut head = b"OpusHead".to_vec();
+    head.extend([1, 2]);
+    head.extend(312u16.to_le_bytes()); // pre-skip: the encoder's lookahead
+    head.extend(48_000u32.to_le_bytes());
+    head.extend([0, 0, 0]);
+    ogg_page(&mut out, &head, 0, 0, 2);
+    let mut tags = b"OpusTags".to_vec();
+    tags.extend(6u32.to_le_bytes());
+    tags.extend(b"vessel");
+    tags.extend(0u32.to_le_bytes());
+    ogg_page(&mut out, &tags, 0, 1, 0);
+    for (i, f) in frames.iter().enumerate() {
+        let last = i + 1 == frames.len();
+        let granule = (i as u64 + 1) * FRAME_SAMPLES as u64;
+        ogg_page(
+            &mut out,
+            &f.payload,
+            granule,
+            i as u32 + 2,
+            if last { 4 } else { 0 },
+        );
+    }
+    out
 }

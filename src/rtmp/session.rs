@@ -399,7 +399,7 @@ impl RtmpConn {
                     }
                     let input = self.in_buf.split_to(C0C1_LEN).freeze();
                     run_handshake(hs, input, &mut self.write_buf)?;
-                    let hs = std::mem::replace(hs, Box::default());
+                    let hs = std::mem::take(hs);
                     self.phase = Phase::AwaitC2(hs);
                 }
                 Phase::AwaitC2(hs) => {
