@@ -10,7 +10,7 @@ use futures_util::Stream;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::sfu::LiveState;
+use crate::sfu::{LiveState, PeerId, SourceInfo};
 
 #[derive(Default)]
 pub struct LiveBoard {
@@ -21,13 +21,56 @@ pub struct LiveBoard {
 struct Entry {
     tx: watch::Sender<LiveState>,
     shards: HashMap<usize, LiveState>,
+    notes: Option<Notes>,
+}
+
+/// What a caster outside WebRTC (RTMP) tells of its live.
+struct Notes {
+    /// The caster's session: only it may change or clear them.
+    by: PeerId,
+    ingest: &'static str,
+    source: SourceInfo,
+    warnings: Vec<String>,
 }
 
 fn off_air(live: &str) -> LiveState {
     LiveState {
         live: live.to_string(),
-        on_air: false,
-        viewers: 0,
+        ..Default::default()
+    }
+}
+
+impl Entry {
+    fn new(live: &str) -> Self {
+        Entry {
+            tx: watch::channel(off_air(live)).0,
+            shards: HashMap::new(),
+            notes: None,
+        }
+    }
+
+    /// The shards' states summed, with the notes; sent if changed.
+    fn publish(&self, live: &str) -> LiveState {
+        let total = LiveState {
+            live: live.to_string(),
+            on_air: self.shards.values().any(|s| s.on_air),
+            viewers: self.shards.values().map(|s| s.viewers).sum(),
+            ingest: self.notes.as_ref().map(|n| n.ingest),
+            source: self.notes.as_ref().map(|n| n.source.clone()),
+            warnings: self
+                .notes
+                .as_ref()
+                .map(|n| n.warnings.clone())
+                .unwrap_or_default(),
+        };
+        if *self.tx.borrow() != total {
+            self.tx.send_replace(total.clone());
+        }
+        total
+    }
+
+    fn idle(&self, total: &LiveState) -> bool {
+        !total.on_air && total.viewers == 0 && self.notes.is_none() && self.tx.receiver_count() == 0
     }
 }
 
@@ -37,24 +80,55 @@ impl LiveBoard {
     pub fn update_from(&self, shard: usize, state: LiveState) {
         let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         let name = state.live.clone();
-        let entry = lives.entry(name.clone()).or_insert_with(|| Entry {
-            tx: watch::channel(off_air(&name)).0,
-            shards: HashMap::new(),
-        });
+        let entry = lives
+            .entry(name.clone())
+            .or_insert_with(|| Entry::new(&name));
         entry.shards.insert(shard, state);
         entry.shards.retain(|_, s| s.on_air || s.viewers > 0);
-        let total = LiveState {
-            live: name.clone(),
-            on_air: entry.shards.values().any(|s| s.on_air),
-            viewers: entry.shards.values().map(|s| s.viewers).sum(),
-        };
-        if *entry.tx.borrow() != total {
-            entry.tx.send_replace(total.clone());
-        }
+        let total = entry.publish(&name);
         // Forget idle lives nobody watches, so arbitrary names cannot grow
         // the board without bound.
-        if !total.on_air && total.viewers == 0 && entry.tx.receiver_count() == 0 {
+        if entry.idle(&total) {
             lives.remove(&name);
+        }
+    }
+
+    /// What caster `by` (an RTMP publish) tells of `live`: replaces what it
+    /// told before; another caster's notes are replaced too (the newest
+    /// caster is the live's).
+    pub fn set_notes(
+        &self,
+        live: &str,
+        by: PeerId,
+        ingest: &'static str,
+        source: SourceInfo,
+        warnings: Vec<String>,
+    ) {
+        let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = lives
+            .entry(live.to_string())
+            .or_insert_with(|| Entry::new(live));
+        entry.notes = Some(Notes {
+            by,
+            ingest,
+            source,
+            warnings,
+        });
+        entry.publish(live);
+    }
+
+    /// Caster `by` ended: its notes go (not a newer caster's).
+    pub fn clear_notes(&self, live: &str, by: PeerId) {
+        let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = lives.get_mut(live) else {
+            return;
+        };
+        if entry.notes.as_ref().is_some_and(|n| n.by == by) {
+            entry.notes = None;
+            let total = entry.publish(live);
+            if entry.idle(&total) {
+                lives.remove(live);
+            }
         }
     }
 
@@ -112,7 +186,8 @@ impl LiveBoard {
         let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = lives.get(live) {
             let s = e.tx.borrow();
-            let idle = !s.on_air && s.viewers == 0 && e.tx.receiver_count() == 0;
+            let idle =
+                !s.on_air && s.viewers == 0 && e.notes.is_none() && e.tx.receiver_count() == 0;
             drop(s);
             if idle {
                 lives.remove(live);
@@ -124,10 +199,7 @@ impl LiveBoard {
         let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
         lives
             .entry(live.to_string())
-            .or_insert_with(|| Entry {
-                tx: watch::channel(off_air(live)).0,
-                shards: HashMap::new(),
-            })
+            .or_insert_with(|| Entry::new(live))
             .tx
             .subscribe()
     }
@@ -168,6 +240,7 @@ mod tests {
             live: live.into(),
             on_air,
             viewers,
+            ..Default::default()
         }
     }
 

@@ -267,6 +267,25 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         layers.skyway = Some((layer, config.skyway.path.clone()));
         socket_ios.push(io);
     }
+    let rtmp = if config.rtmp.rtmp_disabled {
+        None
+    } else {
+        let listener = TcpListener::bind(config.rtmp.rtmp_listen)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen for RTMP on {}: {e} (is nginx-rtmp or another RTMP server \
+                 running? choose another address with --rtmp, or run without RTMP with --no-rtmp)",
+                    config.rtmp.rtmp_listen
+                )
+            })?;
+        let addr = listener.local_addr().unwrap_or(config.rtmp.rtmp_listen);
+        let ingest = vessel::rtmp::ingest::IngestConfig {
+            opus_bitrate: config.rtmp.rtmp_opus_kbps * 1000,
+        };
+        tokio::spawn(vessel::rtmp::ingest::serve(listener, state.clone(), ingest));
+        Some(addr)
+    };
     let app = router(state, &config.cors_origin, &config.peerjs.path, layers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The bound address: with port 0 (as tests use) the system chose it.
@@ -281,6 +300,13 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(addr) = rtmp {
+        tracing::info!(
+            "RTMP on {addr}: OBS Server rtmp://{addr}/{app}, Stream Key demo (a keyed live: \
+             demo?key=KEY); FFmpeg: -f flv rtmp://{addr}/{app}/demo",
+            app = vessel::rtmp::ingest::APP
+        );
+    }
     if let Some(ice) = &ice {
         tracing::info!(
             "STUN/TURN on udp and tcp {}{}; clients get credentials from the WHIP/WHEP \

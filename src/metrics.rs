@@ -53,6 +53,9 @@ pub struct Metrics {
     pub late_drops: Counter,
     /// Caster packets written to viewers.
     pub copies: Counter,
+    /// RTMP publishes on air now, and those that sent B-frames.
+    pub rtmp_publishing: Gauge,
+    pub rtmp_bframes: Counter,
     /// Sessions' `Rtc`s drained, and timeouts handed to them.
     pub rtc_polls: Counter,
     pub rtc_timeouts: Counter,
@@ -104,6 +107,8 @@ impl Metrics {
             late_skips: Counter::default(),
             late_drops: Counter::default(),
             copies: Counter::default(),
+            rtmp_publishing: Gauge::default(),
+            rtmp_bframes: Counter::default(),
             rtc_polls: Counter::default(),
             rtc_timeouts: Counter::default(),
             forwarding_delay: Histogram::new(FORWARDING_BUCKETS),
@@ -181,6 +186,16 @@ impl Metrics {
             "late_packets_dropped",
             "Packets not sent to viewers because they were behind",
             m.late_drops.clone(),
+        );
+        registry.register(
+            "rtmp_publishing",
+            "RTMP publishes (OBS, FFmpeg) casting now",
+            m.rtmp_publishing.clone(),
+        );
+        registry.register(
+            "rtmp_bframe_streams",
+            "RTMP publishes that sent B-frames, which WebRTC players show badly (see the log for the fix)",
+            m.rtmp_bframes.clone(),
         );
         registry.register(
             "forwarded_copies",

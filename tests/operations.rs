@@ -229,6 +229,8 @@ fn first_log_line(args: &[&str], env: &[(&str, &str)]) -> (String, Option<i32>) 
             "127.0.0.1:0",
             "--turn",
             "127.0.0.1:0",
+            "--rtmp",
+            "127.0.0.1:0",
         ])
         .args(args)
         .envs(env.iter().copied())

@@ -102,6 +102,9 @@ pub struct Config {
     pub turn: TurnFlags,
 
     #[command(flatten)]
+    pub rtmp: RtmpFlags,
+
+    #[command(flatten)]
     pub limits: LimitsFlags,
 }
 
@@ -439,6 +442,32 @@ pub struct AccessFlags {
     /// forwarded_for, protocol); a 2xx answer admits, anything else denies.
     #[arg(long = "admission-webhook", env = "VESSEL_ADMISSION_WEBHOOK")]
     pub admission_webhook: Option<String>,
+}
+
+/// RTMP ingest: OBS, FFmpeg and hardware encoders publish a live over
+/// RTMP (H.264 + AAC); WebRTC viewers get it with Opus audio.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "RTMP")]
+pub struct RtmpFlags {
+    /// RTMP listen address (port 0: any free port). OBS: Server
+    /// rtmp://HOST:1935/live, Stream Key the live's name (a keyed live:
+    /// NAME?key=KEY).
+    #[arg(long = "rtmp", env = "VESSEL_RTMP", default_value = "127.0.0.1:1935")]
+    pub rtmp_listen: SocketAddr,
+
+    /// Run without the RTMP listener.
+    #[arg(long = "no-rtmp", env = "VESSEL_NO_RTMP")]
+    pub rtmp_disabled: bool,
+
+    /// Bit rate of the Opus audio transcoded from an RTMP stream's AAC,
+    /// kbit/s (stereo).
+    #[arg(
+        long = "rtmp-opus-bitrate",
+        env = "VESSEL_RTMP_OPUS_BITRATE",
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(6..=510)
+    )]
+    pub rtmp_opus_kbps: u32,
 }
 
 /// The built-in STUN/TURN server.

@@ -21,12 +21,22 @@
 //! - [`flv`]: FLV video/audio tag bodies and codec configuration records.
 //! - [`h264`]: AVCC access units to RFC 6184 RTP payloads.
 //! - [`audio`]: AAC-LC to Opus (decode, resample to 48 kHz, encode).
+//!
+//! And the wiring, which is IO: [`ingest`] (the TCP listener, one task per
+//! connection, the pipeline above) and [`bridge`] (the live's WebRTC
+//! session the RTP goes out on, as a WHIP caster's would).
 
 mod amf;
 pub mod audio;
+pub mod bridge;
 pub mod flv;
 pub mod h264;
+pub mod ingest;
 pub mod session;
+
+/// Packets an RTMP publish's session holds until it has connected (a few
+/// seconds of a stream: the first keyframe is among them).
+const MAX_EARLY_PACKETS: usize = 1024;
 
 pub use audio::{AacToOpus, AudioError, OpusFrame};
 pub use flv::{AacConfig, AudioTag, AvcConfig, FlvError, NaluLengthSize, VideoTag};

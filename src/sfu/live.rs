@@ -55,6 +55,7 @@ impl Live {
             live: self.name.to_string(),
             on_air: self.on_air,
             viewers: self.watching,
+            ..Default::default()
         }
     }
 

@@ -217,12 +217,34 @@ fn new_dtls_cert() -> Option<DtlsCert> {
 }
 
 /// The public state of a live, as the API and the pages show it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveState {
     pub live: String,
     pub on_air: bool,
     pub viewers: usize,
+    /// How the caster reaches Vessel when it is not WebRTC (`"rtmp"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<&'static str>,
+    /// What such a caster sends, as far as known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceInfo>,
+    /// Problems with the live viewers should know of (and the streamer
+    /// can fix), each with its fix.
+    pub warnings: Vec<String>,
+}
+
+/// What an RTMP caster sends (from its metadata and codec headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceInfo {
+    pub video_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub framerate: Option<u32>,
+    pub video_kbps: Option<u32>,
+    pub audio_codec: Option<String>,
+    pub audio_kbps: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

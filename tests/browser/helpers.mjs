@@ -172,6 +172,7 @@ export class VesselServer {
       '--media', `${this.bind}:${this.mediaPort}`,
       // Vessel picks a free STUN/TURN port; clients learn it from /api/ice-servers.
       '--turn', `${this.bind}:0`,
+      '--rtmp', `${this.bind}:0`,
       // Two media workers on every machine: sessions alternate between them, so the tests
       // cover media crossing shards (ports mediaPort and mediaPort + 1).
       '--workers', '2',

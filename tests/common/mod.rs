@@ -34,8 +34,9 @@ impl Server {
         Self::start_with_args(&["--media", media])
     }
 
-    /// With extra flags, which replace the defaults `--media 127.0.0.1:0`
-    /// and `--turn 127.0.0.1:0` when they name the same flag.
+    /// With extra flags, which replace the defaults `--media 127.0.0.1:0`,
+    /// `--turn 127.0.0.1:0` and `--rtmp 127.0.0.1:0` when they name the
+    /// same flag.
     pub fn start_with_args(extra: &[&str]) -> Self {
         Self::start_full("127.0.0.1", extra, &[])
     }
@@ -48,7 +49,11 @@ impl Server {
     pub fn start_full(bind_ip: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let bind = format!("{bind_ip}:0");
         let mut args = vec!["--http", &bind];
-        for (flag, default) in [("--media", "127.0.0.1:0"), ("--turn", "127.0.0.1:0")] {
+        for (flag, default) in [
+            ("--media", "127.0.0.1:0"),
+            ("--turn", "127.0.0.1:0"),
+            ("--rtmp", "127.0.0.1:0"),
+        ] {
             if !extra.contains(&flag) {
                 args.extend([flag, default]);
             }
@@ -199,6 +204,7 @@ pub struct Received {
     pub ssrc: Ssrc,
     pub seq: u64,
     pub ts: u32,
+    pub marker: bool,
     pub payload: Vec<u8>,
 }
 
@@ -494,6 +500,7 @@ impl Client {
                     ssrc: p.header.ssrc,
                     seq: *p.seq_no,
                     ts: p.header.timestamp,
+                    marker: p.header.marker,
                     payload: p.payload.to_vec(),
                 });
             }

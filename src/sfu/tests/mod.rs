@@ -491,7 +491,8 @@ fn a_live_goes_on_air_when_its_caster_connects() {
         Some(LiveState {
             live: "show".into(),
             on_air: true,
-            viewers: 0
+            viewers: 0,
+            ..Default::default()
         })
     );
 }
