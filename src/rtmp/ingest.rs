@@ -73,6 +73,7 @@ async fn connection(
     drop(_enter);
     let mut conn = RtmpConn::new(Instant::now());
     let mut publishing: Option<Pipeline> = None;
+    let mut last_metadata = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(out) = conn.poll_output() {
@@ -114,9 +115,12 @@ async fn connection(
                         }
                     }
                 }
+                // GStreamer's flvmux repeats it every few frames.
+                RtmpOutput::Metadata(m) if last_metadata.as_ref() == Some(&m) => {}
                 RtmpOutput::Metadata(m) => {
                     tracing::info!(parent: &span, width = ?m.width, height = ?m.height, fps = ?m.framerate,
                         video_kbps = ?m.video_kbps, encoder = ?m.encoder, "RTMP stream metadata");
+                    last_metadata = Some(m.clone());
                     if let Some(p) = publishing.as_mut() {
                         let whole = |v: Option<f64>| {
                             v.filter(|v| v.is_finite() && *v > 0.0 && *v < 1e6)

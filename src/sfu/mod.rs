@@ -444,6 +444,7 @@ impl Sfu {
             cast,
             plays,
             bwe: (0, 0),
+            bwe_seeded: false,
             stats_seen: Default::default(),
             candidates: 0,
             direct: None,

@@ -50,6 +50,9 @@ pub(super) struct Peer {
     /// The (minimum, desired) bitrates last given to str0m's BWE, all
     /// video tracks together.
     pub bwe: (u64, u64),
+    /// Its bandwidth estimate has been started from what the live needs
+    /// (see `Sfu::choose_layer`), or str0m has measured one.
+    pub bwe_seeded: bool,
     pub stats_seen: super::stats::StatsSeen,
     /// Remote candidates given to str0m (bounded: ICE-lite needs none).
     pub candidates: usize,

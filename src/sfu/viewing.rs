@@ -122,10 +122,12 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        let initial = self.config.initial_estimate;
         let Peer {
             plays,
             rtc,
             bwe,
+            bwe_seeded,
             live: session_live,
             ..
         } = peer;
@@ -142,6 +144,27 @@ impl Sfu {
         }
         if layers.is_empty() {
             return;
+        }
+        let mut mutated = false;
+        *bwe_seeded |= estimate.is_some();
+        // A live whose lowest layer needs more than the initial estimate
+        // (an RTMP encoder at 3 Mbit/s, one layer) would be paced at that
+        // estimate while it grows, queueing for seconds: the estimate
+        // starts from what the lowest layer needs instead, once, before
+        // str0m has measured anything.
+        let lowest = layers
+            .iter()
+            .filter(|l| l.active && l.bitrate > 0)
+            .map(|l| l.bitrate)
+            .min();
+        if !*bwe_seeded && let Some(lowest) = lowest {
+            *bwe_seeded = true;
+            let need = lowest.saturating_mul(5) / 4;
+            if need > initial {
+                tracing::debug!(live = %session_live, peer = %id.log(), need, "bandwidth estimate starts at the live's rate");
+                rtc.bwe().reset(Bitrate::bps(need));
+                mutated = true;
+            }
         }
         let spliced = track
             .target
@@ -168,6 +191,9 @@ impl Sfu {
             *bwe = wanted;
             rtc.bwe()
                 .set_bitrate(Bitrate::bps(wanted.0), Bitrate::bps(wanted.1));
+            mutated = true;
+        }
+        if mutated {
             // Drained after the change, as str0m asks of every mutation.
             self.drive(id, now);
         }
