@@ -401,6 +401,7 @@ export async function rtcStats(page, pcExpr) {
         out.audio = {
           packetsReceived: s.packetsReceived ?? 0,
           totalSamplesReceived: s.totalSamplesReceived ?? 0,
+          totalAudioEnergy: s.totalAudioEnergy ?? 0,
         };
       } else if (s.type === 'outbound-rtp' && (s.kind === 'video' || s.kind === 'audio')) {
         const prev = out.sent[s.kind] ?? { packetsSent: 0, framesEncoded: 0, layers: [] };
