@@ -11,7 +11,7 @@
 //!   tone test vs libopus's 44 dB) and over the libopus bindings
 //!   (`opus`/`audiopus_sys`/`opus-static-sys`/`libopus_sys` all build
 //!   libopus with cmake, which a fresh machine doesn't have). Measured
-//!   against ffmpeg's libopus in BENCHMARKS-rtmp-notes.md: 1.6 dB (speech)
+//!   against ffmpeg's libopus in BENCHMARKS.md ("RTMP ingest"): 1.6 dB (speech)
 //!   to 3.7 dB (music) below libopus at 128 kbit/s, decoded by ffmpeg.
 //!   Only its encoder is used: its *decoder* scores far lower (~12 dB on
 //!   the same packets), so the tests use it for coarse checks only.

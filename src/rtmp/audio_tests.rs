@@ -375,7 +375,7 @@ fn opus_quality_vs_libopus() {
             let audio_s = frames.len() as f64 * 1024.0 / f64::from(rate);
             // Decoded by ffmpeg, like libopus's output: mousiki 0.2.1's own
             // *decoder* scores ~12 dB on these signals, far below libopus's
-            // decoder on the same packets (see BENCHMARKS-rtmp-notes.md).
+            // decoder on the same packets (see BENCHMARKS.md ("RTMP ingest")).
             let ours_pcm = ffmpeg_decode(&dir, &format!("{name}_{rate}_ours"), &ours);
             let aac_only = read_f32le(&dir.join(format!("{name}_{rate}_aac.f32")));
             let libopus = read_f32le(&dir.join(format!("{name}_{rate}_libopus.f32")));
