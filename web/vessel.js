@@ -278,6 +278,8 @@ class Session extends Emitter {
     this.state = 'connecting';
     /** Viewers of the live, from the server's event stream. */
     this.viewers = 0;
+    /** The live's warnings (strings, each with its fix); see the `warnings` event. */
+    this.warnings = [];
     /** Whether the live is on air, from the server's event stream. */
     this.onAir = false;
     /**
@@ -638,6 +640,13 @@ class Session extends Emitter {
       this.viewers = viewers;
       this.emit('viewers', viewers);
     }
+    // Problems with the live the streamer can fix (an RTMP encoder sending B-frames), each
+    // with its fix: the pages show them.
+    const warnings = Array.isArray(info.warnings) ? info.warnings.map(String) : [];
+    if (warnings.join('\n') !== this.warnings.join('\n')) {
+      this.warnings = warnings;
+      this.emit('warnings', warnings);
+    }
     this.onAir = Boolean(info.onAir);
     this._updateState();
   }
@@ -651,6 +660,8 @@ class Session extends Emitter {
  *   `unauthorized` = the server refused the stream key (or its absence) with 401; nothing is
  *   retried until {@link Publisher#setKey} gives one.
  * - `viewers` (number)
+ * - `warnings` (string[]) — problems with the live its caster can fix, each with the fix
+ *   (an RTMP encoder sending B-frames); empty when there are none.
  * - `session` (string) — the id of a new WHIP session (also in `publisher.session`): pass it
  *   to the chat ({@link Chat#setSession}) to moderate it.
  * - `shutdown` (string) — the server announced that it is stopping; the publisher reconnects
@@ -787,6 +798,8 @@ export class Publisher extends Session {
  *   The connection is kept in both, and playback resumes by itself when the caster comes back.
  * - `stream` (MediaStream) — a new stream after each (re)connection.
  * - `viewers` (number)
+ * - `warnings` (string[]) — problems with the live its caster can fix (an RTMP encoder sending
+ *   B-frames), each with the fix; empty when there are none.
  * - `stats` ({@link PlayerStats}) — every second while connected and receiving video.
  * - `layer` ({@link Layer}) — after `setLayer` changed it.
  * - `session` (string) — the id of a new WHEP session (also in `player.session`).

@@ -70,3 +70,30 @@ test('r: FFmpeg over RTMP (H.264 High + AAC 44.1 kHz) plays on the play page wit
     }
   }),
 );
+
+test('s: an RTMP encoder sending B-frames: the play page shows the warning with its fix', { timeout: 60000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('s');
+    const addr = await rtmpAddress();
+    const args = [
+      '-hide_banner', '-loglevel', 'error', '-re',
+      '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=30',
+      '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-profile:v', 'high', '-bf', '3', '-g', '30',
+      '-an', '-t', '30', '-f', 'flv', `rtmp://${addr}/live/${live}`,
+    ];
+    const ffmpeg = spawn('ffmpeg', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      const viewer = await h.open(`/play/${live}`, `play ${live}`);
+      const text = await waitFor(
+        () => viewer.evaluate(() => document.getElementById('warnings').textContent),
+        20000,
+        'the B-frames warning on the play page',
+      );
+      assert.match(text, /B-frames/);
+      assert.match(text, /bframes=0/);
+      await h.closePage(viewer);
+    } finally {
+      ffmpeg.kill('SIGKILL');
+    }
+  }),
+);
