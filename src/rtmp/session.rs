@@ -70,9 +70,10 @@ const MAX_AMF_MESSAGE_BYTES: usize = 64 << 10;
 /// each `receive` otherwise at most one partial chunk is left).
 pub const MAX_BUFFERED_BYTES: usize = 1 << 20;
 /// Handshake, connect and publish must be done within this.
-pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// A publisher that sends nothing for this long is gone.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A publisher that sends nothing for this long is gone (an encoder sends
+/// 30 frames a second; 10 s is a dead link, not a pause).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chunk size we send with (what FFmpeg, OBS and nginx-rtmp use).
 const OUR_CHUNK_SIZE: usize = 4096;
 /// Our acknowledgement window and peer bandwidth (FFmpeg's value).
@@ -280,12 +281,12 @@ impl RtmpConn {
             Phase::Closed => return,
             Phase::Publishing { .. } => None,
             _ if now >= self.created + SETUP_TIMEOUT => {
-                Some("handshake, connect and publish not done within 15 s")
+                Some("handshake, connect and publish not done within 10 s")
             }
             _ => None,
         };
         let reason = reason.or_else(|| {
-            (now >= self.last_rx + IDLE_TIMEOUT).then_some("no data from the client for 30 s")
+            (now >= self.last_rx + IDLE_TIMEOUT).then_some("no data from the client for 10 s")
         });
         if let Some(r) = reason {
             self.close(CloseReason::Timeout(r));
