@@ -40,7 +40,7 @@ function publish(addr, live, seconds = 40) {
   return proc;
 }
 
-test('r: FFmpeg over RTMP (H.264 High + AAC 44.1 kHz) plays on the play page with video and audio', { timeout: 90000 }, () =>
+test('rt1: FFmpeg over RTMP (H.264 High + AAC 44.1 kHz) plays on the play page with video and audio', { timeout: 90000 }, () =>
   h.diagnose(async () => {
     const live = liveName('r');
     const ffmpeg = publish(await rtmpAddress(), live);
@@ -71,7 +71,7 @@ test('r: FFmpeg over RTMP (H.264 High + AAC 44.1 kHz) plays on the play page wit
   }),
 );
 
-test('s: an RTMP encoder sending B-frames: the play page shows the warning with its fix', { timeout: 60000 }, () =>
+test('rt2: an RTMP encoder sending B-frames: the play page shows the warning with its fix', { timeout: 60000 }, () =>
   h.diagnose(async () => {
     const live = liveName('s');
     const addr = await rtmpAddress();
