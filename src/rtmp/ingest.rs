@@ -69,8 +69,6 @@ async fn connection(
     config: IngestConfig,
 ) {
     let span = tracing::info_span!("rtmp", %remote);
-    let _enter = span.enter();
-    drop(_enter);
     let mut conn = RtmpConn::new(Instant::now());
     let mut publishing: Option<Pipeline> = None;
     let mut last_metadata = None;
@@ -196,7 +194,6 @@ struct Pipeline {
     clock: Clock,
     video: Option<H264Packetizer>,
     audio: Option<Audio>,
-    bframes_told: bool,
     /// Errors already logged (once each kind).
     told: Vec<String>,
 }
@@ -225,7 +222,6 @@ impl Pipeline {
             clock: Clock::default(),
             video: None,
             audio: None,
-            bframes_told: false,
             told: Vec::new(),
         }
     }
@@ -292,8 +288,7 @@ impl Pipeline {
                         captured,
                     });
                 }
-                if bframes && !self.bframes_told {
-                    self.bframes_told = true;
+                if bframes && !self.warnings.iter().any(|w| w == BFRAMES) {
                     self.metrics.rtmp_bframes.inc();
                     tracing::warn!(live = %self.live, "{BFRAMES}");
                     self.warnings.push(BFRAMES.into());

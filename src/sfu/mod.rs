@@ -723,9 +723,7 @@ impl Sfu {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        self.isolated(now, |sfu| {
-            sfu.receive(now, proto, source, destination, contents)
-        });
+        self.handle_receive_run(now, proto, source, destination, contents);
         self.process(now);
     }
 
