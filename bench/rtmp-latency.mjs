@@ -9,12 +9,16 @@
 // play page reads the clock back out of each presented frame: delay = its clock − the painted
 // clock (one machine, one clock). Audio is left out: it does not change the video's delay.
 //
-//   scripts/bench-rtmp-latency [frames per round, default 300]
+//   scripts/bench-rtmp-latency [frames per round, default 300] [keyframe interval in s, default 1]
+//
+// With a long keyframe interval, a viewer starts from the kept group of pictures (src/sfu/gop.rs):
+// the first frames it presents are that group's, older, before it catches up to the live edge.
 
 import { spawn } from 'node:child_process';
 import { Harness, waitInPage } from '../tests/browser/helpers.mjs';
 
 const samples = Number(process.argv[2] || 300);
+const keyframeSeconds = Number(process.argv[3] || 1);
 const W = 640, H = 480, FPS = 30, COLS = 8, ROWS = 6;
 const GUARDS = new Map([[0, 1], [COLS - 1, 0], [(ROWS - 1) * COLS, 0], [ROWS * COLS - 1, 1]]);
 const DATA = [...Array(ROWS * COLS).keys()].filter((i) => !GUARDS.has(i));
@@ -54,7 +58,7 @@ function rtmpSource(h, url) {
     '-hide_banner', '-loglevel', 'error',
     '-f', 'rawvideo', '-pix_fmt', 'gray', '-s', `${W}x${H}`, '-r', String(FPS), '-i', '-',
     '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-pix_fmt', 'yuv420p',
-    '-bf', '0', '-g', String(FPS), '-b:v', '900k', '-maxrate', '900k', '-bufsize', '300k',
+    '-bf', '0', '-g', String(Math.round(FPS * keyframeSeconds)), '-b:v', '900k', '-maxrate', '900k', '-bufsize', '300k',
     '-an', '-flvflags', 'no_duration_filesize', '-f', 'flv', url,
   ], { stdio: ['pipe', 'ignore', 'pipe'] });
   ffmpeg.stderr.on('data', (d) => h.log.add('ffmpeg', d));

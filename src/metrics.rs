@@ -56,6 +56,8 @@ pub struct Metrics {
     /// RTMP publishes on air now, and those that sent B-frames.
     pub rtmp_publishing: Gauge,
     pub rtmp_bframes: Counter,
+    /// Viewers started from a kept group of pictures.
+    pub gop_replays: Counter,
     /// Sessions' `Rtc`s drained, and timeouts handed to them.
     pub rtc_polls: Counter,
     pub rtc_timeouts: Counter,
@@ -109,6 +111,7 @@ impl Metrics {
             copies: Counter::default(),
             rtmp_publishing: Gauge::default(),
             rtmp_bframes: Counter::default(),
+            gop_replays: Counter::default(),
             rtc_polls: Counter::default(),
             rtc_timeouts: Counter::default(),
             forwarding_delay: Histogram::new(FORWARDING_BUCKETS),
@@ -181,6 +184,11 @@ impl Metrics {
             "viewer_skips",
             "Times a viewer's track fell more than 300 ms behind (the server short of CPU, or the viewer's link of bandwidth) and skipped ahead, video to a keyframe",
             m.late_skips.clone(),
+        );
+        registry.register(
+            "gop_replays",
+            "Viewers started at once from the kept group of pictures of a caster that cannot make keyframes on request (RTMP), instead of waiting for its next keyframe",
+            m.gop_replays.clone(),
         );
         registry.register(
             "late_packets_dropped",
@@ -264,6 +272,8 @@ impl Metrics {
         self.late_skips.inc_by(d(now.late_skips, last.late_skips));
         self.late_drops.inc_by(d(now.late_drops, last.late_drops));
         self.copies.inc_by(d(now.copies, last.copies));
+        self.gop_replays
+            .inc_by(d(now.gop_replays, last.gop_replays));
         self.rtc_polls.inc_by(d(now.polls, last.polls));
         self.rtc_timeouts
             .inc_by(d(now.rtc_timeouts, last.rtc_timeouts));

@@ -94,13 +94,32 @@ impl MediaHandle {
         offer: String,
         client: Client,
     ) -> Result<Joined, MediaError> {
+        self.join_with(live, role, offer, client, JoinOptions::default())
+            .await
+    }
+
+    /// [`Media::join`], with options for casters other than browsers.
+    pub async fn join_with(
+        &self,
+        live: &str,
+        role: Role,
+        offer: String,
+        client: Client,
+        options: JoinOptions,
+    ) -> Result<Joined, MediaError> {
         self.sessions.check(&client, live, role)?;
         let placed = self.place(role)?;
         let shard = placed.shard;
         let name = live.to_string();
         let prepared = self
             .prepare(shard, move |setup, now| {
-                setup::prepare(setup, &name, role, &offer, now)
+                setup::prepare(setup, &name, role, &offer, now).map(|p| {
+                    if options.replay_gop {
+                        p.replaying_gop()
+                    } else {
+                        p
+                    }
+                })
             })
             .await?;
         let joined = self

@@ -47,6 +47,14 @@ use run::*;
 use shard::*;
 pub(crate) use tcp::TcpEvent;
 
+/// How a session is set up, beyond its SDP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinOptions {
+    /// A caster that cannot make a keyframe when asked (RTMP): its viewers
+    /// start from its kept group of pictures (`sfu::gop`).
+    pub replay_gop: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     #[error(transparent)]

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::access::Admission;
 use crate::http::AppState;
+use crate::media::JoinOptions;
 use crate::sfu::{PeerId, Role};
 
 /// Packets queued from the RTMP connection to its session, at most: a
@@ -152,7 +153,13 @@ pub async fn publish(
         .ok_or_else(|| BridgeError::Failed("no offer".into()))?;
     let joined = state
         .media
-        .join(live, Role::Cast, offer.to_sdp_string(), client)
+        .join_with(
+            live,
+            Role::Cast,
+            offer.to_sdp_string(),
+            client,
+            JoinOptions { replay_gop: true },
+        )
         .await
         .map_err(|e| refused(e.to_string()))?;
     let peer = joined.peer;

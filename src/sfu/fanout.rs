@@ -22,6 +22,16 @@ impl Sfu {
         {
             return;
         }
+        if let Some(gop) = self
+            .peers
+            .get_mut(&caster)
+            .and_then(|p| p.cast.as_mut())
+            .and_then(|c| c.gop.as_mut())
+        {
+            for f in forwards {
+                gop.push(f);
+            }
+        }
         self.relay(live, forwards);
         self.fan_out(live, forwards, now);
     }

@@ -1,10 +1,12 @@
 //! Keyframe requests from viewers to casters, through each layer's gate.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::bwe::Bitrate;
 use str0m::media::KeyframeRequestKind;
 
-use super::peer::Peer;
+use super::peer::{Forward, Peer, same_live};
 use super::{PeerId, Sfu};
 
 impl Sfu {
@@ -33,6 +35,17 @@ impl Sfu {
         let Some(cast) = peer.cast.as_mut() else {
             return;
         };
+        if let Some(gop) = cast.gop.take() {
+            // The caster cannot make one: its kept group of pictures
+            // serves instead.
+            if let Some(group) = gop.group(layer) {
+                self.replay_gop(live, group, now);
+            }
+            if let Some(cast) = self.peers.get_mut(&caster).and_then(|p| p.cast.as_mut()) {
+                cast.gop = Some(gop);
+            }
+            return;
+        }
         let Some(gate) = cast.video.get_mut(layer).map(|l| &mut l.keyframes) else {
             return;
         };
@@ -41,6 +54,78 @@ impl Sfu {
             self.stats.keyframe_requests_sent += 1;
             self.drive(caster, now);
         }
+    }
+
+    /// Another shard's viewers need a keyframe of `layer`: a caster here
+    /// with a kept group of pictures sends it over, any other is asked.
+    pub(super) fn remote_wants_keyframe(&mut self, live: &Arc<str>, layer: u32, now: Instant) {
+        let group: Option<Option<Arc<[Forward]>>> = self
+            .lives
+            .get(&**live)
+            .and_then(|l| l.caster)
+            .and_then(|c| self.peers.get(&c))
+            .and_then(|p| p.cast.as_ref())
+            .and_then(|c| c.gop.as_ref())
+            .map(|g| g.group(layer).map(Into::into));
+        match group {
+            None => self.want_keyframe(live, layer, now),
+            Some(None) => {}
+            Some(Some(group)) => self.relay_gop(live, group),
+        }
+    }
+
+    /// Starts the viewers of `live` that wait for `group`'s layer from
+    /// `group`, a caster's kept group of pictures.
+    pub(super) fn replay_gop(&mut self, live: &str, group: &[Forward], now: Instant) {
+        let Some(l) = self.lives.get(live) else {
+            return;
+        };
+        let viewers: Vec<PeerId> = l.viewers.iter().copied().collect();
+        let running = self.running;
+        for v in viewers {
+            let Some(peer) = self.peers.get_mut(&v) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            let Peer { plays, rtc, .. } = peer;
+            let Some(track) = plays
+                .iter_mut()
+                .find(|p| same_live(&p.live, live))
+                .and_then(|p| p.video.as_mut())
+            else {
+                continue;
+            };
+            if !track.waits_for(group) {
+                continue;
+            }
+            let first = track.source().is_none();
+            self.running = Some(v);
+            if first && let Some(rate) = super::gop::burst_rate(group) {
+                // A viewer's first estimate is a guess: let the group go
+                // out at a few times the live's rate (str0m's estimate
+                // follows the link from there).
+                rtc.bwe().reset(Bitrate::bps(rate));
+                self.drive(v, now);
+            }
+            let Some(Peer { plays, rtc, .. }) = self.peers.get_mut(&v) else {
+                continue;
+            };
+            let Some(track) = plays
+                .iter_mut()
+                .find(|p| same_live(&p.live, live))
+                .and_then(|p| p.video.as_mut())
+            else {
+                continue;
+            };
+            let copies = track.replay(rtc, group, now);
+            tracing::debug!(%live, peer = %v.log(), copies, "started from the kept group of pictures");
+            self.stats.copies += copies as u64;
+            self.stats.gop_replays += 1;
+            self.touch(v);
+        }
+        self.running = running;
     }
 
     /// Sends the deferred keyframe requests that are due.

@@ -40,6 +40,9 @@ pub struct Lateness {
     behind: bool,
     keyframe: Option<KeyframeSpan>,
     last_skip: Option<Instant>,
+    /// A backlog queued on purpose (a group of pictures replayed to a new
+    /// viewer) drains until then without counting as falling behind.
+    grace_until: Option<Instant>,
 }
 
 /// When the packets of the latest keyframe were queued.
@@ -55,6 +58,10 @@ impl Lateness {
     /// Whether the next packet may be queued, given when the oldest packet
     /// still waiting in the viewer's queue was queued (`None`: empty).
     pub fn check(&mut self, oldest: Option<Instant>, now: Instant) -> Gate {
+        if self.grace_until.is_some_and(|t| now < t) {
+            self.behind = false;
+            return Gate::Pass;
+        }
         let waited = oldest.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         if self.behind {
             if waited > MAX_LATENESS / 3 {
@@ -75,6 +82,12 @@ impl Lateness {
             return Gate::Drop { started: true };
         }
         Gate::Pass
+    }
+
+    /// A backlog was queued on purpose: until `until`, no packet counts
+    /// as late. Afterwards, what still waits is judged as usual.
+    pub fn grace(&mut self, until: Instant) {
+        self.grace_until = Some(until);
     }
 
     /// A packet (of the frame with RTP timestamp `ts`) was queued.
@@ -149,6 +162,21 @@ mod tests {
         l.queued(false, 3000, t0 + ms(33));
         assert_eq!(
             l.check(Some(t0 + ms(33)), t0 + ms(340)),
+            Gate::Drop { started: true }
+        );
+    }
+
+    #[test]
+    fn a_backlog_queued_on_purpose_is_not_late_until_its_grace_ends() {
+        let t0 = Instant::now();
+        let mut l = Lateness::default();
+        l.queued(true, 0, t0);
+        l.queued(false, 3000, t0);
+        l.grace(t0 + ms(1500));
+        assert_eq!(l.check(Some(t0), t0 + ms(1400)), Gate::Pass);
+        // Still waiting after the grace: late as usual.
+        assert_eq!(
+            l.check(Some(t0), t0 + ms(1500)),
             Gate::Drop { started: true }
         );
     }

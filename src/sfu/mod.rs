@@ -10,6 +10,7 @@ mod drive;
 mod effects;
 mod fanout;
 pub mod forward;
+pub mod gop;
 pub mod ids;
 pub mod keyframe;
 mod keyframe_requests;
@@ -397,6 +398,7 @@ impl Sfu {
             Role::Cast => {
                 let mut cast = Cast::new(self.live_name(live), self.config.keyframe_interval, now);
                 cast.producers = p.producers;
+                cast.gop = p.replay_gop.then(gop::GopCache::default);
                 (Some(cast), Vec::new())
             }
             Role::Play => {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::Rtc;
 use str0m::format::CodecSpec;
@@ -137,6 +137,9 @@ pub(super) struct Cast {
     pub video: Layers,
     /// What it sends, as mediasoup-client consumers ask for it.
     pub producers: Vec<Producer>,
+    /// Its current group of pictures, for a caster that cannot make a
+    /// keyframe when asked (RTMP): new viewers start from it.
+    pub gop: Option<super::gop::GopCache>,
 }
 
 impl Cast {
@@ -149,6 +152,7 @@ impl Cast {
             codecs: Vec::new(),
             video: Layers::new(keyframe_interval),
             producers: Vec::new(),
+            gop: None,
         }
     }
 
@@ -235,6 +239,10 @@ pub struct Forward {
     pub primary: Option<Arc<[u8]>>,
 }
 
+/// The longest a replayed group of pictures may take to drain before the
+/// viewer counts as behind.
+const MAX_REPLAY_GRACE: Duration = Duration::from_secs(5);
+
 pub(super) struct OutTrack {
     pub mid: Mid,
     pub ssrc: Ssrc,
@@ -256,6 +264,9 @@ pub(super) struct OutTrack {
     pub direct_pt: Option<Pt>,
     /// How far behind the viewer is.
     lateness: Lateness,
+    /// Video: the group of pictures last replayed to it (source and first
+    /// sequence number), never replayed twice.
+    replayed: Option<(super::forward::SourceId, u64)>,
 }
 
 /// What became of one packet for one viewer.
@@ -288,7 +299,44 @@ impl OutTrack {
             pts: Vec::new(),
             direct_pt: None,
             lateness: Lateness::default(),
+            replayed: None,
         }
+    }
+
+    /// Video: waits to be spliced into `layer` (an SSRC), which the group
+    /// of pictures `group` of that layer could do now.
+    pub fn waits_for(&self, group: &[Forward]) -> bool {
+        let Some(first) = group.first() else {
+            return false;
+        };
+        let source = first.media.source;
+        self.target == Some(source.ssrc)
+            && self.source() != Some(source)
+            && self.replayed != Some((source, first.media.seq))
+            && first.media.keyframe
+    }
+
+    /// Video: splices in a layer from its kept group of pictures
+    /// (see [`super::gop`]): the whole group queued at once, its frames'
+    /// timestamps squeezed so that the viewer catches up to the live edge
+    /// as fast as it receives them. Returns the packets queued.
+    pub fn replay(&mut self, rtc: &mut Rtc, group: &[Forward], now: Instant) -> usize {
+        let Some(first) = group.first() else {
+            return 0;
+        };
+        self.replayed = Some((first.media.source, first.media.seq));
+        let mut queued = 0;
+        for (f, adjust) in group.iter().zip(super::gop::squeeze(group)) {
+            if let Verdict::Send(_) = self.write(rtc, f, adjust, now) {
+                self.lateness.queued(f.media.keyframe, f.media.ts, now);
+                queued += 1;
+            }
+        }
+        // The backlog drains at the pacer's rate while live packets queue
+        // behind it: not late, up to a bound.
+        let grace = (super::gop::span(group) + Duration::from_secs(1)).min(MAX_REPLAY_GRACE);
+        self.lateness.grace(now + grace);
+        queued
     }
 
     /// The caster stream this track is fed from now.
@@ -317,7 +365,7 @@ impl OutTrack {
                 return Sent::Late { started };
             }
         }
-        match self.send_now(rtc, f) {
+        match self.write(rtc, f, 0, f.media.arrival) {
             Verdict::Send(_) => {
                 self.lateness.queued(f.media.keyframe, f.media.ts, now);
                 Sent::Queued
@@ -327,7 +375,9 @@ impl OutTrack {
         }
     }
 
-    fn send_now(&mut self, rtc: &mut Rtc, f: &Forward) -> Verdict {
+    /// Rewrites and queues `f`, its timestamp moved on by `ts_adjust`,
+    /// with `wallclock` as its capture time for str0m's sender reports.
+    fn write(&mut self, rtc: &mut Rtc, f: &Forward, ts_adjust: u32, wallclock: Instant) -> Verdict {
         // Video comes in layers: the current one flows until the chosen one
         // can be spliced in; any other is not for this viewer.
         if f.kind == MediaKind::Video && self.target != Some(f.media.source.ssrc) {
@@ -346,7 +396,8 @@ impl OutTrack {
         };
         let verdict = self.rewriter.rewrite(&f.media);
         if let Verdict::Send(r) = verdict {
-            let mut write = RtpWrite::new(out.pt, r.seq.into(), r.ts, f.media.arrival, payload)
+            let ts = r.ts.wrapping_add(ts_adjust);
+            let mut write = RtpWrite::new(out.pt, r.seq.into(), ts, wallclock, payload)
                 .marker(f.marker)
                 .ext_vals(f.exts.clone())
                 .nackable(f.kind == MediaKind::Video);

@@ -96,9 +96,19 @@ pub struct Prepared {
     /// The `Rtc`'s output is drained up to here.
     pub(super) rtc_timeout: Instant,
     pub(super) transmits: Vec<Transmit>,
+    /// A caster whose group of pictures new viewers start from.
+    pub(super) replay_gop: bool,
 }
 
 impl Prepared {
+    /// Makes a caster's viewers start from its latest keyframe, kept for
+    /// them, rather than ask it for one: for casters that cannot make a
+    /// keyframe when asked (an RTMP encoder). See [`super::gop`].
+    pub fn replaying_gop(mut self) -> Self {
+        self.replay_gop = self.role == Role::Cast;
+        self
+    }
+
     pub fn peer(&self) -> PeerId {
         self.id
     }
@@ -203,6 +213,7 @@ pub(crate) fn negotiate(
         answer: answer.to_sdp_string(),
         rtc_timeout,
         transmits,
+        replay_gop: false,
     };
     match role {
         Role::Cast => {

@@ -31,6 +31,12 @@ pub enum Remote {
     },
     /// Viewers elsewhere need a keyframe of this layer of the live's caster.
     Keyframe { live: Arc<str>, layer: u32 },
+    /// The caster's kept group of pictures of one layer (it cannot make
+    /// keyframes): viewers waiting for that layer start from it.
+    Gop {
+        live: Arc<str>,
+        group: Arc<[Forward]>,
+    },
     /// The live's caster ended.
     CasterGone { live: Arc<str>, caster: PeerId },
     /// A caster (whose session began `since`) took the live: its media
@@ -81,7 +87,18 @@ impl Sfu {
                     }
                 }
             }
-            Remote::Keyframe { live, layer } => self.want_keyframe(&live, layer, now),
+            Remote::Keyframe { live, layer } => self.remote_wants_keyframe(&live, layer, now),
+            Remote::Gop { live, group } => {
+                let from = group.first().map(|f| f.media.source.peer);
+                let caster = self
+                    .lives
+                    .get(&live)
+                    .and_then(|l| l.remote.as_ref())
+                    .map(|r| r.peer);
+                if from.is_some() && from == caster {
+                    self.replay_gop(&live, &group, now);
+                }
+            }
             Remote::TakeOver {
                 live,
                 caster,
@@ -152,6 +169,23 @@ impl Sfu {
                 Remote::Media {
                     live: live.clone(),
                     forwards: shared.clone(),
+                },
+            ));
+        }
+    }
+
+    /// Hands a local caster's kept group of pictures to the shards that
+    /// watch the live.
+    pub(super) fn relay_gop(&mut self, live: &Arc<str>, group: Arc<[Forward]>) {
+        let Some(&mask) = self.interest.get(live) else {
+            return;
+        };
+        for shard in shards_in(mask) {
+            self.remote_out.push_back((
+                shard,
+                Remote::Gop {
+                    live: live.clone(),
+                    group: group.clone(),
                 },
             ));
         }

@@ -34,6 +34,8 @@ pub struct SfuStats {
     /// timers (ICE, RTCP, pacer, bandwidth estimate). What a copy costs is
     /// mostly these per copy.
     pub rtc_timeouts: u64,
+    /// Viewers started from a caster's kept group of pictures (see `gop`).
+    pub gop_replays: u64,
 }
 
 /// The last cumulative figures seen for one stream of one peer.

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { Harness, liveName, rtcStats, waitFor, waitForMedia } from './helpers.mjs';
+import { joinScenario, median } from './simulcast-lib.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
 
@@ -25,12 +26,12 @@ async function rtmpAddress() {
 }
 
 /** FFmpeg publishing a test pattern and a 440 Hz tone to `live` over RTMP, in real time. */
-function publish(addr, live, seconds = 40) {
+function publish(addr, live, seconds = 40, keyframeEvery = 30) {
   const args = [
     '-hide_banner', '-loglevel', 'error', '-re',
     '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=30',
     '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=44100',
-    '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-profile:v', 'high', '-bf', '0', '-g', '30',
+    '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-profile:v', 'high', '-bf', '0', '-g', String(keyframeEvery),
     '-tune', 'zerolatency', '-b:v', '800k',
     '-c:a', 'aac', '-ac', '2', '-b:a', '128k',
     '-t', String(seconds), '-f', 'flv', `rtmp://${addr}/live/${live}`,
@@ -92,6 +93,33 @@ test('rt2: an RTMP encoder sending B-frames: the play page shows the warning wit
       assert.match(text, /B-frames/);
       assert.match(text, /bframes=0/);
       await h.closePage(viewer);
+    } finally {
+      ffmpeg.kill('SIGKILL');
+    }
+  }),
+);
+
+/** The server's count of viewers started from a kept group of pictures. */
+async function gopReplays() {
+  const text = await (await fetch(`${h.url}/metrics`)).text();
+  return Number(text.match(/^vessel_gop_replays_total (\d+)/m)?.[1] ?? 0);
+}
+
+test('rt3: OBS\'s default 8 s keyframe interval: viewers still start at once, from the kept group of pictures', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('g');
+    // x264's default keyframe interval (250 frames), which OBS keeps unless told otherwise.
+    const ffmpeg = publish(await rtmpAddress(), live, 60, 240);
+    try {
+      await waitFor(async () => (await (await fetch(`${h.url}/api/lives/${live}`)).json()).onAir, 15000, `${live} on air`);
+      const before = await gopReplays();
+      const joins = await joinScenario(h, live, { samples: 3 });
+      const med = median(joins.map((j) => j.firstFrameMs));
+      console.log(`# RTMP live with 8 s keyframes: join → first decoded frame ${joins.map((j) => j.firstFrameMs).join(', ')} ms (median ${med} ms; connected at ${joins.map((j) => j.connectedMs).join(', ')} ms)`);
+      assert.ok(joins.every((j) => j.firstFrameMs != null), `every join decoded a frame: ${JSON.stringify(joins)}`);
+      // Waiting for the encoder's next keyframe would take 4 s on average.
+      assert.ok(med < 1500, `median join → first frame ${med} ms`);
+      assert.ok((await gopReplays()) - before >= 3, 'each join started from the kept group');
     } finally {
       ffmpeg.kill('SIGKILL');
     }

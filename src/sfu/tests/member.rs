@@ -120,6 +120,8 @@ impl Net {
             fill: 0x42,
             parts: (2, 0),
             link: None,
+            gop_every: None,
+            frames: 0,
         });
         self.clients.len() - 1
     }

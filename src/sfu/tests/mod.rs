@@ -15,6 +15,7 @@ use super::*;
 
 mod direct;
 mod fuzz;
+mod gop;
 mod hardening;
 mod lossy;
 mod member;
@@ -51,6 +52,11 @@ struct Client {
     /// Its downlink: bytes per second, and the bytes it may still take
     /// now (a token bucket of 50 ms). What comes beyond is lost.
     link: Option<(u64, f64, Instant)>,
+    /// Caster: makes a keyframe every this many frames and none on
+    /// request, as an RTMP encoder does.
+    gop_every: Option<u32>,
+    /// Caster: frames written so far.
+    frames: u32,
 }
 
 impl Client {
@@ -115,6 +121,9 @@ struct Net {
     /// Datagrams lost on the way, each way, in percent; drawn from `rng`.
     loss_percent: u32,
     rng: rand::rngs::StdRng,
+    /// Casters joined from now on are deaf to keyframe requests and kept
+    /// a group of pictures for (as the RTMP bridge is).
+    replay_gop: bool,
 }
 
 /// The seed of a simulated run: `VESSEL_SIM_SEED` if set (to replay a
@@ -155,6 +164,7 @@ impl Net {
             seed,
             loss_percent: 0,
             rng: rand::SeedableRng::seed_from_u64(seed),
+            replay_gop: false,
         }
     }
 
@@ -221,7 +231,12 @@ impl Net {
         let port = 6000 + self.clients.len() as u16;
         let (mut rtc, audio, video, offer, pending, addr) =
             self.offer_full(role == Role::Cast, simulcast, red, port);
-        let joined = self.sfus[shard].join(live, role, &offer, self.now).unwrap();
+        let setup = self.sfus[shard].setup();
+        let mut prepared = super::setup::prepare(&setup, live, role, &offer, self.now).unwrap();
+        if self.replay_gop {
+            prepared = prepared.replaying_gop();
+        }
+        let joined = self.sfus[shard].admit_prepared(prepared, self.now);
         let answer = SdpAnswer::from_sdp_string(&joined.answer).unwrap();
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
         self.clients.push(Client {
@@ -247,6 +262,8 @@ impl Net {
             fill: 0x42,
             parts: (2, 0),
             link: None,
+            gop_every: None,
+            frames: 0,
         });
         self.clients.len() - 1
     }
@@ -392,8 +409,10 @@ fn write_frame(c: &mut Client, now: Instant, start: Instant) {
         .unwrap()
         .pt();
     let (parts, size) = c.parts;
+    let periodic = c.gop_every.is_some_and(|n| c.frames.is_multiple_of(n));
+    c.frames += 1;
     for (i, (rid, seq, key)) in c.layers.iter_mut().enumerate() {
-        let key = std::mem::take(key);
+        let key = std::mem::take(key) || periodic;
         for part in 0..parts {
             let mut payload = vec![
                 if part == 0 { 0x10 } else { 0x00 },
@@ -426,7 +445,8 @@ fn on_event(c: &mut Client, e: Event) {
         Event::Connected => c.connected = true,
         Event::KeyframeRequest(r) => {
             c.keyframe_requests += 1;
-            for layer in c.layers.iter_mut().filter(|l| l.0 == r.rid) {
+            let deaf = c.gop_every.is_some();
+            for layer in c.layers.iter_mut().filter(|l| l.0 == r.rid && !deaf) {
                 layer.2 = true;
             }
         }
