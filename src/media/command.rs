@@ -70,6 +70,11 @@ pub(super) enum Command {
         peer: PeerId,
         op: MemberCommand,
     },
+    /// Hands a live's caster packets to a consumer (see `sfu::tap`).
+    Tap {
+        live: String,
+        sink: Option<Box<dyn crate::sfu::tap::TapSink>>,
+    },
 }
 
 /// What a room member's session is asked, once it exists.
@@ -179,6 +184,7 @@ pub(super) fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
             sessions.opened(offered.peer, &client, &room, Role::Play);
             let _ = reply.send(offered);
         }
+        Command::Tap { live, sink } => sfu.set_tap(&live, sink),
         Command::Member { peer, op } => match op {
             MemberCommand::Answer(sdp, reply) => {
                 let _ = reply.send(sfu.member_answer(peer, &sdp, now));

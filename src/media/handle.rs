@@ -138,6 +138,24 @@ impl MediaHandle {
         Ok(joined)
     }
 
+    /// Hands `live`'s caster packets to a consumer made per shard by
+    /// `sink` (`None`: stop). Every shard gets one: the caster may be on
+    /// any, and move when it is replaced.
+    pub async fn tap(
+        &self,
+        live: &str,
+        mut sink: impl FnMut() -> Option<Box<dyn crate::sfu::tap::TapSink>>,
+    ) -> Result<(), MediaError> {
+        for shard in 0..self.shards.len() {
+            let command = Command::Tap {
+                live: live.to_string(),
+                sink: sink(),
+            };
+            self.send(shard, command).await?;
+        }
+        Ok(())
+    }
+
     /// Whether `peer` is a caster session of `live` (on air or about to be).
     pub fn is_caster(&self, live: &str, peer: PeerId) -> bool {
         self.cast_sessions

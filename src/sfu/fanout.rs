@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::peer::{Forward, Peer, Sent, same_live};
+use super::tap::TapPacket;
 use super::{PeerId, Sfu};
 
 impl Sfu {
@@ -30,6 +31,13 @@ impl Sfu {
         {
             for f in forwards {
                 gop.push(f);
+            }
+        }
+        if let Some(sink) = self.taps.get_mut(&**live) {
+            let packets: Vec<_> = forwards.iter().filter_map(TapPacket::of).collect();
+            if !sink.offer(packets) {
+                tracing::debug!(%live, "tap closed");
+                self.taps.remove(&**live);
             }
         }
         self.relay(live, forwards);

@@ -24,6 +24,7 @@ pub mod setup;
 pub mod shard;
 pub mod simulcast;
 mod stats;
+pub mod tap;
 mod viewing;
 
 pub use direct::{Consumer, DirectError, DirectTransport, Produce, Produced, Producer};
@@ -322,6 +323,9 @@ pub struct Sfu {
     run: Option<PeerId>,
     /// The latest time given: when queued work is due.
     last_now: Instant,
+    /// Per live, where its caster's packets are also handed (LL-HLS,
+    /// recording), when it casts from this shard.
+    taps: HashMap<String, Box<dyn tap::TapSink>>,
 }
 
 impl Sfu {
@@ -345,6 +349,20 @@ impl Sfu {
             dirty: VecDeque::new(),
             run: None,
             last_now: Instant::now(),
+            taps: HashMap::new(),
+        }
+    }
+
+    /// Hands `live`'s caster packets to `sink` from now on (`None`: no
+    /// more), whenever its caster is on this shard.
+    pub fn set_tap(&mut self, live: &str, sink: Option<Box<dyn tap::TapSink>>) {
+        match sink {
+            Some(s) => {
+                self.taps.insert(live.to_string(), s);
+            }
+            None => {
+                self.taps.remove(live);
+            }
         }
     }
 

@@ -19,6 +19,7 @@ mod gop;
 mod hardening;
 mod lossy;
 mod member;
+mod tap;
 
 /// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
 fn server(shard: usize) -> SocketAddr {
