@@ -358,8 +358,9 @@ impl Drop for Pipeline {
 
 /// What B-frames do to WebRTC viewers, and the fix.
 const BFRAMES: &str = "the RTMP stream has B-frames, which WebRTC players show as a frozen or \
-    stuttering picture: set B-frames to 0 in the encoder (OBS: Settings > Output > Streaming, \
-    'B-frames' 0; FFmpeg: -bf 0 or -x264-params bframes=0), or cast with WHIP";
+    stuttering picture: set B-frames to 0 in the encoder (OBS with x264: Settings > Output > \
+    Streaming, x264 Options bframes=0 or Tune zerolatency; OBS with NVENC/AMF/QSV: Max B-frames 0; \
+    FFmpeg: -bf 0 or -x264-params bframes=0), or cast with WHIP";
 
 /// The name of an H.264 `profile_idc`.
 fn h264_profile(idc: u8) -> String {
