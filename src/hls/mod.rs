@@ -6,9 +6,11 @@
 //! - [`depacketize`]: RTP (H.264, Opus) to access units.
 //! - [`sps`]: picture size and profile from an H.264 SPS.
 //! - [`fmp4`]: init segments and `moof`+`mdat` fragments.
+//! - [`segmenter`]: one rendition's timeline of parts and segments.
 
 pub mod depacketize;
 pub mod fmp4;
+pub mod segmenter;
 pub mod sps;
 #[cfg(test)]
 mod testutil;

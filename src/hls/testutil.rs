@@ -230,3 +230,131 @@ pub fn ffprobe(file: &Path) -> Vec<ProbedStream> {
         })
         .collect()
 }
+
+/// An x264 SPS for 320x240 High profile, and a PPS to go with it.
+pub const SPS_320X240: &[u8] = &[
+    0x67, 0x64, 0x00, 0x0d, 0xac, 0xb2, 0x02, 0x83, 0xf6, 0x02, 0x20, 0x00, 0x00, 0x03, 0x00, 0x20,
+    0x00, 0x00, 0x07, 0x81, 0xe2, 0x85, 0x49,
+];
+/// An x264 SPS for 1280x720 Baseline.
+pub const SPS_1280X720: &[u8] = &[
+    0x67, 0x42, 0xc0, 0x1f, 0xd9, 0x00, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10,
+    0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x24, 0x80,
+];
+pub const PPS: &[u8] = &[0x68, 0xeb, 0xc3, 0xcb, 0x22, 0xc0];
+
+/// A simulated live source driving a segmenter: video at `fps` with an IDR
+/// every `gop` frames, and (optionally) 20 ms Opus frames, pushed in time
+/// order with wall-clock times counted from `t0`. No real time passes.
+pub struct Sim {
+    pub seg: crate::hls::segmenter::Segmenter,
+    pub t0: std::time::SystemTime,
+    pub fps: u32,
+    pub gop: u32,
+    pub audio: bool,
+    pub video: bool,
+    /// Frames pushed so far, per kind.
+    pub frames: u64,
+    pub audio_frames: u64,
+    /// Input timestamp origins (a source's RTP clock doesn't start at 0).
+    pub video_origin: u64,
+    pub audio_origin: u64,
+    /// Wall-clock offset of this source's time 0 from `t0`.
+    pub wall_offset: std::time::Duration,
+    /// Every `Ready` the segmenter returned, in order.
+    pub ready: Vec<crate::hls::segmenter::Ready>,
+}
+
+impl Sim {
+    pub fn new(config: crate::hls::segmenter::SegmenterConfig, fps: u32, gop: u32) -> Self {
+        Self::with_tracks(config, fps, gop, true, true)
+    }
+
+    pub fn with_tracks(
+        config: crate::hls::segmenter::SegmenterConfig,
+        fps: u32,
+        gop: u32,
+        video: bool,
+        audio: bool,
+    ) -> Self {
+        use crate::hls::fmp4::TrackConfig;
+        let mut tracks = Vec::new();
+        if video {
+            tracks.push(TrackConfig::video(SPS_320X240.to_vec(), PPS.to_vec()).unwrap());
+        }
+        if audio {
+            tracks.push(TrackConfig::Opus {
+                channels: 2,
+                pre_skip: 312,
+            });
+        }
+        Self {
+            seg: crate::hls::segmenter::Segmenter::new(config, tracks),
+            t0: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+            fps,
+            gop,
+            audio,
+            video,
+            frames: 0,
+            audio_frames: 0,
+            video_origin: 1_000_000,
+            audio_origin: 1_000_000 * 48 / 90,
+            wall_offset: std::time::Duration::ZERO,
+            ready: Vec::new(),
+        }
+    }
+
+    fn video_time(&self) -> f64 {
+        self.frames as f64 / f64::from(self.fps)
+    }
+
+    fn audio_time(&self) -> f64 {
+        self.audio_frames as f64 * 0.02
+    }
+
+    /// Pushes everything up to `until` seconds of source time.
+    pub fn run_until(&mut self, until: f64) {
+        use crate::hls::segmenter::Sample;
+        loop {
+            let v = if self.video {
+                self.video_time()
+            } else {
+                f64::MAX
+            };
+            let a = if self.audio {
+                self.audio_time()
+            } else {
+                f64::MAX
+            };
+            let t = v.min(a);
+            if t >= until - 1e-9 {
+                return;
+            }
+            let wall = self.t0 + self.wall_offset + std::time::Duration::from_secs_f64(t);
+            let sample = if v <= a {
+                let i = self.frames;
+                self.frames += 1;
+                Sample {
+                    track: 0,
+                    dts: self.video_origin + i * 90_000 / u64::from(self.fps),
+                    composition_offset: 0,
+                    keyframe: i.is_multiple_of(u64::from(self.gop)),
+                    data: Bytes::from(format!("video frame {i}")),
+                }
+            } else {
+                let i = self.audio_frames;
+                self.audio_frames += 1;
+                Sample {
+                    track: usize::from(self.video),
+                    dts: self.audio_origin + i * 960,
+                    composition_offset: 0,
+                    keyframe: false,
+                    data: Bytes::from(format!("opus {i}")),
+                }
+            };
+            let r = self.seg.push(sample, wall);
+            self.ready.extend(r);
+        }
+    }
+}
+
