@@ -7,9 +7,12 @@
 //! - [`sps`]: picture size and profile from an H.264 SPS.
 //! - [`fmp4`]: init segments and `moof`+`mdat` fragments.
 //! - [`segmenter`]: one rendition's timeline of parts and segments.
+//! - [`playlist`]: media and multivariant playlists, blocking-reload
+//!   decisions, resource names.
 
 pub mod depacketize;
 pub mod fmp4;
+pub mod playlist;
 pub mod segmenter;
 pub mod sps;
 #[cfg(test)]

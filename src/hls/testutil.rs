@@ -64,10 +64,21 @@ pub struct TestAu {
 /// `seconds` of 320x240@`fps` testsrc through libx264 (no B-frames, a
 /// keyframe every `gop` frames), split into access units.
 pub fn x264_access_units(dir: &Path, seconds: f64, fps: u32, gop: u32) -> Vec<TestAu> {
-    let out = dir.join("in.h264");
+    x264_access_units_sized(dir, (320, 240), seconds, fps, gop)
+}
+
+/// [`x264_access_units`] at another picture size.
+pub fn x264_access_units_sized(
+    dir: &Path,
+    (w, h): (u32, u32),
+    seconds: f64,
+    fps: u32,
+    gop: u32,
+) -> Vec<TestAu> {
+    let out = dir.join(format!("in-{w}x{h}.h264"));
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size=320x240:rate={fps}"))
+        .arg(format!("testsrc=size={w}x{h}:rate={fps}"))
         .args(["-t", &seconds.to_string()])
         .args(["-pix_fmt", "yuv420p", "-c:v", "libx264", "-bf", "0"])
         .args(["-g", &gop.to_string(), "-f", "h264"])
@@ -358,3 +369,26 @@ impl Sim {
     }
 }
 
+/// About `seconds` of real 20 ms stereo Opus frames: the AAC fixture
+/// (looped) through the RTMP ingest's AAC -> Opus transcoder.
+pub fn opus_frames(seconds: f64) -> Vec<Bytes> {
+    let (asc, aac) = adts_frames(AAC_48K_MONO);
+    let config = crate::rtmp::AacConfig {
+        object_type: 2,
+        sample_rate: 48000,
+        channels: 1,
+        raw: Bytes::from(asc),
+    };
+    let mut t = crate::rtmp::AacToOpus::new(&config, 64_000, 0).unwrap();
+    let mut out = Vec::new();
+    let mut n = 0usize;
+    while (out.len() as f64) * 0.02 < seconds {
+        for f in &aac {
+            let ms = (n * 1024 * 1000 / 48000) as u32;
+            out.extend(t.push(f, ms).unwrap().into_iter().map(|f| f.payload));
+            n += 1;
+        }
+    }
+    out.truncate((seconds / 0.02) as usize);
+    out
+}
