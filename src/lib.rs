@@ -9,6 +9,7 @@ pub mod config;
 mod fuzz_json;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hls;
 pub mod http;
 pub mod limits;
 pub mod loadtest;

@@ -1,0 +1,19 @@
+//! LL-HLS, sans-IO: RTP payloads in, fMP4 parts and playlists out. No
+//! sockets, no clocks, no tasks: the IO layer feeds packets and wall-clock
+//! times, serves the bytes, and holds blocked requests; everything here is a
+//! state machine or a pure function, tested deterministically.
+//!
+//! - [`depacketize`]: RTP (H.264, Opus) to access units.
+//! - [`sps`]: picture size and profile from an H.264 SPS.
+//! - [`fmp4`]: init segments and `moof`+`mdat` fragments.
+//! - [`segmenter`]: one rendition's timeline of parts and segments.
+//! - [`playlist`]: media and multivariant playlists, blocking-reload
+//!   decisions, resource names.
+
+pub mod depacketize;
+pub mod fmp4;
+pub mod playlist;
+pub mod segmenter;
+pub mod sps;
+#[cfg(test)]
+mod testutil;
