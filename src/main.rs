@@ -222,7 +222,13 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         )
     })?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let hls = (!config.hls.hls_disabled).then(|| {
+        let mut hls = vessel::hls::hub::HlsConfig::default();
+        hls.segmenter.part_target = Duration::from_secs_f64(config.hls.hls_part);
+        vessel::hls::hub::Hub::new(hls, media.clone())
+    });
     let state = AppState {
+        hls,
         media: media.clone(),
         board: board.clone(),
         shutdown: shutdown_rx.clone(),

@@ -105,6 +105,9 @@ pub struct Config {
     pub rtmp: RtmpFlags,
 
     #[command(flatten)]
+    pub hls: HlsFlags,
+
+    #[command(flatten)]
     pub limits: LimitsFlags,
 }
 
@@ -468,6 +471,36 @@ pub struct RtmpFlags {
         value_parser = clap::value_parser!(u32).range(6..=510)
     )]
     pub rtmp_opus_kbps: u32,
+}
+
+/// LL-HLS: every H.264 live also as low-latency HLS at /hls/{live}/index.m3u8,
+/// for players WebRTC cannot reach and for CDNs.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "HLS")]
+pub struct HlsFlags {
+    /// Serve no HLS.
+    #[arg(long = "no-hls", env = "VESSEL_NO_HLS")]
+    pub hls_disabled: bool,
+
+    /// LL-HLS part duration, seconds (0.2 to 2).
+    #[arg(
+        long = "hls-part",
+        env = "VESSEL_HLS_PART",
+        default_value_t = 0.5,
+        value_parser = parse_part
+    )]
+    pub hls_part: f64,
+}
+
+fn parse_part(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if (0.2..=2.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} s is outside 0.2 to 2 s"))
+    }
 }
 
 /// The built-in STUN/TURN server.

@@ -11,7 +11,9 @@
 //!   decisions, resource names.
 
 pub mod depacketize;
+pub mod feed;
 pub mod fmp4;
+pub mod hub;
 pub mod playlist;
 pub mod segmenter;
 pub mod sps;

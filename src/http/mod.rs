@@ -5,6 +5,7 @@ pub mod admission;
 mod api;
 pub(crate) mod chat;
 mod error;
+mod hls;
 pub mod mediasoup;
 mod ops;
 mod pages;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub skyway: Option<Arc<skyway::SkywayHub>>,
     /// Admission limits (rates, caps) shared by every face.
     pub limits: Arc<crate::limits::Limits>,
+    /// LL-HLS packaging; `None` with `--no-hls`.
+    pub hls: Option<Arc<crate::hls::hub::Hub>>,
 }
 
 /// The socket.io endpoints, each at its own path.
@@ -82,6 +85,7 @@ pub fn router(
         .merge(peerjs)
         .merge(session::routes())
         .merge(api::routes())
+        .merge(hls::routes())
         .merge(admin::routes())
         .merge(chat::routes())
         .merge(ops::routes())

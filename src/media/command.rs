@@ -70,6 +70,11 @@ pub(super) enum Command {
         peer: PeerId,
         op: MemberCommand,
     },
+    /// Asks the live's caster, if it is on this shard, for a keyframe of
+    /// every layer (through the SFU's per-layer limit).
+    Keyframes {
+        live: String,
+    },
     /// Hands a live's caster packets to a consumer (see `sfu::tap`).
     Tap {
         live: String,
@@ -185,6 +190,7 @@ pub(super) fn handle(sfu: &mut Sfu, cmd: Command, sessions: &SessionBook) {
             let _ = reply.send(offered);
         }
         Command::Tap { live, sink } => sfu.set_tap(&live, sink),
+        Command::Keyframes { live } => sfu.request_keyframes(&live, now),
         Command::Member { peer, op } => match op {
             MemberCommand::Answer(sdp, reply) => {
                 let _ = reply.send(sfu.member_answer(peer, &sdp, now));

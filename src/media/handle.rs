@@ -156,6 +156,18 @@ impl MediaHandle {
         Ok(())
     }
 
+    /// Asks `live`'s caster for a keyframe of every layer (for LL-HLS
+    /// segment boundaries), within the SFU's per-layer limit.
+    pub async fn request_keyframes(&self, live: &str) -> Result<(), MediaError> {
+        for shard in 0..self.shards.len() {
+            let command = Command::Keyframes {
+                live: live.to_string(),
+            };
+            self.send(shard, command).await?;
+        }
+        Ok(())
+    }
+
     /// Whether `peer` is a caster session of `live` (on air or about to be).
     pub fn is_caster(&self, live: &str, peer: PeerId) -> bool {
         self.cast_sessions

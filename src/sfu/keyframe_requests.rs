@@ -56,6 +56,23 @@ impl Sfu {
         }
     }
 
+    /// Something besides viewers (LL-HLS, recording) needs a keyframe of
+    /// every layer of `live`'s caster, if it casts from this shard.
+    pub fn request_keyframes(&mut self, live: &str, now: Instant) {
+        let layers: Vec<u32> = self
+            .lives
+            .get(live)
+            .and_then(|l| l.caster)
+            .and_then(|c| self.peers.get(&c))
+            .and_then(|p| p.cast.as_ref())
+            .map(|c| c.video.iter().map(|l| *l.ssrc).collect())
+            .unwrap_or_default();
+        for layer in layers {
+            self.want_keyframe(live, layer, now);
+        }
+        self.process(now);
+    }
+
     /// Another shard's viewers need a keyframe of `layer`: a caster here
     /// with a kept group of pictures sends it over, any other is asked.
     pub(super) fn remote_wants_keyframe(&mut self, live: &Arc<str>, layer: u32, now: Instant) {

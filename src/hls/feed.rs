@@ -1,0 +1,291 @@
+//! A live's caster packets (from the SFU's tap) into LL-HLS renditions:
+//! one rendition per H.264 video layer, each with the live's audio. Sans-IO:
+//! packets and wall-clock times in, segmenter state and readiness out.
+//!
+//! Timing: each track's RTP timestamps are unwrapped and placed on one
+//! timeline by the arrival of that track's first packet (the tap carries no
+//! RTCP sender reports). The error is the first packets' jitter, a few
+//! milliseconds of audio/video offset.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use str0m::format::Codec;
+use str0m::media::MediaKind;
+
+use super::depacketize::H264Depacketizer;
+use super::fmp4::{OPUS_TIMESCALE, TrackConfig, VIDEO_TIMESCALE, codec_string};
+use super::playlist::Variant;
+use super::segmenter::{Ready, Sample, Segmenter, SegmenterConfig};
+use crate::sfu::PeerId;
+use crate::sfu::tap::TapPacket;
+
+/// Video layers (renditions) kept per live: simulcast has three.
+const MAX_RENDITIONS: usize = 4;
+
+/// Why a live cannot be packaged, for the 409 and the live's warnings.
+pub const VP8_REFUSED: &str = "this live's video is VP8, which HLS (fMP4) cannot carry in the \
+    players that matter (Chromium's Media Source Extensions refuse vp08 in MP4): it plays over \
+    WebRTC only. Cast H.264 (the cast page and vessel.js prefer it when HLS or recording is on; \
+    OBS and FFmpeg send H.264) to get HLS";
+
+/// One track's RTP timestamps on the live's timeline.
+#[derive(Debug)]
+struct Clock {
+    /// Unwrapped ticks of the last timestamp, and that timestamp.
+    last: Option<(i64, u32)>,
+    /// Timeline ticks of the track's first packet.
+    origin: i64,
+}
+
+impl Clock {
+    fn new(rate: u32, first_arrival: Instant, epoch: Instant) -> Self {
+        let since = first_arrival.saturating_duration_since(epoch);
+        Self {
+            last: None,
+            origin: (since.as_secs_f64() * rate as f64) as i64,
+        }
+    }
+
+    /// The timeline time of `ts`, in the track's ticks (never below 0).
+    fn at(&mut self, ts: u32) -> u64 {
+        let ext = match self.last {
+            None => 0,
+            Some((ext, prev)) => ext + i64::from(ts.wrapping_sub(prev) as i32),
+        };
+        self.last = Some((ext, ts));
+        (self.origin + ext).max(0) as u64
+    }
+}
+
+/// One video layer's rendition.
+pub struct Rendition {
+    /// Its name in URIs: the simulcast rid, or `main`.
+    pub name: String,
+    ssrc: u32,
+    depacketizer: H264Depacketizer,
+    clock: Clock,
+    /// Created at the layer's first keyframe (the init segment needs its
+    /// SPS and PPS).
+    pub segmenter: Option<Segmenter>,
+    video: Option<TrackConfig>,
+    /// The segmenter's tracks include the audio.
+    with_audio: bool,
+    /// Bytes seen and since when, for `BANDWIDTH`.
+    bytes: u64,
+    since: Instant,
+}
+
+impl Rendition {
+    /// What the multivariant playlist says of it, once it has an init
+    /// segment.
+    pub fn variant(&self, now: Instant, audio: bool) -> Option<Variant> {
+        let Some(TrackConfig::Video { width, height, .. }) = &self.video else {
+            return None;
+        };
+        self.segmenter.as_ref()?;
+        let secs = now
+            .saturating_duration_since(self.since)
+            .as_secs_f64()
+            .max(1.0);
+        let video_bps = (self.bytes as f64 * 8.0 / secs) as u64;
+        let mut codecs = vec![codec_string(self.video.as_ref()?)];
+        if audio {
+            codecs.push(codec_string(&opus()));
+        }
+        Some(Variant {
+            uri: format!("{}/index.m3u8", self.name),
+            // Peak, not mean: a margin for keyframes and the audio.
+            bandwidth: (video_bps * 3 / 2).max(100_000) + if audio { 64_000 } else { 0 },
+            resolution: Some((*width, *height)),
+            codecs,
+            frame_rate: None,
+        })
+    }
+}
+
+fn opus() -> TrackConfig {
+    TrackConfig::Opus {
+        channels: 2,
+        pre_skip: 0,
+    }
+}
+
+/// A live's renditions, fed from its tap.
+pub struct Feed {
+    config: SegmenterConfig,
+    pub renditions: Vec<Rendition>,
+    /// The caster whose packets are on the timeline now.
+    caster: Option<PeerId>,
+    /// Timeline origin (the current caster's first packet).
+    epoch: Option<Instant>,
+    audio: Option<Clock>,
+    /// Audio seen from the current caster: renditions made later carry it.
+    has_audio: bool,
+    /// The caster's video cannot be packaged (VP8, VP9, AV1).
+    pub refused: Option<&'static str>,
+}
+
+impl Feed {
+    pub fn new(config: SegmenterConfig) -> Self {
+        Self {
+            config,
+            renditions: Vec::new(),
+            caster: None,
+            epoch: None,
+            audio: None,
+            has_audio: false,
+            refused: None,
+        }
+    }
+
+    /// Audio has come from the current caster.
+    pub fn has_audio(&self) -> bool {
+        self.has_audio
+    }
+
+    /// Takes one caster packet; returns what became ready, by rendition.
+    pub fn push(&mut self, p: &TapPacket, wall: SystemTime) -> Vec<(usize, Ready)> {
+        let mut ready = Vec::new();
+        if self.caster != Some(p.caster) {
+            self.new_caster(p);
+        }
+        let epoch = *self.epoch.get_or_insert(p.arrival);
+        match p.kind {
+            MediaKind::Audio => {
+                if p.codec != Codec::Opus {
+                    return ready;
+                }
+                self.has_audio = true;
+                let clock = self
+                    .audio
+                    .get_or_insert_with(|| Clock::new(OPUS_TIMESCALE, p.arrival, epoch));
+                let dts = clock.at(p.ts);
+                let data = Bytes::copy_from_slice(&p.payload);
+                for (i, r) in self.renditions.iter_mut().enumerate() {
+                    if let Some(seg) = r.segmenter.as_mut() {
+                        let sample = Sample {
+                            track: 1,
+                            dts,
+                            composition_offset: 0,
+                            keyframe: true,
+                            data: data.clone(),
+                        };
+                        ready.extend(seg.push(sample, wall).into_iter().map(|x| (i, x)));
+                    }
+                }
+            }
+            MediaKind::Video => {
+                if p.codec != Codec::H264 {
+                    self.refused = Some(VP8_REFUSED);
+                    return ready;
+                }
+                self.refused = None;
+                let Some(i) = self.rendition_of(p, epoch) else {
+                    return ready;
+                };
+                let audio = self.has_audio;
+                let config = self.config.clone();
+                let r = &mut self.renditions[i];
+                r.bytes += p.payload.len() as u64;
+                for au in r.depacketizer.push(&p.payload, p.ts, p.seq, p.marker) {
+                    let dts = r.clock.at(au.rtp_ts);
+                    if au.keyframe
+                        && let (Some(sps), Some(pps)) = (au.sps.clone(), au.pps.clone())
+                        && let Some(video) = TrackConfig::video(sps, pps)
+                        && (r.video.as_ref() != Some(&video) || r.with_audio != audio)
+                    {
+                        // A new source, new parameter sets, or audio that
+                        // came after the first keyframe: a new init segment.
+                        let mut tracks = vec![video.clone()];
+                        if audio {
+                            tracks.push(opus());
+                        }
+                        r.video = Some(video);
+                        r.with_audio = audio;
+                        match r.segmenter.as_mut() {
+                            Some(seg) => {
+                                ready.extend(seg.discontinuity(tracks).into_iter().map(|x| (i, x)))
+                            }
+                            None => r.segmenter = Some(Segmenter::new(config.clone(), tracks)),
+                        }
+                    }
+                    let Some(seg) = r.segmenter.as_mut() else {
+                        continue;
+                    };
+                    let sample = Sample {
+                        track: 0,
+                        dts,
+                        composition_offset: 0,
+                        keyframe: au.keyframe,
+                        data: Bytes::from(au.nalus),
+                    };
+                    ready.extend(seg.push(sample, wall).into_iter().map(|x| (i, x)));
+                }
+            }
+        }
+        ready
+    }
+
+    /// Whether a rendition waits for a keyframe (to start, or to end its
+    /// segment): the caller asks the caster for one, through the SFU's
+    /// rate limit.
+    pub fn wants_keyframe(&self) -> bool {
+        self.renditions.iter().any(|r| {
+            r.depacketizer.waiting_for_keyframe()
+                || (self.has_audio && !r.with_audio)
+                || r.segmenter.as_ref().is_none_or(Segmenter::wants_keyframe)
+        })
+    }
+
+    /// The rendition of a video packet's layer: by SSRC, else (a new
+    /// caster) the one of the same rid, else a new one.
+    fn rendition_of(&mut self, p: &TapPacket, epoch: Instant) -> Option<usize> {
+        if let Some(i) = self.renditions.iter().position(|r| r.ssrc == p.ssrc) {
+            return Some(i);
+        }
+        let name = p.rid.map_or_else(|| "main".to_string(), |r| r.to_string());
+        if let Some(i) = self
+            .renditions
+            .iter()
+            .position(|r| r.ssrc == 0 && r.name == name)
+        {
+            let r = &mut self.renditions[i];
+            r.ssrc = p.ssrc;
+            r.clock = Clock::new(VIDEO_TIMESCALE, p.arrival, epoch);
+            return Some(i);
+        }
+        if self.renditions.len() == MAX_RENDITIONS {
+            return None;
+        }
+        self.renditions.push(Rendition {
+            name,
+            ssrc: p.ssrc,
+            depacketizer: H264Depacketizer::new(),
+            clock: Clock::new(VIDEO_TIMESCALE, p.arrival, epoch),
+            segmenter: None,
+            video: None,
+            with_audio: false,
+            bytes: 0,
+            since: p.arrival,
+        });
+        Some(self.renditions.len() - 1)
+    }
+
+    /// A new caster (the live's caster was replaced or came back): its
+    /// timestamps start over. Each rendition waits for the new caster's
+    /// keyframe on its layer, where the segmenter starts a discontinuity
+    /// (its output timeline goes on without a jump).
+    fn new_caster(&mut self, p: &TapPacket) {
+        self.caster = Some(p.caster);
+        self.epoch = Some(p.arrival);
+        self.audio = None;
+        self.has_audio = false;
+        for r in &mut self.renditions {
+            r.depacketizer = H264Depacketizer::new();
+            r.video = None;
+            // Matched again by rid when the new caster's layer comes.
+            r.ssrc = 0;
+        }
+    }
+}
