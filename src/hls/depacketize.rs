@@ -38,7 +38,7 @@ const FU_A: u8 = 28;
 pub const MAX_ACCESS_UNIT: usize = 8 << 20;
 
 /// H.264 depacketizer state for one RTP stream (one SSRC).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct H264Depacketizer {
     last_seq: Option<u64>,
     /// The access unit being gathered, keyed by its RTP timestamp.
@@ -70,8 +70,12 @@ impl H264Depacketizer {
     /// decoded by anyone who joins now, so they are never emitted.
     pub fn new() -> Self {
         Self {
+            last_seq: None,
+            cur: None,
+            fu: None,
             waiting_for_idr: true,
-            ..Self::default()
+            stray_sps: None,
+            stray_pps: None,
         }
     }
 
@@ -158,6 +162,12 @@ impl H264Depacketizer {
         });
         self.stray_sps = None;
         self.stray_pps = None;
+    }
+}
+
+impl Default for H264Depacketizer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

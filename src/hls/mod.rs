@@ -10,6 +10,8 @@
 //! - [`playlist`]: media and multivariant playlists, blocking-reload
 //!   decisions, resource names.
 
+#[cfg(test)]
+mod chain_tests;
 pub mod depacketize;
 pub mod feed;
 pub mod fmp4;

@@ -252,12 +252,15 @@ pub enum Decision {
 }
 
 /// Blocking playlist reload (RFC 8216bis 6.2.5.2): whether the playlist
-/// asked for can be rendered yet.
+/// asked for can be rendered yet. A request without directives waits too
+/// while nothing is published: a playlist with no media in it only makes a
+/// player give up or poll.
 pub fn decide(req: &Request, seg: &Segmenter) -> Decision {
     let Some(msn) = req.msn else {
-        return match req.part {
-            Some(_) => Decision::BadRequest("_HLS_part without _HLS_msn"),
-            None => Decision::Render,
+        return match (req.part, seg.last_position()) {
+            (Some(_), _) => Decision::BadRequest("_HLS_part without _HLS_msn"),
+            (None, None) => Decision::Wait,
+            (None, Some(_)) => Decision::Render,
         };
     };
     // The last segment listed (the one in progress if it has a part).
@@ -649,8 +652,8 @@ mod tests {
             part,
             skip: false,
         };
-        // Nothing published yet.
-        assert_eq!(decide(&req(None, None), &sim.seg), Decision::Render);
+        // Nothing published yet: even a plain request waits.
+        assert_eq!(decide(&req(None, None), &sim.seg), Decision::Wait);
         assert_eq!(decide(&req(Some(0), Some(0)), &sim.seg), Decision::Wait);
         assert_eq!(decide(&req(Some(2), None), &sim.seg), Decision::Wait);
         assert!(matches!(
