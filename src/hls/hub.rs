@@ -29,7 +29,14 @@ pub struct HlsConfig {
 impl Default for HlsConfig {
     fn default() -> Self {
         Self {
-            segmenter: SegmenterConfig::default(),
+            segmenter: SegmenterConfig {
+                // CAN-SKIP-UNTIL is at least 6 target durations: a delta
+                // update saves something only on a longer playlist, and an
+                // encoder's irregular keyframes (scene cuts) can make the
+                // target 2 s. ~15 s of media per rendition in memory.
+                window: 15,
+                ..SegmenterConfig::default()
+            },
             idle: Duration::from_secs(30),
         }
     }

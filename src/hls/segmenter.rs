@@ -323,7 +323,8 @@ impl Segmenter {
         }
         let cut = &self.tracks[self.cut];
         let now = cut.held.as_ref().map_or(self.part_start, |h| h.dts);
-        now.saturating_sub(self.segment_start) >= ticks(self.config.segment_target, cut.timescale)
+        now.saturating_sub(self.segment_start)
+            >= ticks(self.config.segment_target, cut.timescale) * 9 / 10
     }
 
     fn start_source(&mut self, cut_dts: u64) {
@@ -342,7 +343,18 @@ impl Segmenter {
     fn push_cut(&mut self, new: Held, ready: &mut Vec<Ready>) {
         let scale = self.tracks[self.cut].timescale;
         let part_target = ticks(self.config.part_target, scale);
-        let segment_target = ticks(self.config.segment_target, scale);
+        // A keyframe a little early still ends the segment: an encoder's
+        // "every second" is 30 frames whose timestamps come through
+        // rounding (RTMP's milliseconds, a wall clock), and a keyframe a
+        // tick short of the target would otherwise make the segment twice
+        // as long.
+        // (Audio: every sample can start a segment; no slack needed.)
+        let full = ticks(self.config.segment_target, scale);
+        let segment_target = if self.tracks[self.cut].video {
+            full * 9 / 10
+        } else {
+            full
+        };
         if self.open.is_none() {
             // Only a keyframe gets here with no segment open (start of a
             // source), so it opens one.
@@ -590,7 +602,9 @@ impl Segmenter {
     /// only grows; it grows only if keyframes come later than
     /// `segment_target` (see [`Segmenter::wants_keyframe`]).
     pub fn target_duration(&self) -> u64 {
-        ceil_secs(self.config.segment_target).max(ceil_secs(self.longest_segment))
+        round_secs(self.config.segment_target)
+            .max(round_secs(self.longest_segment))
+            .max(1)
     }
 
     /// A part's bytes, by media sequence number and index.
@@ -672,8 +686,12 @@ fn duration_of(ticks: u64, scale: u32) -> Duration {
     Duration::from_nanos(ns(ticks, scale) as u64)
 }
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+/// RFC 8216bis 4.4.3.1: each EXTINF *rounded to the nearest integer* must
+/// not exceed the target duration. Rounding up instead would turn a 1 s
+/// segment that is a tick long (timestamps in 90 kHz) into a 2 s target,
+/// and every player's hold-back with it.
+fn round_secs(d: Duration) -> u64 {
+    (d.as_secs_f64() + 0.5).floor() as u64
 }
 
 #[cfg(test)]

@@ -1,0 +1,337 @@
+//! LL-HLS on the real binary: FFmpeg publishes over RTMP (H.264 + AAC);
+//! the playlists are checked against the spec's rules, blocking reload
+//! against the clock, the media against ffprobe; VP8 lives and private
+//! lives get what they should.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn rtmp_addr(server: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(addr) = server.log_text().lines().find_map(|l| {
+            let rest = l.split("RTMP on ").nth(1)?;
+            Some(rest.split(':').take(2).collect::<Vec<_>>().join(":"))
+        }) {
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "no RTMP line in the log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ffmpeg(url: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        // Keyframes exactly every second (no scene-cut ones between).
+        .args([
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0",
+        ])
+        .args(["-sc_threshold", "0"])
+        .args(["-tune", "zerolatency", "-c:a", "aac", "-ac", "2"])
+        .args(["-t", &secs.to_string(), "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs (scripts/test installs it)")
+}
+
+/// One publisher at a time: each encodes in real time.
+static ENCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn get(server: &Server, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    let res = http().get(server.url(path)).send().unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, res.text().unwrap(), headers)
+}
+
+fn wait_on_air(server: &Server, live: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live_state(server, live)["onAir"] != true {
+        assert!(Instant::now() < deadline, "{live} not on air");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of `KEY=` in a tag line.
+fn attr(line: &str, key: &str) -> Option<String> {
+    line.split([':', ','])
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+fn tag<'a>(playlist: &'a str, name: &str) -> Option<&'a str> {
+    playlist.lines().find(|l| l.starts_with(name))
+}
+
+/// The part the preload hint names: (msn, part).
+fn preload_hint(playlist: &str) -> (u64, u32) {
+    let uri = attr(
+        tag(playlist, "#EXT-X-PRELOAD-HINT").expect("a preload hint"),
+        "URI",
+    )
+    .unwrap();
+    let rest = uri
+        .strip_prefix("part-")
+        .unwrap()
+        .strip_suffix(".m4s")
+        .unwrap();
+    let (m, p) = rest.split_once('-').unwrap();
+    (m.parse().unwrap(), p.parse().unwrap())
+}
+
+#[test]
+fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
+    let _one = ENCODING.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start();
+    let mut ffmpeg = ffmpeg(&format!("rtmp://{}/live/show", rtmp_addr(&server)), 20);
+    wait_on_air(&server, "show");
+
+    let (status, body, headers) = get(&server, "/hls/show/index.m3u8");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
+    let inf = tag(&body, "#EXT-X-STREAM-INF").expect("a variant");
+    assert!(inf.contains("avc1.") && inf.contains("opus"), "{inf}");
+    assert!(inf.contains("RESOLUTION=320x240"), "{inf}");
+    assert!(body.lines().any(|l| l == "main/index.m3u8"), "{body}");
+
+    // Long enough for a delta update (CAN-SKIP-UNTIL is 6 target durations).
+    std::thread::sleep(Duration::from_secs(9));
+    let (status, media, headers) = get(&server, "/hls/show/main/index.m3u8");
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(headers["cache-control"], "max-age=1");
+    let part_target: f64 = attr(tag(&media, "#EXT-X-PART-INF").unwrap(), "PART-TARGET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let control = tag(&media, "#EXT-X-SERVER-CONTROL").unwrap();
+    assert!(control.contains("CAN-BLOCK-RELOAD=YES"), "{control}");
+    let hold: f64 = attr(control, "PART-HOLD-BACK").unwrap().parse().unwrap();
+    assert!(hold >= 3.0 * part_target, "{control}");
+    let target: f64 = tag(&media, "#EXT-X-TARGETDURATION:")
+        .unwrap()
+        .trim_start_matches("#EXT-X-TARGETDURATION:")
+        .parse()
+        .unwrap();
+    let skip_until: f64 = attr(control, "CAN-SKIP-UNTIL").unwrap().parse().unwrap();
+    assert!(skip_until >= 6.0 * target, "{control}");
+    for l in media.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
+        let d: f64 = attr(l, "DURATION").unwrap().parse().unwrap();
+        assert!(d <= part_target * 1.01, "{l} longer than {part_target}");
+    }
+    for l in media.lines().filter(|l| l.starts_with("#EXTINF:")) {
+        let d: f64 = l[8..].trim_end_matches(',').parse().unwrap();
+        assert!(d <= target + 0.5, "{l} past the target duration {target}");
+    }
+    assert!(tag(&media, "#EXT-X-PROGRAM-DATE-TIME:").is_some());
+    let segments = media.lines().filter(|l| l.starts_with("#EXTINF")).count();
+    assert!(segments >= 5, "{media}");
+
+    // Blocking reload: the part after the preload hint's (the hint's may
+    // be done by the time the request is sent) is asked for before it
+    // exists; the answer comes when it does, listing it.
+    let (_, media, _) = get(&server, "/hls/show/main/index.m3u8");
+    let (msn, part) = preload_hint(&media);
+    let part = part + 1;
+    let asked = Instant::now();
+    let (status, blocked, headers) = get(
+        &server,
+        &format!("/hls/show/main/index.m3u8?_HLS_msn={msn}&_HLS_part={part}"),
+    );
+    let held = asked.elapsed();
+    assert_eq!(status, 200, "{blocked}");
+    assert!(
+        held > Duration::from_millis(20) && held < Duration::from_millis(2000),
+        "held {held:?}"
+    );
+    // That part, or (past the end of its segment) the next segment's first.
+    assert!(
+        blocked.contains(&format!("part-{msn}-{part}.m4s"))
+            || blocked.contains(&format!("part-{}-0.m4s", msn + 1)),
+        "{blocked}"
+    );
+    assert_eq!(headers["cache-control"], "max-age=6");
+    // The part itself, asked for as the preload hint of the newest
+    // playlist: held until it exists too.
+    let (msn, part) = preload_hint(&blocked);
+    let (status, _, headers) = get(&server, &format!("/hls/show/main/part-{msn}-{part}.m4s"));
+    assert_eq!(status, 200);
+    assert_eq!(headers["cache-control"], "public, max-age=3600, immutable");
+
+    // Requests the spec refuses.
+    for (query, why) in [
+        (format!("_HLS_msn={}", msn + 10), "far ahead"),
+        ("_HLS_part=1".to_string(), "part without msn"),
+        ("_HLS_msn=abc".to_string(), "not a number"),
+    ] {
+        let (status, body, _) = get(&server, &format!("/hls/show/main/index.m3u8?{query}"));
+        assert_eq!(status, 400, "{why}: {body}");
+    }
+
+    // A delta update skips the oldest segments.
+    let (status, delta, _) = get(&server, "/hls/show/main/index.m3u8?_HLS_skip=YES");
+    assert_eq!(status, 200);
+    let skipped: usize = attr(
+        tag(&delta, "#EXT-X-SKIP").unwrap_or_else(|| panic!("EXT-X-SKIP in\n{delta}")),
+        "SKIPPED-SEGMENTS",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let (_, full, _) = get(&server, "/hls/show/main/index.m3u8");
+    let count = |p: &str| p.lines().filter(|l| l.starts_with("#EXTINF")).count();
+    assert!(skipped >= 1, "{delta}");
+    assert!(
+        count(&delta) + skipped >= count(&full) - 1,
+        "{delta}\n---\n{full}"
+    );
+
+    // The media: init + a segment read by ffprobe as H.264 and Opus.
+    let init = http()
+        .get(server.url("/hls/show/main/init-0.mp4"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let first = full
+        .lines()
+        .find(|l| l.starts_with("seg-"))
+        .expect("a segment")
+        .to_string();
+    let seg = http()
+        .get(server.url(&format!("/hls/show/main/{first}")))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("vessel-hls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("one.mp4");
+    std::fs::write(&file, [&init[..], &seg[..]].concat()).unwrap();
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:format=duration",
+        ])
+        .args(["-of", "compact"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success(), "{out}");
+    assert!(
+        out.contains("codec_name=h264") && out.contains("codec_name=opus"),
+        "{out}"
+    );
+    let duration: f64 = out
+        .lines()
+        .find_map(|l| l.split("duration=").nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.9..=2.1).contains(&duration), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Unknown names and lives not on air.
+    assert_eq!(get(&server, "/hls/show/main/seg-x.m4s").0, 404);
+    assert_eq!(get(&server, "/hls/show/nope/index.m3u8").0, 404);
+    assert_eq!(get(&server, "/hls/quiet/index.m3u8").0, 404);
+    let _ = ffmpeg.kill();
+}
+
+#[test]
+fn a_vp8_live_is_webrtc_only_and_says_so() {
+    let server = Server::start();
+    let mut caster = Client::connect(&server, "/whip/vp8");
+    caster.run_until(Duration::from_secs(5), "on air", |_| {
+        live_state(&server, "vp8")["onAir"] == true
+    });
+    let handle = std::thread::spawn({
+        let url = server.url("/hls/vp8/index.m3u8");
+        move || {
+            let res = http().get(url).send().unwrap();
+            (res.status().as_u16(), res.text().unwrap())
+        }
+    });
+    // The caster keeps sending while the request waits for its video.
+    while !handle.is_finished() {
+        caster.run(Duration::from_millis(50));
+    }
+    let (status, body) = handle.join().unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("VP8") && body.contains("H.264"), "{body}");
+}
+
+#[test]
+fn a_private_lives_playlists_need_a_token_and_its_media_the_playlists_k() {
+    let _one = ENCODING.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with_args(&[
+        "--admin-token",
+        "admin-secret-1234",
+        "--viewer-token-secret",
+        "viewer-secret-123456789",
+    ]);
+    let post = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let res = http()
+            .post(server.url(path))
+            .header("authorization", "Bearer admin-secret-1234")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        serde_json::from_str(&res.text().unwrap()).unwrap()
+    };
+    let key = post("/api/lives", json!({"live": "vip", "private": true}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = post("/api/lives/vip/tokens", json!({"ttl": 600}))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ffmpeg = ffmpeg(
+        &format!("rtmp://{}/live/vip?key={key}", rtmp_addr(&server)),
+        12,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (multi, headers) = loop {
+        let (status, multi, headers) = get(&server, &format!("/hls/vip/index.m3u8?token={token}"));
+        if status == 200 {
+            break (multi, headers);
+        }
+        assert!(Instant::now() < deadline, "{status} {multi}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(get(&server, "/hls/vip/index.m3u8").0, 401);
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .starts_with("private")
+    );
+    // The variant's URI carries the viewer's token on.
+    let uri = multi.lines().find(|l| l.starts_with("main/")).unwrap();
+    assert!(uri.ends_with(&format!("?token={token}")), "{uri}");
+    // Held until a first segment is complete.
+    let (status, media, _) = get(&server, &format!("/hls/vip/{uri}&_HLS_msn=1"));
+    assert_eq!(status, 200, "{media}");
+    // Media URIs carry the live's k=, the same for everyone, not the token.
+    let seg = media.lines().find(|l| l.starts_with("seg-")).unwrap();
+    assert!(seg.contains("?k=") && !seg.contains(&token), "{seg}");
+    assert_eq!(get(&server, &format!("/hls/vip/main/{seg}")).0, 200);
+    let bare = seg.split('?').next().unwrap();
+    assert_eq!(get(&server, &format!("/hls/vip/main/{bare}")).0, 403);
+    assert_eq!(get(&server, &format!("/hls/vip/main/{bare}?k=00")).0, 403);
+    let _ = ffmpeg.kill();
+}
