@@ -248,6 +248,7 @@ fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
     assert_eq!(get(&server, "/hls/show/nope/index.m3u8").0, 404);
     assert_eq!(get(&server, "/hls/quiet/index.m3u8").0, 404);
     let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
 }
 
 #[test]
@@ -334,4 +335,5 @@ fn a_private_lives_playlists_need_a_token_and_its_media_the_playlists_k() {
     assert_eq!(get(&server, &format!("/hls/vip/main/{bare}")).0, 403);
     assert_eq!(get(&server, &format!("/hls/vip/main/{bare}?k=00")).0, 403);
     let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
 }
