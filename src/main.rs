@@ -225,8 +225,16 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     let hls = (!config.hls.hls_disabled).then(|| {
         let mut hls = vessel::hls::hub::HlsConfig::default();
         hls.segmenter.part_target = Duration::from_secs_f64(config.hls.hls_part);
+        hls.record = config.hls.record.clone();
+        hls.record_every = Duration::from_secs(config.hls.record_every_minutes * 60);
         vessel::hls::hub::Hub::new(hls, media.clone())
     });
+    if let Some(hub) = &hls {
+        tokio::spawn(hub.clone().record_lives(board.clone()));
+    }
+    if config.hls.record.is_some() && hls.is_none() {
+        return Err("--record writes what LL-HLS packages: it cannot run with --no-hls".into());
+    }
     let state = AppState {
         hls,
         media: media.clone(),

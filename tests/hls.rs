@@ -337,3 +337,107 @@ fn a_private_lives_playlists_need_a_token_and_its_media_the_playlists_k() {
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
 }
+
+/// ffprobe's view of a file: (codec names, duration in seconds).
+fn probe(file: &std::path::Path) -> (String, f64) {
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:format=duration",
+        ])
+        .args(["-of", "compact"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(probe.status.success(), "{out}");
+    let duration = out
+        .lines()
+        .find_map(|l| l.split("duration=").nth(1))
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (out, duration)
+}
+
+#[test]
+fn a_recording_cut_by_kill_9_plays_up_to_its_last_second_and_a_new_caster_starts_a_new_file() {
+    let _one = ENCODING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("vessel-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = Server::start_with_args(&["--record", dir.to_str().unwrap()]);
+    let url = format!("rtmp://{}/live/rec", rtmp_addr(&server));
+    let files = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // The first caster for 4 s, then a second one replaces it.
+    let mut first = ffmpeg(&url, 4);
+    wait_on_air(&server, "rec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no recording file:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    let _ = first.wait();
+    let mut second = ffmpeg(&url, 30);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second file:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    // Killed mid-recording, as a crash would.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    let _ = server.terminate(Duration::from_secs(5));
+    let _ = second.kill();
+    let _ = second.wait();
+
+    let files = files();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("rec-2") && n.ends_with(".mp4")),
+        "{names:?}"
+    );
+    // The replaced caster's file is complete and whole.
+    let (out, duration) = probe(&files[0]);
+    assert!(
+        out.contains("codec_name=h264") && out.contains("codec_name=opus"),
+        "{out}"
+    );
+    let wall = (second_started - started).as_secs_f64();
+    assert!(
+        duration > 2.0 && duration < wall + 1.0,
+        "{duration} s of {wall} s: {out}"
+    );
+    // The killed one plays up to (about) its last second.
+    let (out, duration) = probe(&files[1]);
+    assert!(out.contains("codec_name=h264"), "{out}");
+    let wall = (killed - second_started).as_secs_f64();
+    assert!(
+        duration >= wall - 2.0 && duration < wall + 1.0,
+        "{duration} s of {wall} s: {out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -490,6 +490,16 @@ pub struct HlsFlags {
         value_parser = parse_part
     )]
     pub hls_part: f64,
+
+    /// Record every live on air into DIR, as fragmented MP4 (H.264 lives;
+    /// playable up to the last part even after a crash).
+    #[arg(long = "record", env = "VESSEL_RECORD", value_name = "DIR")]
+    pub record: Option<std::path::PathBuf>,
+
+    /// Start a new recording file after this many minutes (at a keyframe).
+    #[arg(long = "record-every", env = "VESSEL_RECORD_EVERY", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=1440))]
+    pub record_every_minutes: u64,
 }
 
 fn parse_part(s: &str) -> Result<f64, String> {

@@ -139,6 +139,21 @@ impl Feed {
         }
     }
 
+    /// The rendition with the largest picture, once one has an init segment.
+    pub fn largest(&self) -> Option<usize> {
+        self.renditions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.segmenter.is_some())
+            .max_by_key(|(_, r)| match &r.video {
+                Some(TrackConfig::Video { width, height, .. }) => {
+                    u32::from(*width) * u32::from(*height)
+                }
+                _ => 0,
+            })
+            .map(|(i, _)| i)
+    }
+
     /// Audio has come from the current caster.
     pub fn has_audio(&self) -> bool {
         self.has_audio

@@ -13,6 +13,8 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
 
 use super::feed::Feed;
+use super::record::Recorder;
+use super::segmenter::Ready;
 use super::segmenter::SegmenterConfig;
 use crate::media::MediaHandle;
 use crate::sfu::tap::{TapPacket, TapSink};
@@ -24,6 +26,10 @@ pub struct HlsConfig {
     /// A live nobody has asked anything of for this long stops being
     /// packaged.
     pub idle: Duration,
+    /// `--record DIR`: every live on air is recorded there.
+    pub record: Option<std::path::PathBuf>,
+    /// A new recording file at the first keyframe after this long.
+    pub record_every: Duration,
 }
 
 impl Default for HlsConfig {
@@ -38,6 +44,8 @@ impl Default for HlsConfig {
                 ..SegmenterConfig::default()
             },
             idle: Duration::from_secs(30),
+            record: None,
+            record_every: Duration::from_secs(3600),
         }
     }
 }
@@ -68,6 +76,8 @@ pub struct HlsLive {
     /// on it.
     pub version: watch::Sender<u64>,
     touched: Mutex<Instant>,
+    /// Recorded (`--record`): set while the live is on air.
+    recording: std::sync::atomic::AtomicBool,
 }
 
 impl HlsLive {
@@ -136,6 +146,7 @@ impl Hub {
             feed: Mutex::new(Feed::new(self.config.segmenter.clone())),
             version: watch::Sender::new(0),
             touched: Mutex::new(Instant::now()),
+            recording: std::sync::atomic::AtomicBool::new(false),
         });
         {
             let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,6 +170,24 @@ impl Hub {
         Ok(hls)
     }
 
+    /// With `--record`: packages (and so records) every live on air,
+    /// checking the board every second.
+    pub async fn record_lives(self: Arc<Self>, board: Arc<crate::board::LiveBoard>) {
+        if self.config.record.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for state in board.on_air() {
+                match self.open(&state.live).await {
+                    Ok(l) => l.recording.store(true, Ordering::Relaxed),
+                    Err(e) => tracing::warn!(live = %state.live, "cannot record: {e}"),
+                }
+            }
+        }
+    }
+
     /// The live's state if it is being packaged.
     pub fn get(&self, live: &str) -> Option<Arc<HlsLive>> {
         self.lives
@@ -177,6 +206,11 @@ impl Hub {
         mut rx: mpsc::Receiver<Vec<TapPacket>>,
     ) {
         let mut last_keyframe_request: Option<Instant> = None;
+        let mut recorder = self
+            .config
+            .record
+            .as_deref()
+            .map(|dir| Recorder::new(dir, &live, self.config.record_every));
         loop {
             let next = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
             let packets = match next {
@@ -187,11 +221,19 @@ impl Hub {
             let (ready, wants_keyframe) = {
                 let mut feed = hls.feed.lock().unwrap_or_else(|e| e.into_inner());
                 let wall = SystemTime::now();
-                let mut ready = false;
+                let mut ready = Vec::new();
                 for p in &packets {
-                    ready |= !feed.push(p, wall).is_empty();
+                    ready.extend(feed.push(p, wall));
                 }
-                (ready, feed.wants_keyframe() && !packets.is_empty())
+                if let Some(r) = recorder.as_mut()
+                    && hls.recording.load(Ordering::Relaxed)
+                {
+                    record(r, &feed, &ready, wall, &live);
+                }
+                (
+                    !ready.is_empty(),
+                    feed.wants_keyframe() && !packets.is_empty(),
+                )
             };
             if ready {
                 hls.version.send_modify(|v| *v += 1);
@@ -214,5 +256,29 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&live);
         tracing::info!(%live, "LL-HLS packaging ended (nobody asked for it)");
+    }
+}
+
+/// Appends the parts just made of the recorded rendition (the largest
+/// picture) to the live's recording.
+fn record(r: &mut Recorder, feed: &Feed, ready: &[(usize, Ready)], wall: SystemTime, live: &str) {
+    let recorded = r
+        .rendition()
+        .and_then(|name| feed.renditions.iter().position(|x| x.name == name))
+        .or_else(|| feed.largest());
+    for (i, what) in ready {
+        let Ready::Part { msn, part } = what else {
+            continue;
+        };
+        if Some(*i) != recorded {
+            continue;
+        }
+        let rendition = &feed.renditions[*i];
+        let Some(seg) = rendition.segmenter.as_ref() else {
+            continue;
+        };
+        if let Err(e) = r.on_part(&rendition.name, seg, *msn, *part, wall) {
+            tracing::error!(%live, "recording stopped: {e} (the live goes on)");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod fmp4;
 pub mod hub;
 pub mod playlist;
+pub mod record;
 pub mod segmenter;
 pub mod sps;
 #[cfg(test)]
