@@ -11,20 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn rtmp_addr(server: &Server) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(addr) = server.log_text().lines().find_map(|l| {
-            let rest = l.split("RTMP on ").nth(1)?;
-            Some(rest.split(':').take(2).collect::<Vec<_>>().join(":"))
-        }) {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "no RTMP line in the log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn ffmpeg(url: &str, secs: u32) -> Child {
     Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-re"])

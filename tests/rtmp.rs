@@ -12,21 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The RTMP address from the server's log ("RTMP on 127.0.0.1:PORT: ...").
-fn rtmp_addr(server: &Server) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(addr) = server.log_text().lines().find_map(|l| {
-            let rest = l.split("RTMP on ").nth(1)?;
-            Some(rest.split(':').take(2).collect::<Vec<_>>().join(":"))
-        }) {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "no RTMP line in the log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// FFmpeg publishing a test pattern and a tone, in real time, for `secs`.
 fn ffmpeg(url: &str, rate: u32, video: &[&str], secs: u32) -> Child {
     Command::new("ffmpeg")

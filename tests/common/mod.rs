@@ -626,3 +626,18 @@ pub fn live_goes_on(caster: &mut Client, viewer: &mut Client) {
         |c| c[1].video().len() >= before + 30,
     );
 }
+
+/// The RTMP address from the server's log ("RTMP on 127.0.0.1:PORT: ...").
+pub fn rtmp_addr(server: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(addr) = server.log_text().lines().find_map(|l| {
+            let rest = l.split("RTMP on ").nth(1)?;
+            Some(rest.split(':').take(2).collect::<Vec<_>>().join(":"))
+        }) {
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "no RTMP line in the log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
