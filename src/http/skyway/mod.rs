@@ -314,8 +314,6 @@ fn on_connect(socket: SocketRef, state: AppState) {
         });
         std::future::ready(())
     });
-    hub.with(&state, |s| s.connect(conn, hello, Instant::now()));
-
     // Messages are queued to one task per socket, so that an admission
     // (which may ask the webhook) holds the ones after it.
     let (tx, mut rx) = mpsc::channel::<Incoming>(QUEUE);
@@ -354,6 +352,11 @@ fn on_connect(socket: SocketRef, state: AppState) {
         },
     );
     drop(tx);
+    // Only now that every handler is in place: OPEN goes out here, and a
+    // client that answers it at once (ROOM_GET_USERS, ROOM_JOIN) must not
+    // find its message dropped by socketioxide for want of a handler.
+    // What comes meanwhile waits in the queue until the task below runs.
+    hub.with(&state, |s| s.connect(conn, hello, Instant::now()));
     if !socket.connected() {
         // Refused, or gone already: the task below ends at once.
         gone.notify_one();
