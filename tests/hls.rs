@@ -203,29 +203,11 @@ fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("one.mp4");
     std::fs::write(&file, [&init[..], &seg[..]].concat()).unwrap();
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name:format=duration",
-        ])
-        .args(["-of", "compact"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&probe.stdout);
-    assert!(probe.status.success(), "{out}");
+    let (out, duration) = probe(&file);
     assert!(
         out.contains("codec_name=h264") && out.contains("codec_name=opus"),
         "{out}"
     );
-    let duration: f64 = out
-        .lines()
-        .find_map(|l| l.split("duration=").nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
     assert!((0.9..=2.1).contains(&duration), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 

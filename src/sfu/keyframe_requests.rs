@@ -6,7 +6,7 @@ use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::media::KeyframeRequestKind;
 
-use super::peer::{Forward, Peer, same_live};
+use super::peer::{Forward, OutTrack, Peer, Play, same_live};
 use super::{PeerId, Sfu};
 
 impl Sfu {
@@ -107,11 +107,7 @@ impl Sfu {
                 continue;
             }
             let Peer { plays, rtc, .. } = peer;
-            let Some(track) = plays
-                .iter_mut()
-                .find(|p| same_live(&p.live, live))
-                .and_then(|p| p.video.as_mut())
-            else {
+            let Some(track) = video_of(plays, live) else {
                 continue;
             };
             if !track.waits_for(group) {
@@ -129,11 +125,7 @@ impl Sfu {
             let Some(Peer { plays, rtc, .. }) = self.peers.get_mut(&v) else {
                 continue;
             };
-            let Some(track) = plays
-                .iter_mut()
-                .find(|p| same_live(&p.live, live))
-                .and_then(|p| p.video.as_mut())
-            else {
+            let Some(track) = video_of(plays, live) else {
                 continue;
             };
             let copies = track.replay(rtc, group, now);
@@ -186,6 +178,14 @@ impl Sfu {
             }
         }
     }
+}
+
+/// The video track watching `live` among a viewer's plays.
+fn video_of<'a>(plays: &'a mut [Play], live: &str) -> Option<&'a mut OutTrack> {
+    plays
+        .iter_mut()
+        .find(|p| same_live(&p.live, live))
+        .and_then(|p| p.video.as_mut())
 }
 
 fn request_keyframe(peer: &mut Peer, layer: u32) {
