@@ -213,14 +213,25 @@ async fn media(
     };
     let hls = open(&state, &live).await?;
     let hub = hub(&state)?;
+    // A plain request waits for the rendition's first complete segment (at
+    // most FIRST_WAIT, then answers what there is): a playlist of parts
+    // only is valid, but players refuse it (hls.js: "No Segments found in
+    // Playlist", then a retry a second later), and it is what the first
+    // viewer of a live gets, packaging starting with their request. A
+    // blocking request waits for its part or segment below.
+    let plain = request.msn.is_none();
     let exists = |h: &HlsLive| {
         let feed = h.feed.lock().unwrap_or_else(|e| e.into_inner());
         feed.refused.is_some()
             || feed.renditions.iter().any(|r| {
                 r.name == rendition
-                    && r.segmenter
-                        .as_ref()
-                        .is_some_and(|s| s.last_position().is_some())
+                    && r.segmenter.as_ref().is_some_and(|s| {
+                        if plain {
+                            s.segments().any(|x| x.complete)
+                        } else {
+                            s.last_position().is_some()
+                        }
+                    })
             })
     };
     wait_for(&hls, FIRST_WAIT, exists).await;
