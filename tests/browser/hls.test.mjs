@@ -153,8 +153,8 @@ test('hl2: LL-HLS playlists: codecs, part rules, blocking reload held until the 
       // is held until it exists too): the playlist must come when the part does, not before and
       // not much after. Each round asks right after the previous part came out, so it is held
       // for about the new part's duration (parts are cut at frame boundaries, never longer than
-      // PART-TARGET: at 30 fps with 1 s segments they run 0.467, 0.5 and 0.033 s). The first
-      // round only aligns on a part boundary.
+      // PART-TARGET; a segment's last part may be shorter). The first round only aligns on a
+      // part boundary.
       let last = text;
       const rounds = [];
       for (let i = 0; i < 9; i++) {
