@@ -108,6 +108,12 @@ pub struct MediaOptions<'a> {
 /// `PART-HOLD-BACK` in part targets: the spec's minimum is 2, Apple's
 /// recommendation (and the brief's) 3; below it players stall at the edge.
 const PART_HOLD_BACK_PARTS: u32 = 3;
+
+/// `PART-HOLD-BACK` for parts of `part_target`: how far from the playlist's
+/// end players start.
+pub fn part_hold_back(part_target: Duration) -> Duration {
+    part_target * PART_HOLD_BACK_PARTS
+}
 /// `CAN-SKIP-UNTIL` in target durations: the spec's minimum.
 const SKIP_UNTIL_TARGETS: u64 = 6;
 /// Parts are listed for segments ending within this many target durations
@@ -152,7 +158,7 @@ pub fn media_playlist(seg: &Segmenter, opts: &MediaOptions) -> String {
     let _ = writeln!(
         out,
         "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={},CAN-SKIP-UNTIL={}",
-        secs(part_target * PART_HOLD_BACK_PARTS),
+        secs(part_hold_back(part_target)),
         secs(skip_until),
     );
     let _ = writeln!(out, "#EXT-X-PART-INF:PART-TARGET={}", secs(part_target));

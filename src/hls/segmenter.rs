@@ -383,9 +383,15 @@ impl Segmenter {
                 self.close_part(new.dts, false, ready);
                 self.close_segment(ready);
                 self.open_segment(new.dts, new.wall);
-            } else if new.dts + u64::from(duration) - self.part_start > part_target {
+            } else if new.dts + u64::from(duration) - self.part_start
+                > part_target + u64::from(duration / 4)
+            {
                 // Another sample like the last one won't fit: publish now
-                // rather than a frame later.
+                // rather than a frame later. Only if it would overshoot by
+                // more than timestamp jitter (a quarter of a sample; RTMP's
+                // are whole ms): else the next sample tells (the check
+                // above), so a part that just fits is not cut a frame
+                // short, leaving a one-frame part before the keyframe.
                 self.close_part(new.dts, false, ready);
             }
         }
@@ -762,6 +768,35 @@ mod tests {
                 Ready::Part { msn: 1, part: 0 },
             ]
         );
+    }
+
+    #[test]
+    fn timestamps_in_whole_milliseconds_still_fill_the_parts() {
+        // RTMP carries milliseconds: 30 fps comes as steps of 33, 33 and
+        // 34 ms (2970 or 3060 ticks). Parts are still 15 frames (0.5 s),
+        // two a 1 s segment; not 14 frames, 15, then a part of one frame
+        // before the keyframe (hls.js stalls on those).
+        use crate::hls::fmp4::TrackConfig;
+        let tracks = vec![TrackConfig::video(SPS_1280X720.to_vec(), PPS.to_vec()).unwrap()];
+        let mut seg = Segmenter::new(SegmenterConfig::default(), tracks);
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        for i in 0..=150u64 {
+            let at = (i * 1000 + 15) / 30; // ms, rounded
+            let sample = Sample {
+                track: 0,
+                dts: at * 90,
+                composition_offset: 0,
+                keyframe: i.is_multiple_of(30),
+                data: Bytes::from(format!("video frame {i}")),
+            };
+            seg.push(sample, t0 + Duration::from_millis(at));
+        }
+        let complete: Vec<_> = seg.segments().filter(|s| s.complete).collect();
+        assert_eq!(complete.len(), 5);
+        for s in complete {
+            let parts: Vec<u128> = s.parts.iter().map(|p| ms(p.duration)).collect();
+            assert_eq!(parts, [500, 500], "segment {}", s.msn);
+        }
     }
 
     #[test]

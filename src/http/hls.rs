@@ -213,14 +213,29 @@ async fn media(
     };
     let hls = open(&state, &live).await?;
     let hub = hub(&state)?;
+    // A plain request waits (at most FIRST_WAIT, then answers what there
+    // is) until the rendition lists a complete segment and at least
+    // PART-HOLD-BACK of media: players refuse a playlist of parts only
+    // (hls.js: "No Segments found in Playlist", then a retry a second
+    // later), and start at the first segment when the playlist is shorter
+    // than PART-HOLD-BACK, closer to the edge than it says is safe. The
+    // first viewer of a live gets such a young playlist: packaging starts
+    // with their request. A blocking request waits for its part below.
+    let plain = request.msn.is_none();
     let exists = |h: &HlsLive| {
         let feed = h.feed.lock().unwrap_or_else(|e| e.into_inner());
         feed.refused.is_some()
             || feed.renditions.iter().any(|r| {
                 r.name == rendition
-                    && r.segmenter
-                        .as_ref()
-                        .is_some_and(|s| s.last_position().is_some())
+                    && r.segmenter.as_ref().is_some_and(|s| {
+                        if plain {
+                            let listed: Duration = s.segments().map(|x| x.duration).sum();
+                            s.segments().any(|x| x.complete)
+                                && listed >= playlist::part_hold_back(s.config().part_target)
+                        } else {
+                            s.last_position().is_some()
+                        }
+                    })
             })
     };
     wait_for(&hls, FIRST_WAIT, exists).await;
