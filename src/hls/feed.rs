@@ -16,7 +16,7 @@ use str0m::media::MediaKind;
 use super::depacketize::H264Depacketizer;
 use super::fmp4::{OPUS_TIMESCALE, TrackConfig, VIDEO_TIMESCALE, codec_string};
 use super::playlist::Variant;
-use super::segmenter::{Ready, Sample, Segmenter, SegmenterConfig};
+use super::segmenter::{Boundary, Ready, Sample, Segmenter, SegmenterConfig};
 use crate::sfu::PeerId;
 use crate::sfu::tap::TapPacket;
 
@@ -55,6 +55,46 @@ impl Clock {
         };
         self.last = Some((ext, ts));
         (self.origin + ext).max(0) as u64
+    }
+}
+
+/// Where a live's renditions end their segments, so that the ABR ladder's
+/// segments line up: the same keyframe (every layer gets the keyframe
+/// requests at once, and a simulcast encoder makes them from one captured
+/// frame) ends a segment in every rendition. Without it a layer that
+/// started later (simulcast layers come on as the caster's bandwidth grows)
+/// would cut a fraction of a segment off the others, forever, and ask for
+/// keyframes in between theirs: twice the keyframes for every layer.
+#[derive(Debug, Default)]
+struct Boundaries {
+    /// Recent boundaries on the live's timeline (90 kHz), newest last.
+    recent: std::collections::VecDeque<u64>,
+}
+
+impl Boundaries {
+    const KEPT: usize = 4;
+
+    /// Whether a keyframe at `dts` ends its rendition's segment: it is one
+    /// another rendition ended on (within `segment_target` / 5: the layers'
+    /// clocks are anchored by their own first arrivals, a few ms apart), or
+    /// the first since the last boundary that comes (nearly) a segment
+    /// target later, which becomes the next boundary.
+    fn at_keyframe(&mut self, dts: u64, segment_target: std::time::Duration) -> Boundary {
+        let target = (segment_target.as_secs_f64() * f64::from(VIDEO_TIMESCALE)) as u64;
+        let tolerance = target / 5;
+        if self.recent.iter().any(|b| b.abs_diff(dts) <= tolerance) {
+            return Boundary::Here;
+        }
+        match self.recent.back() {
+            Some(last) if dts < last + target * 9 / 10 => Boundary::NotHere,
+            _ => {
+                if self.recent.len() == Self::KEPT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(dts);
+                Boundary::Here
+            }
+        }
     }
 }
 
@@ -124,6 +164,7 @@ pub struct Feed {
     has_audio: bool,
     /// The caster's video cannot be packaged (VP8, VP9, AV1).
     pub refused: Option<&'static str>,
+    boundaries: Boundaries,
 }
 
 impl Feed {
@@ -136,6 +177,7 @@ impl Feed {
             audio: None,
             has_audio: false,
             refused: None,
+            boundaries: Boundaries::default(),
         }
     }
 
@@ -228,6 +270,11 @@ impl Feed {
                     let Some(seg) = r.segmenter.as_mut() else {
                         continue;
                     };
+                    let boundary = if au.keyframe {
+                        self.boundaries.at_keyframe(dts, config.segment_target)
+                    } else {
+                        Boundary::Auto
+                    };
                     let sample = Sample {
                         track: 0,
                         dts,
@@ -235,7 +282,11 @@ impl Feed {
                         keyframe: au.keyframe,
                         data: Bytes::from(au.nalus),
                     };
-                    ready.extend(seg.push(sample, wall).into_iter().map(|x| (i, x)));
+                    ready.extend(
+                        seg.push_at(sample, wall, boundary)
+                            .into_iter()
+                            .map(|x| (i, x)),
+                    );
                 }
             }
         }
@@ -296,6 +347,7 @@ impl Feed {
         self.epoch = Some(p.arrival);
         self.audio = None;
         self.has_audio = false;
+        self.boundaries = Boundaries::default();
         for r in &mut self.renditions {
             r.depacketizer = H264Depacketizer::new();
             r.video = None;

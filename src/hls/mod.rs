@@ -11,6 +11,8 @@
 //!   decisions, resource names.
 
 #[cfg(test)]
+mod align_tests;
+#[cfg(test)]
 mod chain_tests;
 pub mod depacketize;
 pub mod feed;

@@ -65,6 +65,20 @@ pub struct Sample {
     pub data: Bytes,
 }
 
+/// Whether a video keyframe ends the segment in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundary {
+    /// The segmenter's own rule: the first keyframe once the segment has
+    /// lasted (nearly) `segment_target`.
+    Auto,
+    /// The caller's: this keyframe ends it (if it holds anything). A live's
+    /// renditions are cut on the same keyframes this way, so their segments
+    /// line up (see `feed::Boundaries`).
+    Here,
+    /// The caller's: this keyframe does not end it.
+    NotHere,
+}
+
 /// Something that became available, for the IO layer to wake requests
 /// blocked on it (parts, segments, and playlists waiting for either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +280,12 @@ impl Segmenter {
     /// `PROGRAM-DATE-TIME` when the sample starts one. Returns what became
     /// available.
     pub fn push(&mut self, sample: Sample, wall: SystemTime) -> Vec<Ready> {
+        self.push_at(sample, wall, Boundary::Auto)
+    }
+
+    /// [`Segmenter::push`], with the caller deciding whether a keyframe of
+    /// the cutting track ends the segment (ignored for other samples).
+    pub fn push_at(&mut self, sample: Sample, wall: SystemTime, boundary: Boundary) -> Vec<Ready> {
         let mut ready = Vec::new();
         let Some(track) = self.tracks.get(sample.track) else {
             return ready;
@@ -290,7 +310,7 @@ impl Segmenter {
             wall,
         };
         if sample.track == self.cut {
-            self.push_cut(held, &mut ready);
+            self.push_cut(held, boundary, &mut ready);
         } else {
             push_other(t, held);
         }
@@ -340,7 +360,7 @@ impl Segmenter {
         self.started = true;
     }
 
-    fn push_cut(&mut self, new: Held, ready: &mut Vec<Ready>) {
+    fn push_cut(&mut self, new: Held, boundary: Boundary, ready: &mut Vec<Ready>) {
         let scale = self.tracks[self.cut].timescale;
         let part_target = ticks(self.config.part_target, scale);
         // A keyframe a little early still ends the segment: an encoder's
@@ -379,7 +399,13 @@ impl Segmenter {
                 self.close_part(fin.dts, false, ready);
             }
             self.part_samples.push(fin);
-            if new.keyframe && new.dts - self.segment_start >= segment_target {
+            let ends = new.keyframe
+                && match boundary {
+                    Boundary::Auto => new.dts - self.segment_start >= segment_target,
+                    Boundary::Here => new.dts > self.segment_start,
+                    Boundary::NotHere => false,
+                };
+            if ends {
                 self.close_part(new.dts, false, ready);
                 self.close_segment(ready);
                 self.open_segment(new.dts, new.wall);
