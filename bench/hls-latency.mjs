@@ -4,7 +4,7 @@
 // tests/browser/node_modules, `lowLatencyMode: true`, otherwise its defaults) in headless
 // Chromium, against the same source played over WebRTC (/assets/latency-play.html, as
 // bench/rtmp-latency.mjs does), in one run: for each part duration (Vessel started with
-// `--hls-part 0.5`, its default, then `--hls-part 0.2`), rounds hls, webrtc, hls, webrtc after an
+// `--hls-part 0.5`, then `--hls-part 0.2`, its default; HLS_PARTS to choose), rounds hls, webrtc, hls, webrtc after an
 // uncounted warm-up round of each.
 //
 // HLS rounds: hls.js is injected into a Vessel page (/) and plays /hls/{live}/index.m3u8 in a
@@ -16,7 +16,7 @@
 // events, and freezes (two presented frames more than 200 ms apart). Also reported: hls.js's
 // own `latency` (s behind the playlist's edge) and `targetLatency`, medians over the window.
 //
-//   scripts/bench-hls-latency [frames per round, default 600] [keyframe interval in s, default 1]
+//   [HLS_PARTS=0.5,0.33,0.2] scripts/bench-hls-latency [frames per round, default 600] [keyframe interval in s, default 1]
 
 import { Harness, waitInPage } from '../tests/browser/helpers.mjs';
 import { playHls } from '../tests/browser/hls-lib.mjs';
@@ -27,7 +27,9 @@ const keyframeSeconds = Number(process.argv[3] || 1);
 if (!(samples > 0) || !(keyframeSeconds > 0)) throw new Error('usage: node bench/hls-latency.mjs [frames] [keyframe seconds]');
 /** HLS frames presented before measuring starts (5 s). */
 const HLS_WARMUP = 150;
-const PARTS = [0.5, 0.2];
+/** Part durations to compare (env HLS_PARTS="0.5,0.33,0.2"), each a fresh Vessel. */
+const PARTS = (process.env.HLS_PARTS || '0.5,0.2').split(',').map(Number);
+if (PARTS.some((p) => !(p >= 0.1 && p <= 2))) throw new Error('HLS_PARTS: part durations in seconds, e.g. 0.5,0.2');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

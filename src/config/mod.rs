@@ -482,11 +482,13 @@ pub struct HlsFlags {
     #[arg(long = "no-hls", env = "VESSEL_NO_HLS")]
     pub hls_disabled: bool,
 
-    /// LL-HLS part duration, seconds (0.2 to 2).
+    /// LL-HLS part duration, seconds (0.2 to 2). The default, 0.2, measured
+    /// 0.75 s glass to glass in hls.js (0.5: 1.6 s; BENCHMARKS.md "LL-HLS")
+    /// and divides a second at 24, 25, 30, 50 and 60 fps into whole frames.
     #[arg(
         long = "hls-part",
         env = "VESSEL_HLS_PART",
-        default_value_t = 0.5,
+        default_value_t = 0.2,
         value_parser = parse_part
     )]
     pub hls_part: f64,

@@ -2,7 +2,7 @@
 //! they are made. Each part is a complete `moof` + `mdat`, written with one
 //! `write` and synced at every segment, so a crash or `kill -9` leaves a
 //! playable file that lacks at most the part in flight (≤ the part
-//! duration, 0.5 s by default).
+//! duration, 0.2 s by default).
 //!
 //! Files: `{dir}/{live}-{UTC start, YYYYmmdd-HHMMSS}.mp4`. A new file starts
 //! at a keyframe when the hour (`--record-every`) is up, and whenever the
