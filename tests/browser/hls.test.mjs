@@ -237,3 +237,107 @@ test('hl2: LL-HLS playlists: codecs, part rules, blocking reload held until the 
     }
   }),
 );
+
+/** A media playlist's complete segments: { msn, pdt (ms), duration (s) }. */
+function segmentsOf(text) {
+  const lines = text.split('\n');
+  let msn = Number(lines.find((l) => l.startsWith('#EXT-X-MEDIA-SEQUENCE:'))?.split(':')[1] ?? 0);
+  const out = [];
+  let pdt = null;
+  for (const l of lines) {
+    if (l.startsWith('#EXT-X-PROGRAM-DATE-TIME:')) pdt = Date.parse(l.slice('#EXT-X-PROGRAM-DATE-TIME:'.length));
+    else if (l.startsWith('#EXT-X-SKIP:')) msn += Number(attr(l, 'SKIPPED-SEGMENTS'));
+    else if (l.startsWith('#EXTINF:')) {
+      out.push({ msn, pdt, duration: Number(l.slice(8).split(',')[0]) });
+      msn += 1;
+      pdt = pdt == null ? null : pdt + out.at(-1).duration * 1000;
+    }
+  }
+  return out;
+}
+
+test('hl5: a WHIP H.264 simulcast caster: a rendition per layer with their segments on the same keyframes, keyframes at one per segment, and hls.js plays it 10 s with video and Opus audio', { timeout: 90000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('hw');
+    const caster = await h.open(`/cast/${live}?codec=H264`, `cast ${live}`);
+    try {
+      await waitInPage(caster, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
+      await caster.click('#golive');
+      await waitInPage(caster, `window.vesselPublisher && window.vesselPublisher.state === 'live'`, 20000, 'publisher state "live"');
+      const encoding = () => caster.evaluate(async () => {
+        const report = await window.vesselPublisher.pc.getStats();
+        const layers = {};
+        for (const s of report.values()) {
+          if (s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0) {
+            layers[s.rid ?? 'main'] = { codec: report.get(s.codecId)?.mimeType, keyFrames: s.keyFramesEncoded, frames: s.framesEncoded, size: `${s.frameWidth}x${s.frameHeight}` };
+          }
+        }
+        return layers;
+      });
+      // Chromium sends H.264 (OpenH264) in three layers once its bandwidth estimate carries them.
+      const layers = await waitFor(async () => {
+        const l = await encoding();
+        return Object.keys(l).length >= 3 && l;
+      }, 20000, 'three H.264 layers encoding');
+      for (const l of Object.values(layers)) assert.equal(l.codec, 'video/H264');
+      await onAir(live);
+
+      // The multivariant playlist lists a rendition per layer, each with its size and Opus.
+      const variants = await waitFor(async () => {
+        const r = await fetch(`${h.url}/hls/${live}/index.m3u8`);
+        if (r.status !== 200) return false;
+        const lines = (await r.text()).split('\n');
+        const v = lines.flatMap((l, i) => (l.startsWith('#EXT-X-STREAM-INF:') ? [{ inf: l, uri: lines[i + 1].trim() }] : []));
+        return v.length >= 3 && v;
+      }, 20000, 'three renditions in the multivariant playlist', 500);
+      console.log(`# renditions: ${variants.map((v) => `${v.uri} ${attr(v.inf, 'RESOLUTION')} ${attr(v.inf, 'CODECS')}`).join('; ')}`);
+      for (const v of variants) assert.match(attr(v.inf, 'CODECS'), /^avc1\.[0-9a-f]{6},opus$/);
+      assert.equal(new Set(variants.map((v) => attr(v.inf, 'RESOLUTION'))).size, 3, 'three picture sizes');
+
+      const keyframesBefore = await encoding();
+      const page = await h.open('/', `hls.js ${live}`);
+      await playHls(page, `${h.url}/hls/${live}/index.m3u8`);
+      await waitInPage(page, 'window.hlsRun.playingAt != null || window.hlsRun.fatal', 20000, 'hls.js playing');
+      const state = await waitFor(async () => {
+        const s = await hlsState(page);
+        if (s.fatal) throw new Error(`fatal hls.js error: ${JSON.stringify(s.fatal)}`);
+        return s.played >= 10.2 && s;
+      }, 30000, '10 s of media played', 500);
+      const keyframesAfter = await encoding();
+      const seconds = (keyframesAfter.f.frames - keyframesBefore.f.frames) / 30;
+
+      // Segments line up across renditions: for the segments every rendition still lists, the
+      // same start (program date time, within the layers' arrival spread) and the same length.
+      const lists = {};
+      for (const v of variants) lists[v.uri] = segmentsOf(await (await fetch(`${h.url}/hls/${live}/${v.uri}`)).text());
+      const [first, ...others] = Object.values(lists);
+      let compared = 0;
+      for (const s of first.slice(1)) {
+        for (const o of others) {
+          const match = o.find((x) => Math.abs(x.pdt - s.pdt) <= 150);
+          assert.ok(match, `a segment at ${new Date(s.pdt).toISOString()} in every rendition: ${JSON.stringify(lists)}`);
+          assert.ok(Math.abs(match.duration - s.duration) <= 0.05, `same length: ${JSON.stringify(s)} vs ${JSON.stringify(match)}`);
+          compared += 1;
+        }
+      }
+      assert.ok(compared >= 10, `${compared} segments compared`);
+      // Keyframes: about one a segment per layer, not one per 500 ms request window.
+      const made = Object.fromEntries(Object.entries(keyframesAfter).map(([rid, l]) => [rid, l.keyFrames - (keyframesBefore[rid]?.keyFrames ?? 0)]));
+      console.log(`# over ${seconds.toFixed(1)} s of playback: keyframes per layer ${JSON.stringify(made)}; segments ${JSON.stringify(Object.fromEntries(Object.entries(lists).map(([k, l]) => [k, l.map((s) => s.duration)])))}`);
+      for (const [rid, n] of Object.entries(made)) assert.ok(n <= seconds * 1.3 + 2, `layer ${rid}: ${n} keyframes in ${seconds.toFixed(1)} s`);
+
+      const { errors, levels, tracks, samples, ...shown } = state;
+      console.log(`# hls.js on a WHIP simulcast live: ${JSON.stringify(shown)}; levels ${JSON.stringify(levels)}`);
+      assert.ok(levels.length >= 3, `hls.js sees the ladder: ${JSON.stringify(levels)}`);
+      assert.equal(state.stallsAfterGrace, 0, `no bufferStalledError after the first second: ${JSON.stringify(errors)}`);
+      assert.equal(state.waitingAfterGrace, 0, `no 'waiting' event after the first second (${state.waitingTotal} in all)`);
+      assert.ok(state.totalVideoFrames >= 200, `${state.totalVideoFrames} video frames decoded`);
+      assert.match(levels[0].audioCodec ?? '', /^opus$/);
+      assert.ok(state.audioDecodedBytes > 0, `audio decoded: ${state.audioDecodedBytes} bytes`);
+      await h.closePage(page);
+    } finally {
+      await caster.evaluate(() => window.vesselPublisher?.stop()).catch(() => {});
+      await h.closePage(caster);
+    }
+  }),
+);
