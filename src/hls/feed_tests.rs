@@ -98,8 +98,11 @@ fn rtmp_stream(secs: u32) -> Vec<(u32, RtmpFrame)> {
     out
 }
 
-/// (track id, base decode time, [(duration, cts)]) of each traf of a part.
-fn trafs(part: &Bytes) -> Vec<(u32, u64, Vec<(u32, Option<i64>)>)> {
+/// (track id, base decode time, [(duration, cts)]) of a traf.
+type Traf = (u32, u64, Vec<(u32, Option<i64>)>);
+
+/// Each traf of a part.
+fn trafs(part: &Bytes) -> Vec<Traf> {
     let mut buf: &[u8] = part;
     let moof = Moof::decode(&mut buf).unwrap();
     moof.traf

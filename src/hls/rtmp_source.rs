@@ -147,7 +147,7 @@ impl RtmpSource {
                 data,
             } => {
                 let length_size = self.video.as_ref()?.nalu_length_size.bytes();
-                let (avcc, idr) = self.to_avcc(data, length_size)?;
+                let (avcc, idr) = self.avcc_of(data, length_size)?;
                 let ms = self.ms(*dts_ms);
                 let config = if idr {
                     let c = self.video.as_ref()?;
@@ -207,7 +207,7 @@ impl RtmpSource {
     /// The frame's NAL units with 4-byte lengths (what the init segment
     /// says), parameter sets kept aside and delimiters dropped; and whether
     /// it holds an IDR slice. `None` if the lengths don't add up.
-    fn to_avcc(&mut self, data: &[u8], length_size: usize) -> Option<(Bytes, bool)> {
+    fn avcc_of(&mut self, data: &[u8], length_size: usize) -> Option<(Bytes, bool)> {
         let mut out = BytesMut::with_capacity(data.len() + 16);
         let mut rest = data;
         let mut idr = false;
