@@ -86,7 +86,8 @@ fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
     let inf = tag(&body, "#EXT-X-STREAM-INF").expect("a variant");
-    assert!(inf.contains("avc1.") && inf.contains("opus"), "{inf}");
+    // RTMP lives keep their AAC (WebRTC viewers get an Opus transcode).
+    assert!(inf.contains("avc1.") && inf.contains("mp4a.40.2"), "{inf}");
     assert!(inf.contains("RESOLUTION=320x240"), "{inf}");
     assert!(body.lines().any(|l| l == "main/index.m3u8"), "{body}");
 
@@ -181,7 +182,7 @@ fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
         "{delta}\n---\n{full}"
     );
 
-    // The media: init + a segment read by ffprobe as H.264 and Opus.
+    // The media: init + a segment read by ffprobe as H.264 and AAC.
     let init = http()
         .get(server.url("/hls/show/main/init-0.mp4"))
         .send()
@@ -205,7 +206,7 @@ fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
     std::fs::write(&file, [&init[..], &seg[..]].concat()).unwrap();
     let (out, duration) = probe(&file);
     assert!(
-        out.contains("codec_name=h264") && out.contains("codec_name=opus"),
+        out.contains("codec_name=h264") && out.contains("codec_name=aac"),
         "{out}"
     );
     assert!((0.9..=2.1).contains(&duration), "{out}");
@@ -388,10 +389,11 @@ fn a_recording_cut_by_kill_9_plays_up_to_its_last_second_and_a_new_caster_starts
             .all(|n| n.starts_with("rec-2") && n.ends_with(".mp4")),
         "{names:?}"
     );
-    // The replaced caster's file is complete and whole.
+    // The replaced caster's file is complete and whole, with the AAC
+    // the caster sent.
     let (out, duration) = probe(&files[0]);
     assert!(
-        out.contains("codec_name=h264") && out.contains("codec_name=opus"),
+        out.contains("codec_name=h264") && out.contains("codec_name=aac"),
         "{out}"
     );
     let wall = (second_started - started).as_secs_f64();
@@ -407,5 +409,115 @@ fn a_recording_cut_by_kill_9_plays_up_to_its_last_second_and_a_new_caster_starts
         duration >= wall - 2.0 && duration < wall + 1.0,
         "{duration} s of {wall} s: {out}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An FFmpeg caster with x264's default B-frames (no zerolatency) and AAC.
+fn ffmpeg_with_bframes(url: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args([
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "2",
+        ])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-ac", "2"])
+        .args(["-t", &secs.to_string(), "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs (scripts/test installs it)")
+}
+
+#[test]
+fn an_rtmp_live_with_bframes_and_aac_is_packaged_as_sent() {
+    let _one = ENCODING.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start();
+    let mut ffmpeg = ffmpeg_with_bframes(&format!("rtmp://{}/live/bf", rtmp_addr(&server)), 20);
+    wait_on_air(&server, "bf");
+    let (status, multi, _) = get(&server, "/hls/bf/index.m3u8");
+    assert_eq!(status, 200, "{multi}");
+    let inf = tag(&multi, "#EXT-X-STREAM-INF").expect("a variant");
+    assert!(
+        inf.contains("avc1.64") && inf.contains("mp4a.40.2"),
+        "{inf}"
+    );
+    // Until three segments are complete.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let media = loop {
+        let (status, media, _) = get(&server, "/hls/bf/main/index.m3u8");
+        assert_eq!(status, 200, "{media}");
+        if media.lines().filter(|l| l.starts_with("#EXTINF")).count() >= 3 {
+            break media;
+        }
+        assert!(Instant::now() < deadline, "{media}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut file = http()
+        .get(server.url("/hls/bf/main/init-0.mp4"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .to_vec();
+    let mut lines = media.lines();
+    let mut seconds = 0.0;
+    let mut segments = 0;
+    while let Some(l) = lines.next() {
+        let Some(d) = l.strip_prefix("#EXTINF:") else {
+            continue;
+        };
+        let uri = lines.by_ref().find(|l| l.starts_with("seg-")).unwrap();
+        seconds += d.trim_end_matches(',').parse::<f64>().unwrap();
+        segments += 1;
+        let seg = http()
+            .get(server.url(&format!("/hls/bf/main/{uri}")))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        file.extend_from_slice(&seg);
+    }
+    assert!(segments >= 3, "{media}");
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let dir = std::env::temp_dir().join(format!("vessel-hls-bf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bf.mp4");
+    std::fs::write(&path, &file).unwrap();
+    let (out, _) = probe(&path);
+    assert!(
+        out.contains("codec_name=h264") && out.contains("codec_name=aac"),
+        "{out}"
+    );
+    // Every picture of the segments decodes, without a complaint, and
+    // there are as many as the playlist's durations say (30 fps).
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&decode.stderr);
+    assert!(decode.status.success() && stderr.is_empty(), "{stderr}");
+    let frames = String::from_utf8_lossy(&decode.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    let expected = (seconds * 30.0).round() as usize;
+    assert!(
+        frames.abs_diff(expected) <= 1,
+        "{frames} pictures decoded, {expected} in {seconds} s of segments"
+    );
+    // The audio decodes too.
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-map", "0:a", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&decode.stderr);
+    assert!(decode.status.success() && stderr.is_empty(), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,11 @@
 //! one rendition per H.264 video layer, each with the live's audio. Sans-IO:
 //! packets and wall-clock times in, segmenter state and readiness out.
 //!
+//! An RTMP caster's frames come instead straight from the ingest
+//! ([`Feed::push_rtmp`], see [`super::rtmp_source`]): its original AAC and
+//! its B-frames' decode order; the tap's packets of that caster (the Opus
+//! transcode, the re-packetized video) are ignored.
+//!
 //! Timing: each track's RTP timestamps are unwrapped and placed on one
 //! timeline by the arrival of that track's first packet (the tap carries no
 //! RTCP sender reports). The error is the first packets' jitter, a few
@@ -16,12 +21,17 @@ use str0m::media::MediaKind;
 use super::depacketize::H264Depacketizer;
 use super::fmp4::{OPUS_TIMESCALE, TrackConfig, VIDEO_TIMESCALE, codec_string};
 use super::playlist::Variant;
+use super::rtmp_source::{RtmpInput, RtmpSource, SourceSample};
 use super::segmenter::{Boundary, Ready, Sample, Segmenter, SegmenterConfig};
 use crate::sfu::PeerId;
 use crate::sfu::tap::TapPacket;
 
 /// Video layers (renditions) kept per live: simulcast has three.
 const MAX_RENDITIONS: usize = 4;
+
+/// Replaced casters remembered: their late packets (a replaced RTMP
+/// publish's frames still queued, say) must not take the live back.
+const RETIRED: usize = 8;
 
 /// Why a live cannot be packaged, for the 409 and the live's warnings.
 pub const VP8_REFUSED: &str = "this live's video is VP8, which HLS (fMP4) cannot carry in the \
@@ -109,14 +119,28 @@ pub struct Rendition {
     /// SPS and PPS).
     pub segmenter: Option<Segmenter>,
     video: Option<TrackConfig>,
-    /// The segmenter's tracks include the audio.
-    with_audio: bool,
+    /// The audio track of the segmenter's tracks, if they have one.
+    audio: Option<TrackConfig>,
     /// Bytes seen and since when, for `BANDWIDTH`.
     bytes: u64,
     since: Instant,
 }
 
 impl Rendition {
+    fn new(name: String, ssrc: u32, arrival: Instant, epoch: Instant) -> Self {
+        Self {
+            name,
+            ssrc,
+            depacketizer: H264Depacketizer::new(),
+            clock: Clock::new(VIDEO_TIMESCALE, arrival, epoch),
+            segmenter: None,
+            video: None,
+            audio: None,
+            bytes: 0,
+            since: arrival,
+        }
+    }
+
     /// What the multivariant playlist says of it, once it has an init
     /// segment.
     pub fn variant(&self, now: Instant, audio: bool) -> Option<Variant> {
@@ -131,7 +155,7 @@ impl Rendition {
         let video_bps = (self.bytes as f64 * 8.0 / secs) as u64;
         let mut codecs = vec![codec_string(self.video.as_ref()?)];
         if audio {
-            codecs.push(codec_string(&opus()));
+            codecs.push(codec_string(self.audio.as_ref().unwrap_or(&opus())));
         }
         Some(Variant {
             uri: format!("{}/index.m3u8", self.name),
@@ -160,8 +184,17 @@ pub struct Feed {
     /// Timeline origin (the current caster's first packet).
     epoch: Option<Instant>,
     audio: Option<Clock>,
-    /// Audio seen from the current caster: renditions made later carry it.
-    has_audio: bool,
+    /// The current caster's audio track, once seen: renditions made later
+    /// carry it.
+    audio_track: Option<TrackConfig>,
+    /// The current caster is an RTMP publish and this its frames' timeline
+    /// (`None` for a WebRTC caster).
+    rtmp: Option<RtmpSource>,
+    /// An RTMP publish whose tap packets are ignored: its frames come
+    /// through [`Feed::push_rtmp`].
+    rtmp_caster: Option<PeerId>,
+    /// Casters replaced since (most recent last).
+    retired: Vec<PeerId>,
     /// The caster's video cannot be packaged (VP8, VP9, AV1).
     pub refused: Option<&'static str>,
     boundaries: Boundaries,
@@ -175,7 +208,10 @@ impl Feed {
             caster: None,
             epoch: None,
             audio: None,
-            has_audio: false,
+            audio_track: None,
+            rtmp: None,
+            rtmp_caster: None,
+            retired: Vec::new(),
             refused: None,
             boundaries: Boundaries::default(),
         }
@@ -198,14 +234,23 @@ impl Feed {
 
     /// Audio has come from the current caster.
     pub fn has_audio(&self) -> bool {
-        self.has_audio
+        self.audio_track.is_some()
+    }
+
+    /// `caster` is an RTMP publish: its frames will come through
+    /// [`Feed::push_rtmp`], so its tap packets are ignored from now on.
+    pub fn expect_rtmp(&mut self, caster: PeerId) {
+        self.rtmp_caster = Some(caster);
     }
 
     /// Takes one caster packet; returns what became ready, by rendition.
     pub fn push(&mut self, p: &TapPacket, wall: SystemTime) -> Vec<(usize, Ready)> {
         let mut ready = Vec::new();
+        if self.rtmp_caster == Some(p.caster) || self.retired.contains(&p.caster) {
+            return ready;
+        }
         if self.caster != Some(p.caster) {
-            self.new_caster(p);
+            self.new_caster(p.caster, p.arrival);
         }
         let epoch = *self.epoch.get_or_insert(p.arrival);
         match p.kind {
@@ -213,24 +258,12 @@ impl Feed {
                 if p.codec != Codec::Opus {
                     return ready;
                 }
-                self.has_audio = true;
+                self.audio_track.get_or_insert_with(opus);
                 let clock = self
                     .audio
                     .get_or_insert_with(|| Clock::new(OPUS_TIMESCALE, p.arrival, epoch));
                 let dts = clock.at(p.ts);
-                let data = Bytes::copy_from_slice(&p.payload);
-                for (i, r) in self.renditions.iter_mut().enumerate() {
-                    if let Some(seg) = r.segmenter.as_mut() {
-                        let sample = Sample {
-                            track: 1,
-                            dts,
-                            composition_offset: 0,
-                            keyframe: true,
-                            data: data.clone(),
-                        };
-                        ready.extend(seg.push(sample, wall).into_iter().map(|x| (i, x)));
-                    }
-                }
+                self.push_audio(dts, Bytes::copy_from_slice(&p.payload), wall, &mut ready);
             }
             MediaKind::Video => {
                 if p.codec != Codec::H264 {
@@ -241,39 +274,15 @@ impl Feed {
                 let Some(i) = self.rendition_of(p, epoch) else {
                     return ready;
                 };
-                let audio = self.has_audio;
-                let config = self.config.clone();
                 let r = &mut self.renditions[i];
                 r.bytes += p.payload.len() as u64;
-                for au in r.depacketizer.push(&p.payload, p.ts, p.seq, p.marker) {
+                let aus = r.depacketizer.push(&p.payload, p.ts, p.seq, p.marker);
+                for au in aus {
+                    let r = &mut self.renditions[i];
                     let dts = r.clock.at(au.rtp_ts);
-                    if au.keyframe
-                        && let (Some(sps), Some(pps)) = (au.sps.clone(), au.pps.clone())
-                        && let Some(video) = TrackConfig::video(sps, pps)
-                        && (r.video.as_ref() != Some(&video) || r.with_audio != audio)
-                    {
-                        // A new source, new parameter sets, or audio that
-                        // came after the first keyframe: a new init segment.
-                        let mut tracks = vec![video.clone()];
-                        if audio {
-                            tracks.push(opus());
-                        }
-                        r.video = Some(video);
-                        r.with_audio = audio;
-                        match r.segmenter.as_mut() {
-                            Some(seg) => {
-                                ready.extend(seg.discontinuity(tracks).into_iter().map(|x| (i, x)))
-                            }
-                            None => r.segmenter = Some(Segmenter::new(config.clone(), tracks)),
-                        }
-                    }
-                    let Some(seg) = r.segmenter.as_mut() else {
-                        continue;
-                    };
-                    let boundary = if au.keyframe {
-                        self.boundaries.at_keyframe(dts, config.segment_target)
-                    } else {
-                        Boundary::Auto
+                    let config = match (au.keyframe, au.sps, au.pps) {
+                        (true, Some(sps), Some(pps)) => TrackConfig::video(sps, pps),
+                        _ => None,
                     };
                     let sample = Sample {
                         track: 0,
@@ -282,15 +291,139 @@ impl Feed {
                         keyframe: au.keyframe,
                         data: Bytes::from(au.nalus),
                     };
-                    ready.extend(
-                        seg.push_at(sample, wall, boundary)
-                            .into_iter()
-                            .map(|x| (i, x)),
-                    );
+                    self.push_video(i, config, sample, wall, &mut ready);
                 }
             }
         }
         ready
+    }
+
+    /// Takes one frame of an RTMP caster (see [`super::rtmp_source`]);
+    /// returns what became ready, by rendition. Its video is the `main`
+    /// rendition.
+    pub fn push_rtmp(&mut self, input: &RtmpInput, wall: SystemTime) -> Vec<(usize, Ready)> {
+        let mut ready = Vec::new();
+        if self.retired.contains(&input.caster) {
+            return ready;
+        }
+        if self.caster != Some(input.caster) || self.rtmp.is_none() {
+            self.new_caster(input.caster, input.arrival);
+            self.rtmp = Some(RtmpSource::new());
+        }
+        self.rtmp_caster = Some(input.caster);
+        let source = self.rtmp.as_mut().expect("set above");
+        let sample = source.push(&input.frame);
+        if let Some(t) = source.audio_track()
+            && self.audio_track.as_ref() != Some(t)
+        {
+            // A new AudioSpecificConfig: a new init segment at the next
+            // keyframe.
+            self.audio_track = Some(t.clone());
+        }
+        match sample {
+            None => {}
+            Some(SourceSample::Audio { dts, data }) => self.push_audio(dts, data, wall, &mut ready),
+            Some(SourceSample::Video {
+                config,
+                dts,
+                composition_offset,
+                keyframe,
+                data,
+            }) => {
+                let i = match self.renditions.iter().position(|r| r.name == "main") {
+                    Some(i) => i,
+                    None if self.renditions.len() < MAX_RENDITIONS => {
+                        self.renditions.push(Rendition::new(
+                            "main".into(),
+                            0,
+                            input.arrival,
+                            input.arrival,
+                        ));
+                        self.renditions.len() - 1
+                    }
+                    None => return ready,
+                };
+                self.renditions[i].bytes += data.len() as u64;
+                let sample = Sample {
+                    track: 0,
+                    dts,
+                    composition_offset,
+                    keyframe,
+                    data,
+                };
+                self.push_video(i, config, sample, wall, &mut ready);
+            }
+        }
+        ready
+    }
+
+    /// One video sample of rendition `i`; `config` is the track a keyframe
+    /// was sent with.
+    fn push_video(
+        &mut self,
+        i: usize,
+        config: Option<TrackConfig>,
+        sample: Sample,
+        wall: SystemTime,
+        ready: &mut Vec<(usize, Ready)>,
+    ) {
+        let audio = self.audio_track.clone();
+        let boundary = if sample.keyframe {
+            self.boundaries
+                .at_keyframe(sample.dts, self.config.segment_target)
+        } else {
+            Boundary::Auto
+        };
+        let r = &mut self.renditions[i];
+        if sample.keyframe
+            && let Some(video) = config
+            && (r.video.as_ref() != Some(&video) || r.audio != audio)
+        {
+            // A new source, new parameter sets, or audio that came after
+            // the first keyframe: a new init segment.
+            let mut tracks = vec![video.clone()];
+            tracks.extend(audio.clone());
+            r.video = Some(video);
+            r.audio = audio;
+            match r.segmenter.as_mut() {
+                Some(seg) => ready.extend(seg.discontinuity(tracks).into_iter().map(|x| (i, x))),
+                None => r.segmenter = Some(Segmenter::new(self.config.clone(), tracks)),
+            }
+        }
+        if let Some(seg) = r.segmenter.as_mut() {
+            ready.extend(
+                seg.push_at(sample, wall, boundary)
+                    .into_iter()
+                    .map(|x| (i, x)),
+            );
+        }
+    }
+
+    /// One audio sample for every rendition whose init segment has the
+    /// current caster's audio track (not one still waiting for the new
+    /// caster's keyframe, whose audio may be another codec).
+    fn push_audio(
+        &mut self,
+        dts: u64,
+        data: Bytes,
+        wall: SystemTime,
+        ready: &mut Vec<(usize, Ready)>,
+    ) {
+        for (i, r) in self.renditions.iter_mut().enumerate() {
+            if r.video.is_none() || r.audio.is_none() || r.audio != self.audio_track {
+                continue;
+            }
+            if let Some(seg) = r.segmenter.as_mut() {
+                let sample = Sample {
+                    track: 1,
+                    dts,
+                    composition_offset: 0,
+                    keyframe: true,
+                    data: data.clone(),
+                };
+                ready.extend(seg.push(sample, wall).into_iter().map(|x| (i, x)));
+            }
+        }
     }
 
     /// Whether a rendition waits for a keyframe (to start, or to end its
@@ -299,7 +432,7 @@ impl Feed {
     pub fn wants_keyframe(&self) -> bool {
         self.renditions.iter().any(|r| {
             r.depacketizer.waiting_for_keyframe()
-                || (self.has_audio && !r.with_audio)
+                || (self.audio_track.is_some() && r.audio != self.audio_track)
                 || r.segmenter.as_ref().is_none_or(Segmenter::wants_keyframe)
         })
     }
@@ -324,17 +457,8 @@ impl Feed {
         if self.renditions.len() == MAX_RENDITIONS {
             return None;
         }
-        self.renditions.push(Rendition {
-            name,
-            ssrc: p.ssrc,
-            depacketizer: H264Depacketizer::new(),
-            clock: Clock::new(VIDEO_TIMESCALE, p.arrival, epoch),
-            segmenter: None,
-            video: None,
-            with_audio: false,
-            bytes: 0,
-            since: p.arrival,
-        });
+        self.renditions
+            .push(Rendition::new(name, p.ssrc, p.arrival, epoch));
         Some(self.renditions.len() - 1)
     }
 
@@ -342,11 +466,18 @@ impl Feed {
     /// timestamps start over. Each rendition waits for the new caster's
     /// keyframe on its layer, where the segmenter starts a discontinuity
     /// (its output timeline goes on without a jump).
-    fn new_caster(&mut self, p: &TapPacket) {
-        self.caster = Some(p.caster);
-        self.epoch = Some(p.arrival);
+    fn new_caster(&mut self, caster: PeerId, arrival: Instant) {
+        if let Some(old) = self.caster.filter(|old| *old != caster) {
+            if self.retired.len() == RETIRED {
+                self.retired.remove(0);
+            }
+            self.retired.push(old);
+        }
+        self.caster = Some(caster);
+        self.epoch = Some(arrival);
         self.audio = None;
-        self.has_audio = false;
+        self.audio_track = None;
+        self.rtmp = None;
         self.boundaries = Boundaries::default();
         for r in &mut self.renditions {
             r.depacketizer = H264Depacketizer::new();
@@ -356,3 +487,7 @@ impl Feed {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "feed_tests.rs"]
+mod tests;

@@ -1,7 +1,8 @@
 //! The IO side of LL-HLS: one muxer task per live that someone asks for,
 //! fed by the SFU's tap through a bounded queue (it drops and counts rather
 //! than slow the media thread), and the shared state HTTP requests read and
-//! block on.
+//! block on. An RTMP publish hands its frames to the same queue
+//! ([`super::rtmp_sink`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::feed::Feed;
 use super::record::Recorder;
+use super::rtmp_source::RtmpInput;
 use super::segmenter::Ready;
 use super::segmenter::SegmenterConfig;
 use crate::media::MediaHandle;
@@ -78,6 +80,17 @@ pub struct HlsLive {
     touched: Mutex<Instant>,
     /// Recorded (`--record`): set while the live is on air.
     recording: std::sync::atomic::AtomicBool,
+    /// The muxer's queue, for an RTMP publish's frames (weak: the muxer
+    /// ends when the tap does, as without).
+    pub(super) direct: mpsc::WeakSender<Queued>,
+}
+
+/// What a live's muxer is handed.
+pub(super) enum Queued {
+    /// A run of the SFU tap's packets.
+    Tap(Vec<TapPacket>),
+    /// One frame of an RTMP publish, as it came.
+    Rtmp(RtmpInput),
 }
 
 impl HlsLive {
@@ -88,13 +101,13 @@ impl HlsLive {
 }
 
 struct QueueSink {
-    tx: mpsc::Sender<Vec<TapPacket>>,
+    tx: mpsc::Sender<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
 impl TapSink for QueueSink {
     fn offer(&mut self, packets: Vec<TapPacket>) -> bool {
-        match self.tx.try_send(packets) {
+        match self.tx.try_send(Queued::Tap(packets)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -147,6 +160,7 @@ impl Hub {
             version: watch::Sender::new(0),
             touched: Mutex::new(Instant::now()),
             recording: std::sync::atomic::AtomicBool::new(false),
+            direct: tx.downgrade(),
         });
         {
             let mut lives = self.lives.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,12 +213,7 @@ impl Hub {
 
     /// The muxer of one live: takes the tap's runs until nobody has asked
     /// for the live for a while.
-    async fn run(
-        self: Arc<Self>,
-        live: String,
-        hls: Arc<HlsLive>,
-        mut rx: mpsc::Receiver<Vec<TapPacket>>,
-    ) {
+    async fn run(self: Arc<Self>, live: String, hls: Arc<HlsLive>, mut rx: mpsc::Receiver<Queued>) {
         let mut last_keyframe_request: Option<Instant> = None;
         let mut recorder = self
             .config
@@ -213,10 +222,11 @@ impl Hub {
             .map(|dir| Recorder::new(dir, &live, self.config.record_every));
         loop {
             let next = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
-            let packets = match next {
-                Ok(Some(p)) => p,
+            let (packets, rtmp) = match next {
+                Ok(Some(Queued::Tap(p))) => (p, None),
+                Ok(Some(Queued::Rtmp(f))) => (Vec::new(), Some(f)),
                 Ok(None) => break,
-                Err(_) => Vec::new(),
+                Err(_) => (Vec::new(), None),
             };
             let (ready, wants_keyframe) = {
                 let mut feed = hls.feed.lock().unwrap_or_else(|e| e.into_inner());
@@ -224,6 +234,9 @@ impl Hub {
                 let mut ready = Vec::new();
                 for p in &packets {
                     ready.extend(feed.push(p, wall));
+                }
+                if let Some(f) = &rtmp {
+                    ready.extend(feed.push_rtmp(f, wall));
                 }
                 if let Some(r) = recorder.as_mut()
                     && hls.recording.load(Ordering::Relaxed)

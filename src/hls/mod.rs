@@ -7,6 +7,7 @@
 //! - [`sps`]: picture size and profile from an H.264 SPS.
 //! - [`fmp4`]: init segments and `moof`+`mdat` fragments.
 //! - [`segmenter`]: one rendition's timeline of parts and segments.
+//! - [`rtmp_source`]: an RTMP publish's FLV frames (AAC, B-frames) as samples.
 //! - [`playlist`]: media and multivariant playlists, blocking-reload
 //!   decisions, resource names.
 
@@ -20,6 +21,8 @@ pub mod fmp4;
 pub mod hub;
 pub mod playlist;
 pub mod record;
+pub mod rtmp_sink;
+pub mod rtmp_source;
 pub mod segmenter;
 pub mod sps;
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The RTMP listener: one task per connection, turning what OBS or FFmpeg
 //! publishes into RTP for the live's WebRTC session ([`super::bridge`]).
 //! Video goes through as it is (H.264, re-packetized); AAC audio is
-//! transcoded to Opus, which is all WebRTC can play.
+//! transcoded to Opus, which is all WebRTC can play. The live's LL-HLS and
+//! recordings get the frames as they came instead (AAC, B-frames in decode
+//! order), through the HLS hub's hand-off ([`crate::hls::rtmp_sink`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use super::bridge::{self, Media, Publication};
 use super::flv::{self, AudioTag, VideoTag};
 use super::{AacToOpus, H264Packetizer, RtmpConn, RtmpOutput};
 use crate::board::LiveBoard;
+use crate::hls::rtmp_sink::RtmpSink;
+use crate::hls::rtmp_source::RtmpFrame;
 use crate::http::AppState;
 use crate::sfu::SourceInfo;
 
@@ -194,6 +198,9 @@ struct Pipeline {
     clock: Clock,
     video: Option<H264Packetizer>,
     audio: Option<Audio>,
+    /// The frames as they came, for the live's LL-HLS (`None` with
+    /// `--no-hls`).
+    hls: Option<RtmpSink>,
     /// Errors already logged (once each kind).
     told: Vec<String>,
 }
@@ -211,6 +218,10 @@ struct Audio {
 impl Pipeline {
     fn new(live: String, publication: Publication, config: IngestConfig, state: &AppState) -> Self {
         state.metrics.rtmp_publishing.inc();
+        let hls = state
+            .hls
+            .as_ref()
+            .map(|hub| hub.rtmp_sink(&live, publication.peer));
         Self {
             live,
             publication,
@@ -222,6 +233,7 @@ impl Pipeline {
             clock: Clock::default(),
             video: None,
             audio: None,
+            hls,
             told: Vec::new(),
         }
     }
@@ -248,6 +260,9 @@ impl Pipeline {
     fn video(&mut self, ts_ms: u32, body: &Bytes) {
         match flv::parse_video(body) {
             Ok(VideoTag::AvcConfig(config)) => {
+                if let Some(hls) = self.hls.as_mut() {
+                    hls.offer(RtmpFrame::VideoConfig(config.clone()), Instant::now());
+                }
                 match &mut self.video {
                     Some(p) => p.set_config(&config),
                     None => self.video = Some(H264Packetizer::new(&config, 0)),
@@ -265,6 +280,14 @@ impl Pipeline {
                 data,
                 ..
             }) => {
+                if let Some(hls) = self.hls.as_mut() {
+                    let frame = RtmpFrame::Video {
+                        dts_ms: ts_ms,
+                        composition_offset_ms,
+                        data: data.clone(),
+                    };
+                    hls.offer(frame, Instant::now());
+                }
                 let Some(p) = self.video.as_mut() else {
                     self.tell("video before its AVC sequence header; skipped".into());
                     return;
@@ -303,6 +326,9 @@ impl Pipeline {
     fn audio(&mut self, ts_ms: u32, body: &Bytes) {
         match flv::parse_audio(body) {
             Ok(AudioTag::AacConfig(config)) => {
+                if let Some(hls) = self.hls.as_mut() {
+                    hls.offer(RtmpFrame::AudioConfig(config.clone()), Instant::now());
+                }
                 self.source.audio_codec = Some(format!(
                     "AAC {} Hz, {} ch, played as Opus {} kbit/s",
                     config.sample_rate,
@@ -323,6 +349,13 @@ impl Pipeline {
                 }
             }
             Ok(AudioTag::AacFrame(frame)) => {
+                if let Some(hls) = self.hls.as_mut() {
+                    let direct = RtmpFrame::Audio {
+                        ts_ms,
+                        data: frame.clone(),
+                    };
+                    hls.offer(direct, Instant::now());
+                }
                 let Some(audio) = self.audio.as_mut() else {
                     return;
                 };
