@@ -49,9 +49,14 @@ export class HlsHttpError extends Error {
   }
 }
 
-/** Whether this browser can play HLS itself (Safari, iOS): then give it the URL instead. */
+/**
+ * Whether to give the browser the playlist's URL rather than use this player: Safari and iOS
+ * play (LL-)HLS themselves. Recent Chromium answers canPlayType "maybe" too, but its own HLS
+ * is not low-latency and missing from some builds (headless Debian's plays nothing): MSE there.
+ */
 export function nativeHls(video) {
-  return Boolean(video.canPlayType('application/vnd.apple.mpegurl'));
+  if (!mseSupported()) return Boolean(video.canPlayType('application/vnd.apple.mpegurl'));
+  return Boolean(video.canPlayType('application/vnd.apple.mpegurl')) && !globalThis.chrome && !navigator.userAgentData;
 }
 
 /** Whether this player can run here (Media Source Extensions). */
