@@ -27,9 +27,16 @@
 
 /** Further behind the target than this (s): seek to the target rather than speed up. */
 const CATCH_UP_SEEK_S = 1.5;
-/** Behind the target by more than this (s): play a little faster. */
-const CATCH_UP_SLACK_S = 0.3;
+/**
+ * Behind the target by more than a part plus this (s): play a little faster. The buffered end
+ * jumps by a part at a time: within a part of the target is on target.
+ */
+const CATCH_UP_SLACK_S = 0.25;
 const CATCH_UP_RATE = 1.08;
+/** Closer to the edge than the target by more than a part: play a little slower. */
+const SLOW_DOWN_RATE = 0.92;
+/** Each stall moves the target back by a part, up to this many parts (like hls.js). */
+const MAX_STALL_PARTS = 4;
 /** Media kept behind the playhead (s); older is removed from the SourceBuffer. */
 const KEEP_BEHIND_S = 20;
 /** VOD: media fetched ahead of the playhead (s). */
@@ -251,6 +258,15 @@ export class HlsPlayer {
     this._received = []; // { at, bytes }: for bitrateKbps
     this._abort = new AbortController();
     this._tick = setInterval(() => this._onTick(), 250);
+    // A stall at the edge (parts came late): aim a part further back from now on.
+    this._onWaiting = () => {
+      // Not the wait for the first frames, nor a seek's.
+      if (this.vod || !this._started || performance.now() - this._startedAt < 1000) return;
+      if (this._stalls >= MAX_STALL_PARTS || this.video.seeking) return;
+      this._stalls++;
+      this._holdBack += this._partTarget;
+    };
+    video.addEventListener('waiting', this._onWaiting);
     queueMicrotask(() => this._run());
   }
 
@@ -274,6 +290,7 @@ export class HlsPlayer {
     if (this._stopped) return;
     this._stopped = true;
     clearInterval(this._tick);
+    this.video.removeEventListener('waiting', this._onWaiting);
     this._abort.abort();
     if (this._objectUrl) {
       this.video.removeAttribute('src');
@@ -417,6 +434,8 @@ export class HlsPlayer {
     if (rendition.codecs !== this._codecs || !this._sb) await this._attach(rendition.codecs);
     let pl = parseMedia(await this._fetch(rendition.url, { text: true }), rendition.url);
     this._holdBack = pl.partHoldBack;
+    this._stalls = 0;
+    this._partTarget = pl.partTarget || pl.targetDuration;
 
     // Start at the last independent part at least PART-HOLD-BACK from the end.
     const total = pl.segments.reduce((t, s) => t + lengthOf(s), 0);
@@ -439,7 +458,7 @@ export class HlsPlayer {
       try {
         if (!seg) {
           if (cursor.msn < pl.mediaSequence) throw Object.assign(new Error('fell out of the playlist window'), { resync: true });
-          pl = await this._reload(rendition.url, cursor);
+          pl = await this._awaitPart(rendition.url, cursor, pl);
           continue;
         }
         if (restart || seg.map.url !== this._initUrl || (seg.discontinuity && cursor.part === 0)) {
@@ -449,7 +468,9 @@ export class HlsPlayer {
         if (cursor.part < seg.parts.length) {
           const part = seg.parts[cursor.part];
           const pdt = (seg.pdt ?? NaN) + seg.parts.slice(0, cursor.part + 1).reduce((t, p) => t + p.duration, 0) * 1000;
-          await this._appendMedia(await this._fetch(part.url));
+          const early = this._prefetched?.url === part.url ? this._prefetched.data : null;
+          this._prefetched = null;
+          await this._appendMedia(early ?? (await this._fetch(part.url)));
           this._anchor(pdt);
           cursor = { msn: seg.msn, part: cursor.part + 1 };
         } else if (seg.url && !seg.parts.length) {
@@ -461,7 +482,7 @@ export class HlsPlayer {
           cursor = { msn: seg.msn + 1, part: 0 };
         } else {
           this._startPlayback();
-          pl = await this._reload(rendition.url, cursor);
+          pl = await this._awaitPart(rendition.url, cursor, pl);
         }
         failures = 0;
       } catch (err) {
@@ -474,6 +495,18 @@ export class HlsPlayer {
         pl = parseMedia(await this._fetch(rendition.url, { text: true }), rendition.url);
       }
     }
+  }
+
+  /**
+   * At the edge: the blocking reload for part `cursor` and, alongside, the playlist's preload
+   * hint (that same part; the server holds both until it exists): one round trip less per part.
+   */
+  async _awaitPart(url, cursor, pl) {
+    const hint = pl.preloadHint;
+    const early = hint ? this._fetch(hint).then((data) => ({ url: hint, data }), () => null) : null;
+    const next = await this._reload(url, cursor);
+    this._prefetched = early ? await early : null;
+    return next;
   }
 
   /** Blocking reload: the playlist once it lists part `cursor` (RFC 8216bis 6.2.5.2). */
@@ -497,6 +530,7 @@ export class HlsPlayer {
     const b = this._sb.buffered;
     if (!b.length) return;
     this._started = true;
+    this._startedAt = performance.now();
     const end = b.end(b.length - 1);
     this.video.currentTime = Math.max(b.start(b.length - 1), end - this._holdBack);
     this.video.play().catch(() => {
@@ -524,7 +558,9 @@ export class HlsPlayer {
       }
     }
     if (behind > CATCH_UP_SEEK_S) v.currentTime = end - this._holdBack;
-    else v.playbackRate = behind > CATCH_UP_SLACK_S ? CATCH_UP_RATE : 1;
+    else if (behind > this._partTarget + CATCH_UP_SLACK_S) v.playbackRate = CATCH_UP_RATE;
+    else if (behind < -this._partTarget) v.playbackRate = SLOW_DOWN_RATE;
+    else v.playbackRate = 1;
     // The shown frame's wall-clock time, from the first anchor past the playhead.
     const anchor = this._anchors.find((a) => a.end >= v.currentTime);
     if (anchor && v.readyState >= 2) {

@@ -95,9 +95,10 @@ const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
 /**
  * Plays ≥ 10 s on `page` (already playing): currentTime advances 10 s, no `waiting` after the
- * first second, frames and audio decoded; returns the samples' delay figures.
+ * first second, frames (of a source at `fps`) and audio decoded; returns the samples' delay
+ * figures.
  */
-async function playsTenSeconds(page, what) {
+async function playsTenSeconds(page, what, fps = 30) {
   const first = await waitFor(async () => {
     const s = await pageState(page);
     return s.currentTime > 0 && !s.paused && s.frames > 0 && s;
@@ -117,7 +118,8 @@ async function playsTenSeconds(page, what) {
   // A stall would leave currentTime behind the wall clock (catch-up can only add ~8 %).
   assert.ok(wall < played * 1.15 + 1, `${what}: 10 s of media took ${wall} s`);
   assert.equal(last.stalls.filter((x) => x.at > first.at + 1000).length, 0, `${what}: no 'waiting' after the first second: ${JSON.stringify(last.stalls)}`);
-  assert.ok(frames >= 250, `${what}: ${frames} frames decoded in 10 s`);
+  // At least 80 % of the source's frames (FFmpeg 30 fps, Chromium's fake camera 20 fps).
+  assert.ok(frames >= played * fps * 0.8, `${what}: ${frames} frames decoded in ${played} s (${fps} fps sent)`);
   assert.ok(last.dropped <= last.frames * 0.15, `${what}: ${last.dropped} of ${last.frames} frames dropped`);
   assert.ok(last.audioBytes > first.audioBytes, `${what}: audio decoded (${first.audioBytes} → ${last.audioBytes} bytes)`);
   assert.ok(delays.length > 5, `${what}: the player reports its delay`);
@@ -169,7 +171,7 @@ test('hl4: a WHIP caster on the cast page sends H.264 by itself (the server pack
       const opened = Date.now();
       await waitInPage(page, `window.vesselPlayer?.state === 'playing'`, 20000, 'player state playing');
       console.log(`# hl4: /play?hls=1 opened -> playing over LL-HLS in ${Date.now() - opened} ms`);
-      const { last } = await playsTenSeconds(page, 'hl4 WHIP H.264 over LL-HLS');
+      const { last } = await playsTenSeconds(page, 'hl4 WHIP H.264 over LL-HLS', 20);
       assert.equal(last.pathShown, 'LL-HLS');
       assert.match(last.rendition?.codecs ?? '', /^avc1\./);
       await h.closePage(page);
