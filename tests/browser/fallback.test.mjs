@@ -32,11 +32,11 @@ async function rtmpAddress(harness = h) {
   return waitFor(() => harness.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1], 5000, 'the RTMP line in the log');
 }
 
-/** FFmpeg publishing a 640×360 test pattern and a 440 Hz tone over RTMP (as in hls.test.mjs). */
-function publish(addr, live, harness = h, seconds = 45) {
+/** FFmpeg publishing a test pattern (640×360) and a 440 Hz tone over RTMP (as in hls.test.mjs). */
+function publish(addr, live, harness = h, seconds = 45, size = '640x360') {
   const args = [
     '-hide_banner', '-loglevel', 'error', '-re',
-    '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=30',
+    '-f', 'lavfi', '-i', `testsrc=size=${size}:rate=30`,
     '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
     '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-profile:v', 'high', '-bf', '0', '-g', '30',
     '-tune', 'zerolatency', '-b:v', '800k',
@@ -178,6 +178,42 @@ test('hl4: a WHIP caster on the cast page sends H.264 by itself (the server pack
     } finally {
       await caster.evaluate(() => window.vesselPublisher?.stop()).catch(() => {});
       await h.closePage(caster);
+    }
+  }),
+);
+
+test('hl7: the play page\'s LL-HLS player goes on when another caster takes the live (discontinuity, new init segment, new size)', { timeout: 80000 }, () =>
+  h.diagnose(async () => {
+    const live = liveName('h7');
+    const addr = await rtmpAddress();
+    const first = publish(addr, live);
+    let second = null;
+    try {
+      await onAir(live);
+      const page = await h.open(`/play/${live}?hls=1`, `play ${live}`);
+      await waitInPage(page, `window.vesselPlayer?.state === 'playing'`, 20000, 'player state playing');
+      await waitFor(async () => (await pageState(page)).currentTime > 3, 10000, '3 s played');
+      // Another caster (another size: a new SPS, so a new init segment) takes the live.
+      second = publish(addr, live, h, 45, '480x270');
+      const switched = Date.now();
+      const after = await waitFor(async () => {
+        const s = await pageState(page);
+        return s.size === '480x270' && s;
+      }, 20000, 'the new caster\'s picture (480x270)');
+      console.log(`# hl7: the new caster's picture shown ${Date.now() - switched} ms after it started publishing`);
+      const later = await waitFor(async () => {
+        const s = await pageState(page);
+        return s.currentTime - after.currentTime >= 5 && s;
+      }, 15000, '5 s played after the switch', 500);
+      assert.ok(later.frames - after.frames >= 100, `${later.frames - after.frames} frames decoded in the 5 s after the switch`);
+      assert.ok(later.audioBytes > after.audioBytes, 'audio decoded after the switch');
+      assert.equal(later.path, 'hls');
+      const mv = await (await fetch(`${h.url}/hls/${live}/main/index.m3u8`)).text();
+      console.log(`# hl7: delay now ${later.hlsDelay} s; the media playlist has ${mv.match(/#EXT-X-DISCONTINUITY\n/g)?.length ?? 0} discontinuities, maps ${[...new Set(mv.match(/init-\d+\.mp4/g))].join(', ')}`);
+      await h.closePage(page);
+    } finally {
+      first.kill('SIGKILL');
+      second?.kill('SIGKILL');
     }
   }),
 );
