@@ -23,6 +23,20 @@
  * connection or the server goes away, and release their server session on `stop()` and
  * when the page is closed.
  *
+ * Where WebRTC cannot get through (no UDP, no TCP, no TURN to the server), a player can fall back
+ * to LL-HLS by itself:
+ *
+ * ```js
+ * const player = play('demo', { video, fallback: 'hls' });   // WebRTC; LL-HLS if not connected in 4.5 s
+ * player.on('path', (p) => console.log('now over', p));      // 'hls' (player.path: 'webrtc' | 'hls')
+ * player.on('stats', (s) => console.log(s.path, s.delay));   // over LL-HLS: s behind the caster's clock
+ * play('demo', { video, fallback: 'only' });                  // LL-HLS at once
+ * ```
+ *
+ * Over LL-HLS Safari plays the playlist itself; other browsers use `/assets/hls-player.js` (Media
+ * Source Extensions). A VP8 live has no LL-HLS (the player reports a 409 error): when the server
+ * packages HLS, `publish()` puts H.264 first unless `video.codec` says otherwise.
+ *
  * Before each connection (and each reconnection) they fetch the server's STUN/TURN servers,
  * with fresh TURN credentials, from `GET {server}/api/ice-servers`, so that viewers and casters
  * behind strict NATs or firewalls that drop UDP still connect (through the server's TURN relay).
