@@ -628,11 +628,12 @@ export class HlsPlayer {
       const data = await this._fetch(seg.url, { range: seg.range });
       await this._append(data);
       if (vod.next === pl.segments.indexOf(seg)) vod.next++;
+      vod.busy = false;
+      this._vodTick(); // the next one now, up to VOD_AHEAD_S
     } catch (err) {
+      vod.busy = false;
       this.error = err;
       this._emit('error', err);
-    } finally {
-      vod.busy = false;
     }
   }
 }
