@@ -413,6 +413,10 @@ export class HlsPlayer {
   }
 
   async _appendMedia(data) {
+    // Media well behind the playhead goes first (here, between appends: never while one runs).
+    const b = this._sb.buffered;
+    const t = this.video.currentTime;
+    if (b.length && t - b.start(0) > KEEP_BEHIND_S + 10) await this._sbDo((sb) => sb.remove(0, t - KEEP_BEHIND_S));
     if (this._placing) {
       this._placing = false;
       this._sb.timestampOffset = this._bufferedEnd() - startOfFragment(new Uint8Array(data), this._timescales);
@@ -567,19 +571,6 @@ export class HlsPlayer {
       this.delay = Math.round((Date.now() - (anchor.pdt - (anchor.end - v.currentTime) * 1000))) / 1000;
     }
     if (!v.paused && v.readyState >= 3 && v.currentTime > 0) this._setState('playing');
-    this._trim();
-  }
-
-  /** Removes media well behind the playhead (not while an append is under way). */
-  _trim() {
-    const b = this._sb.buffered;
-    const t = this.video.currentTime;
-    if (this._sb.updating || !b.length || t - b.start(0) < KEEP_BEHIND_S + 10) return;
-    try {
-      this._sb.remove(0, t - KEEP_BEHIND_S);
-    } catch {
-      /* an append began meanwhile: next tick */
-    }
   }
 
   // ---- VOD (a recording) ----

@@ -952,7 +952,14 @@ export class Player extends Session {
     if (this._credential) url.searchParams.set('token', this._credential);
     const video = this.video;
     video.srcObject = null;
-    const mod = await import(`${this._server}/assets/hls-player.js`);
+    let mod;
+    try {
+      mod = await import(`${this._server}/assets/hls-player.js`);
+    } catch (err) {
+      this.emit('error', new Error(`cannot load the LL-HLS player from ${this._server}/assets/hls-player.js (${err.message}): reload the page`));
+      this._finish('failed');
+      return;
+    }
     if (this._stopped) return;
     if (mod.nativeHls(video)) {
       // Safari / iOS: the browser's own HLS (it does LL-HLS too).
