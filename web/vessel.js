@@ -199,8 +199,8 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  * `video`: an element to attach the received stream to (it is started with `play()`).
  * `layer`: the quality to ask for (default `'auto'`; see {@link Player#setLayer}).
  * `fallback`: `'hls'` = play over LL-HLS (`/hls/{live}/index.m3u8`) when WebRTC has not
- * connected within 4.5 s (no UDP, no TCP, no TURN to the server); `'only'` = LL-HLS at once;
- * `false` (default) = WebRTC only. LL-HLS needs `video`; it plays natively in Safari, through
+ * connected within 4.5 s of the server's first WHEP answer (no UDP, no TCP, no TURN to it);
+ * `'only'` = LL-HLS at once; `false` (default) = WebRTC only. LL-HLS needs `video`; it plays natively in Safari, through
  * `/assets/hls-player.js` (Media Source Extensions) elsewhere. `player.path` says which plays.
  *
  * @typedef {'auto'|'high'|'medium'|'low'} Layer
@@ -864,11 +864,6 @@ export class Player extends Session {
     this.hls = null;
     this._hlsPlaying = false;
     if (fallback === 'only') queueMicrotask(() => this._useHls());
-    else if (fallback === 'hls') {
-      this._later(() => {
-        if (!this._connected && !this._everConnected) this._useHls();
-      }, HLS_FALLBACK_MS);
-    }
     /** @type {MediaStream|null} The received audio + video. */
     this.stream = null;
     /** @type {HTMLVideoElement|null} */
@@ -927,6 +922,13 @@ export class Player extends Session {
   }
 
   _onSession(res) {
+    // The server answered over HTTP: from now on, if the media cannot get through (ICE never
+    // connects), LL-HLS over that same HTTP will. Not while the server is down or refuses.
+    if (this._options.fallback === 'hls' && !this._fallbackTimer && !this._everConnected) {
+      this._fallbackTimer = this._later(() => {
+        if (!this._connected && !this._everConnected) this._useHls();
+      }, HLS_FALLBACK_MS);
+    }
     this._layerUrl = linkTarget(res.headers.get('Link'), LAYER_REL, res.url);
     if (this._layerUrl && this.layer !== 'auto') {
       this._sendLayer().catch((err) => this.emit('error', err));
