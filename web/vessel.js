@@ -23,6 +23,20 @@
  * connection or the server goes away, and release their server session on `stop()` and
  * when the page is closed.
  *
+ * Where WebRTC cannot get through (no UDP, no TCP, no TURN to the server), a player can fall back
+ * to LL-HLS by itself:
+ *
+ * ```js
+ * const player = play('demo', { video, fallback: 'hls' });   // WebRTC; LL-HLS if not connected in 4.5 s
+ * player.on('path', (p) => console.log('now over', p));      // 'hls' (player.path: 'webrtc' | 'hls')
+ * player.on('stats', (s) => console.log(s.path, s.delay));   // over LL-HLS: s behind the caster's clock
+ * play('demo', { video, fallback: 'only' });                  // LL-HLS at once
+ * ```
+ *
+ * Over LL-HLS Safari plays the playlist itself; other browsers use `/assets/hls-player.js` (Media
+ * Source Extensions). A VP8 live has no LL-HLS (the player reports a 409 error): when the server
+ * packages HLS, `publish()` puts H.264 first unless `video.codec` says otherwise.
+ *
  * Before each connection (and each reconnection) they fetch the server's STUN/TURN servers,
  * with fresh TURN credentials, from `GET {server}/api/ice-servers`, so that viewers and casters
  * behind strict NATs or firewalls that drop UDP still connect (through the server's TURN relay).
@@ -79,6 +93,16 @@ const DELETE_TIMEOUT_MS = 3000;
 const ICE_SERVERS_TIMEOUT_MS = 5000;
 /** Values of the `iceTransportPolicy` option. */
 const ICE_TRANSPORT_POLICIES = ['all', 'relay'];
+/**
+ * How long WebRTC may take to connect before a player with `fallback: 'hls'` turns to LL-HLS
+ * (ms). A direct connection takes well under a second, one through the TURN relay over TCP
+ * (ICE servers fetched, relay allocated, checks over TCP) one to two seconds on a slow link;
+ * a blocked one never completes (ICE gives up only after ~30 s). 4.5 s leaves the slow relayed
+ * path room and is about the patience of a viewer looking at "Connecting…".
+ */
+const HLS_FALLBACK_MS = 4500;
+/** Values of the player's `fallback` option. */
+const FALLBACKS = [false, 'hls', 'only'];
 /** Period of the player's `stats` event (ms). */
 const STATS_INTERVAL_MS = 1000;
 /** `rel` of the WHEP layer-selection extension in the answer's `Link` header. */
@@ -171,9 +195,13 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  */
 
 /**
- * @typedef {CommonOptions & {video?: HTMLVideoElement, layer?: Layer}} PlayOptions
+ * @typedef {CommonOptions & {video?: HTMLVideoElement, layer?: Layer, fallback?: false|'hls'|'only'}} PlayOptions
  * `video`: an element to attach the received stream to (it is started with `play()`).
  * `layer`: the quality to ask for (default `'auto'`; see {@link Player#setLayer}).
+ * `fallback`: `'hls'` = play over LL-HLS (`/hls/{live}/index.m3u8`) when WebRTC has not
+ * connected within 4.5 s of the server's first WHEP answer (no UDP, no TCP, no TURN to it);
+ * `'only'` = LL-HLS at once; `false` (default) = WebRTC only. LL-HLS needs `video`; it plays natively in Safari, through
+ * `/assets/hls-player.js` (Media Source Extensions) elsewhere. `player.path` says which plays.
  *
  * @typedef {'auto'|'high'|'medium'|'low'} Layer
  *
@@ -191,6 +219,9 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  * @property {Layer} layer The quality asked for.
  * @property {CandidateInfo|null} candidate How the media reaches this page (direct or relayed,
  *   UDP or TCP).
+ * @property {'webrtc'|'hls'} path How the media arrives (see the `fallback` option).
+ * @property {number|null} delay Over LL-HLS: seconds the frame shown is behind the wall clock
+ *   (by its PROGRAM-DATE-TIME); null over WebRTC.
  */
 
 /** An error answered by the server (4xx / 5xx). */
@@ -481,8 +512,10 @@ class Session extends Emitter {
         signal: AbortSignal.timeout(ICE_SERVERS_TIMEOUT_MS),
       });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const { iceServers } = await res.json();
+      const { iceServers, hls } = await res.json();
       if (!Array.isArray(iceServers)) throw new Error('no iceServers array in the answer');
+      /** Whether the server packages lives as LL-HLS (then casters prefer H.264). */
+      this.serverHls = hls === true;
       return iceServers;
     } catch (err) {
       console.warn(`vessel: cannot get the ICE servers from ${url} (${err.message}): connecting without STUN/TURN`);
@@ -759,7 +792,10 @@ export class Publisher extends Session {
       }
       // Always offer audio + video; a missing track just sends nothing.
       const transceiver = pc.addTransceiver(track ?? kind, init);
-      if (kind === 'video' && video.codec) preferCodec(transceiver, 'video', video.codec);
+      // VP8 cannot be packaged as LL-HLS (fMP4 for browsers) nor recorded as MP4: when the
+      // server packages HLS, H.264 goes first unless a codec was asked for.
+      const codec = video.codec ?? (this.serverHls ? 'H264' : null);
+      if (kind === 'video' && codec) preferCodec(transceiver, 'video', codec);
     }
   }
 
@@ -807,6 +843,8 @@ export class Publisher extends Session {
  *   itself when it is back.
  * - `error` (Error) — a private live without a valid `token` fails with a
  *   {@link VesselHttpError} of `status` 401.
+ * - `path` (`'webrtc' | 'hls'`) — the player turned to LL-HLS (option `fallback`; also in
+ *   `player.path`). Over LL-HLS a VP8 live fails with a {@link VesselHttpError} of status 409.
  */
 export class Player extends Session {
   /**
@@ -816,7 +854,16 @@ export class Player extends Session {
   constructor(live, options = {}) {
     const layer = options.layer ?? 'auto';
     checkLayer(layer);
+    const fallback = options.fallback ?? false;
+    if (!FALLBACKS.includes(fallback)) throw new TypeError(`invalid fallback: ${JSON.stringify(fallback)} (expected false, 'hls' or 'only')`);
+    if (fallback && !options.video) throw new TypeError(`fallback '${fallback}' needs the video option (LL-HLS plays in an element)`);
     super('whep', live, options);
+    /** @type {'webrtc'|'hls'} How the media arrives (see the `fallback` option). */
+    this.path = fallback === 'only' ? 'hls' : 'webrtc';
+    /** The LL-HLS player, once on that path (`/assets/hls-player.js`; null in Safari). */
+    this.hls = null;
+    this._hlsPlaying = false;
+    if (fallback === 'only') queueMicrotask(() => this._useHls());
     /** @type {MediaStream|null} The received audio + video. */
     this.stream = null;
     /** @type {HTMLVideoElement|null} */
@@ -875,10 +922,71 @@ export class Player extends Session {
   }
 
   _onSession(res) {
+    // The server answered over HTTP: from now on, if the media cannot get through (ICE never
+    // connects), LL-HLS over that same HTTP will. Not while the server is down or refuses.
+    if (this._options.fallback === 'hls' && !this._fallbackTimer && !this._everConnected) {
+      this._fallbackTimer = this._later(() => {
+        if (!this._connected && !this._everConnected) this._useHls();
+      }, HLS_FALLBACK_MS);
+    }
     this._layerUrl = linkTarget(res.headers.get('Link'), LAYER_REL, res.url);
     if (this._layerUrl && this.layer !== 'auto') {
       this._sendLayer().catch((err) => this.emit('error', err));
     }
+  }
+
+  /**
+   * Turns to LL-HLS for good: the WebRTC attempt ends (its server session deleted), the live's
+   * event stream stays (viewers, on air).
+   */
+  async _useHls() {
+    if (this._stopped || this._hlsStarted) return;
+    this._hlsStarted = true;
+    this.path = 'hls';
+    this._generation++; // ignore the WebRTC attempt's callbacks
+    for (const t of [this._connectTimer, this._retryTimer, this._graceTimer]) this._cancel(t);
+    this._closePeer();
+    this.pc = null;
+    this.stream = null;
+    this.emit('path', 'hls');
+    this._setState('connecting');
+    const url = new URL(`${this._server}/hls/${encodeURIComponent(this.live)}/index.m3u8`);
+    if (this._credential) url.searchParams.set('token', this._credential);
+    const video = this.video;
+    video.srcObject = null;
+    let mod;
+    try {
+      mod = await import(`${this._server}/assets/hls-player.js`);
+    } catch (err) {
+      this.emit('error', new Error(`cannot load the LL-HLS player from ${this._server}/assets/hls-player.js (${err.message}): reload the page`));
+      this._finish('failed');
+      return;
+    }
+    if (this._stopped) return;
+    if (mod.nativeHls(video)) {
+      // Safari / iOS: the browser's own HLS (it does LL-HLS too).
+      video.src = url.href;
+      video.addEventListener('playing', () => { this._hlsPlaying = true; this._updateState(); });
+      video.play().catch(() => {});
+      return;
+    }
+    const hls = new mod.HlsPlayer(video, url.href);
+    this.hls = hls;
+    hls.on('state', (s) => {
+      this._hlsPlaying = s === 'playing';
+      this._updateState();
+    });
+    hls.on('error', (err) => {
+      this.emit('error', err.status ? Object.assign(new VesselHttpError(err.status, err.reason), { path: 'hls' }) : err);
+    });
+  }
+
+  _connect() {
+    if (this.path !== 'hls') return super._connect();
+  }
+
+  _reconnect(reason) {
+    if (this.path !== 'hls') super._reconnect(reason);
   }
 
   /** Samples the received video every second: `stats` event, `stats` property. */
@@ -888,6 +996,7 @@ export class Player extends Session {
     let stats = null;
     try {
       if (pc && this._connected) stats = this._rates(pc, await pc.getStats());
+      else if (this.path === 'hls' && this._hlsPlaying) stats = this._hlsStats();
     } catch {
       /* connection closed meanwhile */
     }
@@ -928,6 +1037,34 @@ export class Player extends Session {
       codec: report.get(video.codecId)?.mimeType ?? null,
       layer: this.layer,
       candidate: selectedCandidate(report),
+      path: 'webrtc',
+      delay: null,
+    };
+  }
+
+  /** @returns {PlayerStats} over LL-HLS. */
+  _hlsStats() {
+    const v = this.video;
+    const q = v.getVideoPlaybackQuality?.() ?? {};
+    const frames = q.totalVideoFrames ?? 0;
+    const base = this._hlsBase;
+    const now = performance.now();
+    this._hlsBase = { now, frames };
+    return {
+      width: v.videoWidth,
+      height: v.videoHeight,
+      fps: base ? Math.round(((frames - base.frames) / ((now - base.now) / 1000)) * 10) / 10 : 0,
+      bitrateKbps: this.hls?.bitrateKbps ?? 0,
+      framesDecoded: frames,
+      packetsLost: 0,
+      nackCount: 0,
+      freezeCount: 0,
+      totalFreezesDuration: 0,
+      codec: this.hls?.rendition?.codecs ?? null,
+      layer: this.layer,
+      candidate: null,
+      path: 'hls',
+      delay: this.hls?.delay ?? null,
     };
   }
 
@@ -958,6 +1095,12 @@ export class Player extends Session {
   }
 
   _updateState() {
+    if (this._connected) this._everConnected = true;
+    if (this.path === 'hls' && !this._stopped) {
+      if (this.onAir) this._setState(this._hlsPlaying ? 'playing' : 'connecting');
+      else this._setState(this._wasOnAir ? 'ended' : 'waiting');
+      return;
+    }
     if (!this._connected || this._stopped) return;
     if (this.onAir) this._setState('playing');
     else this._setState(this._wasOnAir ? 'ended' : 'waiting');
@@ -965,6 +1108,7 @@ export class Player extends Session {
 
   stop() {
     const done = super.stop();
+    this.hls?.stop();
     if (this.video && this.video.srcObject === this.stream) this.video.srcObject = null;
     return done;
   }

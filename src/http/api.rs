@@ -27,11 +27,13 @@ pub fn routes() -> Router<AppState> {
 
 /// An `RTCConfiguration` fragment: `new RTCPeerConnection(await r.json())`.
 /// TURN credentials are minted per request; never cache the response.
+/// `hls`: whether the server packages lives as LL-HLS, so casters prefer
+/// H.264 (VP8 can't go into fMP4 for browsers); RTCConfiguration ignores it.
 async fn ice_servers(State(state): State<AppState>) -> Response {
     let servers = state.ice.as_ref().map(|i| i.issue()).unwrap_or_default();
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(json!({ "iceServers": servers })),
+        Json(json!({ "iceServers": servers, "hls": state.hls.is_some() })),
     )
         .into_response()
 }
