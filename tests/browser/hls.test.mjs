@@ -256,7 +256,7 @@ function segmentsOf(text) {
   return out;
 }
 
-test('hl5: a WHIP H.264 simulcast caster: a rendition per layer with their segments on the same keyframes, keyframes at one per segment; hls.js plays it 10 s with video and Opus audio, then switches down the ladder without a stall', { timeout: 90000 }, () =>
+test('hl8: a WHIP H.264 simulcast caster: a rendition per layer with their segments on the same keyframes, keyframes at one per segment; hls.js plays it 10 s with video and Opus audio, then switches down the ladder without a stall', { timeout: 90000 }, () =>
   h.diagnose(async () => {
     const live = liveName('hw');
     const caster = await h.open(`/cast/${live}?codec=H264`, `cast ${live}`);

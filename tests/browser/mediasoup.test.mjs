@@ -280,7 +280,7 @@ async function liveInfo(live) {
 
 /** Opens /cast/{live} and clicks Go live (WHIP, camera + microphone). */
 async function castWithWhip(live) {
-  const page = await h.open(`/cast/${live}`, `cast ${live}`);
+  const page = await h.open(`/cast/${live}?codec=VP8`, `cast ${live}`); // the router offers VP8 only
   await waitInPage(page, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
   await page.click('#golive');
   await waitInPage(page, `window.vesselPublisher && window.vesselPublisher.state === 'live'`, 20000, 'publisher state "live"');
