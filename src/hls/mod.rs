@@ -18,7 +18,10 @@ pub mod fmp4;
 pub mod hub;
 pub mod playlist;
 pub mod record;
+pub mod recordings;
 pub mod segmenter;
 pub mod sps;
+pub mod stored;
 #[cfg(test)]
 mod testutil;
+pub mod vod;
