@@ -227,10 +227,16 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         hls.segmenter.part_target = Duration::from_secs_f64(config.hls.hls_part);
         hls.record = config.hls.record.clone();
         hls.record_every = Duration::from_secs(config.hls.record_every_minutes * 60);
+        hls.record_dir = Some(config.hls.record_dir.clone());
+        hls.record_keep = config
+            .hls
+            .record_keep_days
+            .map(|d| Duration::from_secs(u64::from(d) * 86_400));
+        hls.record_webhook = config.hls.record_webhook.clone();
         vessel::hls::hub::Hub::new(hls, media.clone())
     });
     if let Some(hub) = &hls {
-        tokio::spawn(hub.clone().record_lives(board.clone()));
+        tokio::spawn(hub.clone().record_lives(board.clone(), access.clone()));
     }
     if config.hls.record.is_some() && hls.is_none() {
         return Err("--record writes what LL-HLS packages: it cannot run with --no-hls".into());

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub rtmp_bframes: Counter,
     /// Viewers started from a kept group of pictures.
     pub gop_replays: Counter,
+    /// Recordings stopped by a write error, and files being written now.
+    pub recording_errors: Counter,
+    pub recordings_active: Gauge,
     /// Sessions' `Rtc`s drained, and timeouts handed to them.
     pub rtc_polls: Counter,
     pub rtc_timeouts: Counter,
@@ -112,6 +115,8 @@ impl Metrics {
             rtmp_publishing: Gauge::default(),
             rtmp_bframes: Counter::default(),
             gop_replays: Counter::default(),
+            recording_errors: Counter::default(),
+            recordings_active: Gauge::default(),
             rtc_polls: Counter::default(),
             rtc_timeouts: Counter::default(),
             forwarding_delay: Histogram::new(FORWARDING_BUCKETS),
@@ -224,6 +229,16 @@ impl Metrics {
             "forwarding_delay_seconds",
             "A caster's packet received to its viewers' copies handed to the kernel, seconds (copies a viewer's pacer holds back are not in it: see viewer_skips)",
             m.forwarding_delay.clone(),
+        );
+        registry.register(
+            "recording_errors",
+            "Recordings stopped by a write error (disk full, directory not writable); the lives went on",
+            m.recording_errors.clone(),
+        );
+        registry.register(
+            "recordings_active",
+            "Recording files being written",
+            m.recordings_active.clone(),
         );
         for engine in [MEDIA, TURN] {
             let _ = m.panics.get_or_create(&engine);

@@ -22,6 +22,8 @@ pub struct LiveRules {
     pub key: Option<String>,
     /// Viewers need a token signed with the viewer-token secret.
     pub private: bool,
+    /// Recorded while on air (`record = true`, or the admin API).
+    pub record: bool,
 }
 
 /// Why a request was refused; the HTTP faces turn it into 401/403/503.
@@ -84,6 +86,11 @@ impl Access {
 
     pub fn is_open(&self) -> bool {
         self.open
+    }
+
+    /// An admin token is configured.
+    pub fn has_admin_token(&self) -> bool {
+        self.admin_token.is_some()
     }
 
     pub fn rules(&self, live: &str) -> LiveRules {
@@ -172,6 +179,24 @@ impl Access {
             rules.private = private;
         }
         key
+    }
+
+    /// Changes a live's settings without touching its key; `None` keeps
+    /// one as it is. Returns the rules now.
+    pub fn update(&self, live: &str, private: Option<bool>, record: Option<bool>) -> LiveRules {
+        let mut lives = self.lives.write().expect("access rules lock");
+        let rules = lives.entry(live.to_string()).or_default();
+        if let Some(private) = private {
+            rules.private = private;
+        }
+        if let Some(record) = record {
+            rules.record = record;
+        }
+        let now = rules.clone();
+        if now == LiveRules::default() {
+            lives.remove(live);
+        }
+        now
     }
 
     /// Revokes the stream key of `live`; false if it had none.

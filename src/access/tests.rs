@@ -16,6 +16,7 @@ fn access(open: bool, lives: &[(&str, Option<&str>, bool)]) -> Access {
                     LiveRules {
                         key: key.map(String::from),
                         private: *private,
+                        ..Default::default()
                     },
                 )
             })

@@ -24,6 +24,9 @@ pub struct LiveFile {
     /// Viewers need a token (see `viewer-token-secret`).
     #[serde(default)]
     pub private: bool,
+    /// Recorded while on air, into --record-dir.
+    #[serde(default)]
+    pub record: bool,
 }
 
 #[derive(Debug)]
@@ -180,6 +183,7 @@ fn read_lives(value: toml::Value) -> Result<HashMap<String, LiveRules>, String> 
             LiveRules {
                 key: rules.key,
                 private: rules.private,
+                record: rules.record,
             },
         );
     }

@@ -502,6 +502,31 @@ pub struct HlsFlags {
     #[arg(long = "record-every", env = "VESSEL_RECORD_EVERY", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=1440))]
     pub record_every_minutes: u64,
+
+    /// Where lives with `record = true` (config file or admin API) are
+    /// recorded when --record (every live) is not given.
+    #[arg(
+        long = "record-dir",
+        env = "VESSEL_RECORD_DIR",
+        value_name = "DIR",
+        default_value = "recordings"
+    )]
+    pub record_dir: std::path::PathBuf,
+
+    /// Delete finished recordings older than this many days (checked every
+    /// 10 minutes). Default: keep them all.
+    #[arg(long = "record-keep-days", env = "VESSEL_RECORD_KEEP_DAYS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub record_keep_days: Option<u32>,
+
+    /// POST a JSON `recording.complete` notice to URL whenever a recording
+    /// file is closed.
+    #[arg(
+        long = "record-webhook",
+        env = "VESSEL_RECORD_WEBHOOK",
+        value_name = "URL"
+    )]
+    pub record_webhook: Option<String>,
 }
 
 fn parse_part(s: &str) -> Result<f64, String> {

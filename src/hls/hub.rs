@@ -32,6 +32,21 @@ pub struct HlsConfig {
     pub record: Option<std::path::PathBuf>,
     /// A new recording file at the first keyframe after this long.
     pub record_every: Duration,
+    /// `--record-dir DIR`: where lives with `record = true` are recorded
+    /// when `--record` is not given.
+    pub record_dir: Option<std::path::PathBuf>,
+    /// `--record-keep-days`: finished recordings older than this are
+    /// deleted.
+    pub record_keep: Option<Duration>,
+    /// `--record-webhook URL`: told of every complete recording file.
+    pub record_webhook: Option<String>,
+}
+
+impl HlsConfig {
+    /// Where recordings go: `--record`'s directory, else `--record-dir`'s.
+    pub fn recordings_dir(&self) -> Option<&std::path::Path> {
+        self.record.as_deref().or(self.record_dir.as_deref())
+    }
 }
 
 impl Default for HlsConfig {
@@ -48,6 +63,9 @@ impl Default for HlsConfig {
             idle: Duration::from_secs(30),
             record: None,
             record_every: Duration::from_secs(3600),
+            record_dir: None,
+            record_keep: None,
+            record_webhook: None,
         }
     }
 }
@@ -69,6 +87,8 @@ pub struct Hub {
     key: [u8; 32],
     /// Tap runs dropped because a muxer fell behind.
     pub dropped: Arc<AtomicU64>,
+    /// Recordings (see [`super::recordings`]): files being written, errors.
+    pub recordings: super::recordings::Recordings,
 }
 
 /// One live's LL-HLS state.
@@ -121,11 +141,12 @@ impl TapSink for QueueSink {
 impl Hub {
     pub fn new(config: HlsConfig, media: MediaHandle) -> Arc<Self> {
         Arc::new(Self {
-            config,
             media,
             lives: Mutex::new(HashMap::new()),
             key: rand::random(),
             dropped: Arc::new(AtomicU64::new(0)),
+            recordings: super::recordings::Recordings::new(config.record_webhook.clone()),
+            config,
         })
     }
 
@@ -184,22 +205,75 @@ impl Hub {
         Ok(hls)
     }
 
-    /// With `--record`: packages (and so records) every live on air,
-    /// checking the board every second.
-    pub async fn record_lives(self: Arc<Self>, board: Arc<crate::board::LiveBoard>) {
-        if self.config.record.is_none() {
+    /// Packages (and so records) every live on air that is to be recorded
+    /// (all with `--record`, else those whose rules say `record`),
+    /// checking the board and the rules every second; a live off air, or
+    /// whose recording was turned off, has its file closed. Sweeps old
+    /// recordings with `--record-keep-days`.
+    pub async fn record_lives(
+        self: Arc<Self>,
+        board: Arc<crate::board::LiveBoard>,
+        access: Arc<crate::access::Access>,
+    ) {
+        let Some(dir) = self.config.recordings_dir().map(|d| d.to_path_buf()) else {
             return;
-        }
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_sweep = Instant::now();
         loop {
             tick.tick().await;
-            for state in board.on_air() {
+            let on_air = board.on_air();
+            for state in &on_air {
+                let wanted = self.config.record.is_some() || access.rules(&state.live).record;
+                if !wanted {
+                    if let Some(l) = self.get(&state.live) {
+                        l.recording.store(false, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 match self.open(&state.live).await {
                     Ok(l) => l.recording.store(true, Ordering::Relaxed),
                     Err(e) => tracing::warn!(live = %state.live, "cannot record: {e}"),
                 }
             }
+            let packaged: Vec<(String, Arc<HlsLive>)> = self
+                .lives
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (live, l) in packaged {
+                if !on_air.iter().any(|s| s.live == live) {
+                    l.recording.store(false, Ordering::Relaxed);
+                }
+            }
+            if let Some(keep) = self.config.record_keep
+                && Instant::now() >= next_sweep
+            {
+                next_sweep = Instant::now() + Duration::from_secs(600);
+                let writing = self.recordings.writing();
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || super::recordings::sweep(&dir, keep, &writing));
+            }
         }
+    }
+
+    /// Problems with a live's packaging or recording, for its state's
+    /// `warnings`.
+    pub fn warnings(&self, live: &str) -> Vec<String> {
+        let mut w: Vec<String> = self.recordings.failure(live).into_iter().collect();
+        if let Some(l) = self.get(live)
+            && let Some(refused) = l.feed.lock().unwrap_or_else(|e| e.into_inner()).refused
+        {
+            let recorded = l.recording.load(Ordering::Relaxed);
+            w.push(if recorded {
+                format!("{refused} It is not recorded as MP4 either.")
+            } else {
+                refused.to_string()
+            });
+        }
+        w
     }
 
     /// The live's state if it is being packaged.
@@ -217,9 +291,10 @@ impl Hub {
         let mut last_keyframe_request: Option<Instant> = None;
         let mut recorder = self
             .config
-            .record
-            .as_deref()
+            .recordings_dir()
             .map(|dir| Recorder::new(dir, &live, self.config.record_every));
+        // A new muxer tries again: an earlier failure is forgotten.
+        self.recordings.clear_failure(&live);
         loop {
             let next = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
             let (packets, rtmp) = match next {
@@ -248,6 +323,12 @@ impl Hub {
                     feed.wants_keyframe() && !packets.is_empty(),
                 )
             };
+            if let Some(r) = recorder.as_mut() {
+                if !hls.recording.load(Ordering::Relaxed) {
+                    r.close();
+                }
+                self.recordings.after(&live, r);
+            }
             if ready {
                 hls.version.send_modify(|v| *v += 1);
             }
@@ -260,6 +341,10 @@ impl Hub {
             if now >= touched + self.config.idle {
                 break;
             }
+        }
+        if let Some(r) = recorder.as_mut() {
+            r.close();
+            self.recordings.after(&live, r);
         }
         // The tap first: a request meanwhile still finds this live (and
         // the next one opens a new one), never a new tap then removed.
@@ -291,7 +376,12 @@ fn record(r: &mut Recorder, feed: &Feed, ready: &[(usize, Ready)], wall: SystemT
             continue;
         };
         if let Err(e) = r.on_part(&rendition.name, seg, *msn, *part, wall) {
-            tracing::error!(%live, "recording stopped: {e} (the live goes on)");
+            tracing::error!(
+                %live,
+                "recording stopped: {e}: check that the recording directory exists, that \
+                 Vessel's user may write to it and that its disk has free space; the live \
+                 goes on, and its next cast is recorded again"
+            );
         }
     }
 }

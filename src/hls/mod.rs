@@ -21,9 +21,12 @@ pub mod fmp4;
 pub mod hub;
 pub mod playlist;
 pub mod record;
+pub mod recordings;
 pub mod rtmp_sink;
 pub mod rtmp_source;
 pub mod segmenter;
 pub mod sps;
+pub mod stored;
 #[cfg(test)]
 mod testutil;
+pub mod vod;

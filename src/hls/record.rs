@@ -24,6 +24,9 @@ pub struct Recorder {
     file: Option<Open>,
     /// Set once writing failed: the recording stopped (the live goes on).
     pub failed: Option<String>,
+    /// Files closed whole (rollover, new source, [`Recorder::close`]) and
+    /// not yet taken by the hub (which tells the webhook).
+    pub closed: Vec<PathBuf>,
 }
 
 struct Open {
@@ -47,6 +50,16 @@ impl Recorder {
             every,
             file: None,
             failed: None,
+            closed: Vec::new(),
+        }
+    }
+
+    /// Ends the current file, if any (the live went off air or its
+    /// recording was turned off): it is complete.
+    pub fn close(&mut self) {
+        if let Some(old) = self.file.take() {
+            tracing::info!(live = %self.live, file = %old.path.display(), "recording file complete");
+            self.closed.push(old.path);
         }
     }
 
@@ -152,9 +165,7 @@ impl Recorder {
         init: &[u8],
         now: SystemTime,
     ) -> Result<(), String> {
-        if let Some(old) = self.file.take() {
-            tracing::info!(live = %self.live, file = %old.path.display(), "recording file complete");
-        }
+        self.close();
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let mut path = self.dir.join(format!("{}-{}.mp4", self.live, stamp(now)));

@@ -3,6 +3,9 @@
 //!
 //! - `POST /api/lives` `{"live": "show", "private": false}` → 201
 //!   `{"live", "key", "private", "whip"}`; posting again rotates the key.
+//! - `PATCH /api/lives/{live}` `{"record": true, "private": false}` → 200
+//!   `{"live", "private", "record"}`: changes settings, keeps the key;
+//!   `record` starts (or stops) recording the live while on air.
 //! - `DELETE /api/lives/{live}` revokes the key and ends the current cast.
 //! - `POST /api/lives/{live}/tokens` `{"ttl": 3600}` → 201 `{"token", "expires"}`.
 //!
@@ -25,7 +28,7 @@ use crate::sfu::Role;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/lives", post(create))
-        .route("/api/lives/{live}", delete(revoke))
+        .route("/api/lives/{live}", delete(revoke).patch(update))
         .route("/api/lives/{live}/tokens", post(token))
 }
 
@@ -35,6 +38,15 @@ struct CreateLive {
     live: String,
     /// Absent: a new live is public, an existing one keeps its setting.
     private: Option<bool>,
+    /// Recorded while on air; absent: as before (a new live is not).
+    record: Option<bool>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateLive {
+    private: Option<bool>,
+    record: Option<bool>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -77,8 +89,9 @@ async fn create(
             json_body(&body, r#"{"live": "<name>", "private": false}"#, false)?;
         check_live(&request.live)?;
         let key = state.access.create_key(&request.live, request.private);
-        let private = state.access.is_private(&request.live);
-        tracing::info!(live = %request.live, private, "stream key created");
+        let rules = state.access.update(&request.live, None, request.record);
+        let private = rules.private;
+        tracing::info!(live = %request.live, private, record = rules.record, "stream key created");
         Ok::<_, ApiError>(
             (
                 StatusCode::CREATED,
@@ -86,9 +99,33 @@ async fn create(
                     "live": request.live,
                     "key": key,
                     "private": private,
+                    "record": rules.record,
                     "whip": format!("/whip/{}", request.live),
                 })),
             )
+                .into_response(),
+        )
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    Path(live): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        check_admin(&state, &client, &headers)?;
+        check_live(&live)?;
+        let request: UpdateLive =
+            json_body(&body, r#"{"record": true, "private": false}"#, false)?;
+        let rules = state.access.update(&live, request.private, request.record);
+        tracing::info!(%live, private = rules.private, record = rules.record, "live settings changed");
+        Ok::<_, ApiError>(
+            Json(json!({"live": live, "private": rules.private, "record": rules.record}))
                 .into_response(),
         )
     }

@@ -80,7 +80,14 @@ async fn live(
     Query(query): Query<TokenQuery>,
 ) -> Response {
     match may_see(&state, &live, &headers, &query) {
-        Ok(()) => Json(state.board.get(&live)).into_response(),
+        Ok(()) => {
+            let mut s = state.board.get(&live);
+            // Packaging and recording problems (VP8, disk errors).
+            if let Some(hub) = &state.hls {
+                s.warnings.extend(hub.warnings(&live));
+            }
+            Json(s).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -10,6 +10,7 @@ pub mod mediasoup;
 mod ops;
 mod pages;
 pub mod peerjs;
+mod recordings;
 pub(crate) mod session;
 pub mod skyway;
 pub mod tls;
@@ -86,6 +87,7 @@ pub fn router(
         .merge(session::routes())
         .merge(api::routes())
         .merge(hls::routes())
+        .merge(recordings::routes())
         .merge(admin::routes())
         .merge(chat::routes())
         .merge(ops::routes())

@@ -25,6 +25,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
     m.viewers.set(lives.iter().map(|l| l.viewers as i64).sum());
     m.sessions.set(state.limits.sessions.open() as i64);
     m.connections.set(state.limits.connections.count() as i64);
+    if let Some(hub) = &state.hls {
+        let errors = hub
+            .recordings
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed);
+        m.recording_errors
+            .inc_by(errors.saturating_sub(m.recording_errors.get()));
+        m.recordings_active
+            .set(hub.recordings.writing().len() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
