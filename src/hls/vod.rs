@@ -199,7 +199,10 @@ pub fn segments(fragments: &[Fragment], min: f64) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     for f in fragments {
         match out.last_mut() {
-            Some(s) if !(f.keyframe && s.duration >= min) => {
+            // 10 % slack, as the live segmenter has: fragment durations
+            // summed in floating point (and encoders' keyframes) come a
+            // hair short of a whole second.
+            Some(s) if !(f.keyframe && s.duration >= min * 0.9) => {
                 s.len = f.offset + f.len - s.offset;
                 s.duration += f.duration;
             }
