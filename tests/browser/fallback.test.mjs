@@ -142,7 +142,7 @@ test('hl3: the play page\'s own LL-HLS player (?hls=1, MSE) plays an RTMP live: 
       assert.equal(last.pathShown, 'LL-HLS');
       assert.equal(last.pathData, 'hls');
       assert.equal(last.size, '640x360');
-      assert.match(last.rendition?.codecs ?? '', /^avc1\.[0-9a-f]{6},opus$/i);
+      assert.match(last.rendition?.codecs ?? '', /^avc1\.[0-9a-f]{6},mp4a\.40\.2$/i); // the RTMP caster's AAC
       // The page shows the delay it measures.
       await waitInPage(page, `document.getElementById('delay').dataset.delay !== ''`, 5000, 'the delay shown');
       assert.match((await pageState(page)).delayText, /^\d+\.\d s behind the caster$/);
@@ -162,7 +162,7 @@ test('hl4: a WHIP caster on the cast page sends H.264 by itself (the server pack
       await caster.click('#golive');
       await waitInPage(caster, `window.vesselPublisher && window.vesselPublisher.state === 'live'`, 20000, 'publisher state "live"');
       // No ?codec: vessel.js put H.264 first because /api/ice-servers says hls: true.
-      await waitInPage(caster, `document.body.dataset.codec !== ''`, 15000, 'the caster encoding video');
+      await waitInPage(caster, `(document.body.dataset.codec ?? '') !== ''`, 15000, 'the caster encoding video');
       const codec = await caster.evaluate(() => document.body.dataset.codec);
       assert.equal(codec, 'video/H264');
       assert.equal(await caster.evaluate(() => document.getElementById('vp8').textContent), '');
