@@ -59,8 +59,12 @@ export async function startEnv({ wantNetns = true } = {}) {
   return env;
 }
 
-/** Opens /cast/{live}, goes live and waits until the caster sends its layers. */
-export async function startCaster(h, live, { layers = 3, timeoutMs = 30000, query = '' } = {}) {
+/**
+ * Opens /cast/{live}, goes live and waits until the caster sends its layers. VP8 unless `query`
+ * says otherwise: the layer tests and bench/simulcast.mjs were calibrated with VP8, and the cast
+ * page now sends H.264 by default when the server packages LL-HLS.
+ */
+export async function startCaster(h, live, { layers = 3, timeoutMs = 30000, query = '?codec=VP8' } = {}) {
   const page = await h.open(`/cast/${live}${query}`, `cast ${live}`);
   await waitInPage(page, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
   await page.click('#golive');
