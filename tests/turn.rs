@@ -372,7 +372,8 @@ fn without_turn_no_ice_servers_are_offered() {
     let server = Server::start_with_args(&["--no-turn"]);
     assert_eq!(
         ice_servers(&server),
-        serde_json::json!({ "iceServers": [] })
+        // `hls`: the server packages LL-HLS (casters then prefer H.264).
+        serde_json::json!({ "iceServers": [], "hls": true })
     );
     let viewer = Client::connect(&server, "/whep/quiet");
     assert!(
