@@ -11,28 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn ffmpeg(url: &str, secs: u32) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        // Keyframes exactly every second (no scene-cut ones between).
-        .args([
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0",
-        ])
-        .args(["-sc_threshold", "0"])
-        .args(["-tune", "zerolatency", "-c:a", "aac", "-ac", "2"])
-        .args(["-t", &secs.to_string(), "-f", "flv", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg runs (scripts/test installs it)")
-}
-
-/// One publisher at a time: each encodes in real time.
-static ENCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn get(server: &Server, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
     let res = http().get(server.url(path)).send().unwrap();
     let status = res.status().as_u16();
@@ -79,7 +57,7 @@ fn preload_hint(playlist: &str) -> (u64, u32) {
 fn an_rtmp_live_is_served_as_ll_hls_by_the_rules() {
     let _one = ENCODING.lock().unwrap_or_else(|e| e.into_inner());
     let server = Server::start();
-    let mut ffmpeg = ffmpeg(&format!("rtmp://{}/live/show", rtmp_addr(&server)), 20);
+    let mut ffmpeg = ffmpeg_rtmp(&format!("rtmp://{}/live/show", rtmp_addr(&server)), 20);
     wait_on_air(&server, "show");
 
     let (status, body, headers) = get(&server, "/hls/show/index.m3u8");
@@ -270,7 +248,7 @@ fn a_private_lives_playlists_need_a_token_and_its_media_the_playlists_k() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut ffmpeg = ffmpeg(
+    let mut ffmpeg = ffmpeg_rtmp(
         &format!("rtmp://{}/live/vip?key={key}", rtmp_addr(&server)),
         12,
     );
@@ -345,7 +323,7 @@ fn a_recording_cut_by_kill_9_plays_up_to_its_last_second_and_a_new_caster_starts
         v
     };
     // The first caster for 4 s, then a second one replaces it.
-    let mut first = ffmpeg(&url, 4);
+    let mut first = ffmpeg_rtmp(&url, 4);
     wait_on_air(&server, "rec");
     let deadline = Instant::now() + Duration::from_secs(10);
     while files().is_empty() {
@@ -358,7 +336,7 @@ fn a_recording_cut_by_kill_9_plays_up_to_its_last_second_and_a_new_caster_starts
     }
     let started = Instant::now();
     let _ = first.wait();
-    let mut second = ffmpeg(&url, 30);
+    let mut second = ffmpeg_rtmp(&url, 30);
     let deadline = Instant::now() + Duration::from_secs(10);
     while files().len() < 2 {
         assert!(

@@ -5,32 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-
-fn ffmpeg(url: &str, secs: u32) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args([
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0",
-        ])
-        .args(["-sc_threshold", "0"])
-        .args(["-tune", "zerolatency", "-c:a", "aac", "-ac", "2"])
-        .args(["-t", &secs.to_string(), "-f", "flv", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg runs (scripts/test installs it)")
-}
-
-/// One publisher at a time: each encodes in real time.
-static ENCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("vessel-{tag}-{}", std::process::id()));
@@ -84,8 +63,8 @@ fn a_live_recorded_through_the_api_is_listed_served_by_ranges_and_plays_as_vod()
     assert_eq!(body["record"], true);
     let rtmp = rtmp_addr(&server);
     // Another live on air meanwhile is not recorded.
-    let mut other = ffmpeg(&format!("rtmp://{rtmp}/live/other"), 8);
-    let mut caster = ffmpeg(&format!("rtmp://{rtmp}/live/show"), 6);
+    let mut other = ffmpeg_rtmp(&format!("rtmp://{rtmp}/live/other"), 8);
+    let mut caster = ffmpeg_rtmp(&format!("rtmp://{rtmp}/live/show"), 6);
     let listing = || json_of(http().get(server.url("/api/recordings")).send().unwrap()).1;
     wait_for(
         "a recording being written",
@@ -237,7 +216,7 @@ fn a_recording_that_cannot_be_written_stops_warns_and_counts_while_the_live_goes
     let blocked = temp_dir("record-blocked");
     std::fs::write(&blocked, b"a file, not a directory").unwrap();
     let server = Server::start_with_args(&["--record", blocked.to_str().unwrap()]);
-    let mut caster = ffmpeg(&format!("rtmp://{}/live/show", rtmp_addr(&server)), 30);
+    let mut caster = ffmpeg_rtmp(&format!("rtmp://{}/live/show", rtmp_addr(&server)), 30);
     wait_for("the warning", &server, Duration::from_secs(15), || {
         live_state(&server, "show")["warnings"]
             .as_array()

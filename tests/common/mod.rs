@@ -641,3 +641,27 @@ pub fn rtmp_addr(server: &Server) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// FFmpeg publishing a 320x240 test pattern and a 440 Hz tone over RTMP to
+/// `url` for `secs`, in real time: H.264 (no B-frames, zerolatency) + AAC.
+pub fn ffmpeg_rtmp(url: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        // Keyframes exactly every second (no scene-cut ones between).
+        .args([
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0",
+        ])
+        .args(["-sc_threshold", "0"])
+        .args(["-tune", "zerolatency", "-c:a", "aac", "-ac", "2"])
+        .args(["-t", &secs.to_string(), "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs (scripts/test installs it)")
+}
+
+/// One publisher at a time: each encodes in real time.
+pub static ENCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
