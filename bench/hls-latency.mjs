@@ -193,8 +193,7 @@ for (const part of PARTS) {
   const h = await Harness.start({ server: { extraArgs: ['--hls-part', String(part)] } });
   try {
     await h.diagnose(async () => {
-      const rtmp = h.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1];
-      if (!rtmp) throw new Error('no RTMP listener in the server log');
+      const rtmp = await h.rtmpAddress();
       const warm = await hlsRound(h, rtmp, part, 60, 60, `warm${part}`);
       console.log(`warm-up hls ${part}: median ${warm.medianMs} ms (${warm.samples} frames, not counted)`);
       await webrtcRound(h, rtmp, part, 60, `warm${part}`);

@@ -57,8 +57,7 @@ async function whipRound(h, frames, label) {
 const h = await Harness.start();
 try {
   await h.diagnose(async () => {
-    const rtmp = h.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1];
-    if (!rtmp) throw new Error('no RTMP listener in the server log');
+    const rtmp = await h.rtmpAddress();
     await rtmpRound(h, rtmp, 60, 'warm');
     await whipRound(h, 60, 'warm');
     const rows = [];

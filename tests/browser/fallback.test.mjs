@@ -28,10 +28,6 @@ after(async () => {
   fs.rmSync(recordDir, { recursive: true, force: true });
 });
 
-async function rtmpAddress(harness = h) {
-  return waitFor(() => harness.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1], 5000, 'the RTMP line in the log');
-}
-
 /** FFmpeg publishing a test pattern (640×360) and a 440 Hz tone over RTMP (as in hls.test.mjs). */
 function publish(addr, live, harness = h, seconds = 45, size = '640x360') {
   const args = [
@@ -130,7 +126,7 @@ async function playsTenSeconds(page, what, fps = 30) {
 test('hl3: the play page\'s own LL-HLS player (?hls=1, MSE) plays an RTMP live: 10 s, no stall, video and audio decoded, path and delay shown', { timeout: 70000 }, () =>
   h.diagnose(async () => {
     const live = liveName('h3');
-    const ffmpeg = publish(await rtmpAddress(), live);
+    const ffmpeg = publish(await h.rtmpAddress(), live);
     try {
       await onAir(live);
       const page = await h.open(`/play/${live}?hls=1`, `play ${live}`);
@@ -185,7 +181,7 @@ test('hl4: a WHIP caster on the cast page sends H.264 by itself (the server pack
 test('hl7: the play page\'s LL-HLS player goes on when another caster takes the live (discontinuity, new init segment, new size)', { timeout: 80000 }, () =>
   h.diagnose(async () => {
     const live = liveName('h7');
-    const addr = await rtmpAddress();
+    const addr = await h.rtmpAddress();
     const first = publish(addr, live);
     let second = null;
     try {
@@ -240,7 +236,7 @@ test('hl5: with no TURN and UDP + TCP to the media ports dropped, /play/{live} t
   try {
     await blocked.diagnose(async () => {
       const live = liveName('h5');
-      const ffmpeg = publish(await rtmpAddress(blocked), live, blocked);
+      const ffmpeg = publish(await blocked.rtmpAddress(), live, blocked);
       try {
         await onAir(live, blocked);
         assert.deepEqual((await (await fetch(`${blocked.url}/api/ice-servers`)).json()).iceServers, [], 'no TURN');
@@ -286,7 +282,7 @@ test('hl6: /play/{live}?recording=FILE plays a recording (.mp4 through its VOD p
   }
   await h.diagnose(async () => {
     const live = liveName('h6');
-    const ffmpeg = publish(await rtmpAddress(), live, h, 14);
+    const ffmpeg = publish(await h.rtmpAddress(), live, h, 14);
     await onAir(live);
     await new Promise((resolve) => ffmpeg.once('exit', resolve));
     const entry = await waitFor(async () => {

@@ -339,6 +339,11 @@ export class Harness {
   /**
    * Runs a test body; on failure, appends the server's and the pages' recent output to the error.
    */
+  /** The server's RTMP address (HOST:PORT), from its "RTMP on HOST:PORT: ..." log line. */
+  rtmpAddress() {
+    return waitFor(() => this.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1], 5000, 'the RTMP line in the log');
+  }
+
   async diagnose(fn) {
     try {
       return await fn();

@@ -20,11 +20,6 @@ after(async () => {
   await h?.close();
 });
 
-/** The server's RTMP address, from its "RTMP on HOST:PORT: ..." line. */
-async function rtmpAddress() {
-  return waitFor(() => h.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1], 5000, 'the RTMP line in the log');
-}
-
 /**
  * FFmpeg publishing a test pattern and a 440 Hz tone to `live` over RTMP, in real time: H.264
  * High, 30 fps, a keyframe a second, no B-frames, zerolatency; AAC at `sampleRate`.
@@ -69,7 +64,7 @@ const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 test('hl1: hls.js (low-latency mode) plays an RTMP live over LL-HLS: 10 s of video and audio without a stall', { timeout: 60000 }, () =>
   h.diagnose(async () => {
     const live = liveName('hl');
-    const ffmpeg = publish(await rtmpAddress(), live, { seconds: 50, sampleRate: 48000 });
+    const ffmpeg = publish(await h.rtmpAddress(), live, { seconds: 50, sampleRate: 48000 });
     try {
       await onAir(live);
       const page = await h.open('/', `hls.js ${live}`);
@@ -120,7 +115,7 @@ test('hl1: hls.js (low-latency mode) plays an RTMP live over LL-HLS: 10 s of vid
 test('hl2: LL-HLS playlists: codecs, part rules, blocking reload held until the part exists, 400 past the edge, 409 for VP8', { timeout: 60000 }, () =>
   h.diagnose(async () => {
     const live = liveName('hm');
-    const ffmpeg = publish(await rtmpAddress(), live, { seconds: 40, sampleRate: 44100 });
+    const ffmpeg = publish(await h.rtmpAddress(), live, { seconds: 40, sampleRate: 44100 });
     try {
       await onAir(live);
       // Multivariant: blocks until the first keyframe, then lists the rendition with both codecs.

@@ -20,11 +20,6 @@ after(async () => {
   await h?.close();
 });
 
-/** The server's RTMP address, from its "RTMP on HOST:PORT: ..." line. */
-async function rtmpAddress() {
-  return waitFor(() => h.log.tail(4000).match(/RTMP on ([0-9.]+:[0-9]+)/)?.[1], 5000, 'the RTMP line in the log');
-}
-
 /** FFmpeg publishing a test pattern and a 440 Hz tone to `live` over RTMP, in real time. */
 function publish(addr, live, seconds = 40, keyframeEvery = 30) {
   const args = [
@@ -44,7 +39,7 @@ function publish(addr, live, seconds = 40, keyframeEvery = 30) {
 test('rt1: FFmpeg over RTMP (H.264 High + AAC 44.1 kHz) plays on the play page with video and audio', { timeout: 90000 }, () =>
   h.diagnose(async () => {
     const live = liveName('r');
-    const ffmpeg = publish(await rtmpAddress(), live);
+    const ffmpeg = publish(await h.rtmpAddress(), live);
     try {
       await waitFor(async () => (await (await fetch(`${h.url}/api/lives/${live}`)).json()).onAir, 15000, `${live} on air`);
       const opened = Date.now();
@@ -75,7 +70,7 @@ test('rt1: FFmpeg over RTMP (H.264 High + AAC 44.1 kHz) plays on the play page w
 test('rt2: an RTMP encoder sending B-frames: the play page shows the warning with its fix', { timeout: 60000 }, () =>
   h.diagnose(async () => {
     const live = liveName('s');
-    const addr = await rtmpAddress();
+    const addr = await h.rtmpAddress();
     const args = [
       '-hide_banner', '-loglevel', 'error', '-re',
       '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=30',
@@ -109,7 +104,7 @@ test('rt3: OBS\'s default 8 s keyframe interval: viewers still start at once, fr
   h.diagnose(async () => {
     const live = liveName('g');
     // x264's default keyframe interval (250 frames), which OBS keeps unless told otherwise.
-    const ffmpeg = publish(await rtmpAddress(), live, 60, 240);
+    const ffmpeg = publish(await h.rtmpAddress(), live, 60, 240);
     try {
       await waitFor(async () => (await (await fetch(`${h.url}/api/lives/${live}`)).json()).onAir, 15000, `${live} on air`);
       const before = await gopReplays();
