@@ -82,6 +82,8 @@ fn loadtest(args: LoadtestArgs) {
             json,
             "loadtest --floor",
         );
+    } else if args.hls {
+        report(vessel::loadtest::hls::run(&args), json, "loadtest --hls");
     } else {
         report(vessel::loadtest::run(args), json, "loadtest");
     }

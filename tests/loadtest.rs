@@ -160,3 +160,66 @@ fn a_private_live_with_a_key_is_load_tested_with_key_and_token() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["receiving"], 2, "{report:#}");
 }
+
+/// `--hls`: 20 hls.js-like clients on an RTMP live from FFmpeg for 5 s, all
+/// of them getting parts, none failing. How many requests a second the
+/// server carries is for BENCHMARKS.md (scripts/bench-hls-load).
+#[test]
+fn twenty_ll_hls_clients_get_parts_without_errors() {
+    let server = Server::start();
+    let url = format!("rtmp://{}/live/hlsload", common::rtmp_addr(&server));
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0",
+        ])
+        .args(["-sc_threshold", "0", "-tune", "zerolatency"])
+        .args(["-c:a", "aac", "-ac", "2", "-t", "30", "-f", "flv", &url])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs (scripts/test installs it)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while common::live_state(&server, "hlsload")["onAir"] != true {
+        assert!(std::time::Instant::now() < deadline, "not on air");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["loadtest", "--hls", "--server", &server.base])
+        .args(["--live", "hlsload", "--viewers", "20", "--ramp", "40"])
+        .args(["--duration", "5", "--json"])
+        .args(["--server-pid", &server.pid().to_string()])
+        .output()
+        .expect("vessel loadtest runs");
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest failed:\n{stderr}\n{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(report["clients"], 20, "{report:#}");
+    assert_eq!(report["receiving"], 20, "{report:#}");
+    assert_eq!(report["errors"], 0, "{report:#}");
+    assert_eq!(report["timeouts"], 0, "{report:#}");
+    // At 0.5 s parts each client gets about two parts and two playlists
+    // a second; at least half of that, whatever the machine's load.
+    assert!(report["parts_per_s"].as_f64().unwrap() > 20.0, "{report:#}");
+    assert!(
+        report["playlists_per_s"].as_f64().unwrap() > 20.0,
+        "{report:#}"
+    );
+    assert!(report["bits_per_s"].as_f64().unwrap() > 0.0, "{report:#}");
+    let latency = &report["part_latency_ms"];
+    assert!(latency["samples"].as_u64().unwrap() > 20, "{report:#}");
+    assert!(
+        latency["p50"].as_f64().unwrap() <= latency["p95"].as_f64().unwrap(),
+        "{report:#}"
+    );
+    let usage = &report["server_usage"];
+    assert!(usage["cpu_s"].as_f64().unwrap() > 0.0, "{report:#}");
+    assert!(usage["rss_mib"].as_f64().unwrap() > 0.0, "{report:#}");
+}

@@ -9,6 +9,7 @@
 
 mod client;
 pub mod floor;
+pub mod hls;
 pub mod probe;
 pub mod report;
 
@@ -96,6 +97,20 @@ pub struct LoadtestArgs {
     /// against it (BENCHMARKS.md).
     #[arg(long)]
     pub floor: bool,
+
+    /// LL-HLS instead of WebRTC: --viewers HTTP clients on
+    /// {server}/hls/{live}/index.m3u8, each like hls.js in low-latency
+    /// mode (blocking reloads, then each part), one keep-alive connection
+    /// each. Casts nothing: put an H.264 live on air first (FFmpeg over
+    /// RTMP: scripts/bench-hls-load).
+    #[arg(long, conflicts_with = "floor")]
+    pub hls: bool,
+
+    /// With --hls: every Nth blocking reload asks for a delta update
+    /// (`_HLS_skip=YES`); 1 is every reload (hls.js asks whenever the
+    /// playlist offers CAN-SKIP-UNTIL), 0 never.
+    #[arg(long, default_value_t = 1)]
+    pub hls_skip_every: u32,
 }
 
 type WorkerResult = (Vec<ViewerResult>, Histogram, Histogram);
