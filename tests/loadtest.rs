@@ -168,20 +168,7 @@ fn a_private_live_with_a_key_is_load_tested_with_key_and_token() {
 fn twenty_ll_hls_clients_get_parts_without_errors() {
     let server = Server::start();
     let url = format!("rtmp://{}/live/hlsload", common::rtmp_addr(&server));
-    let mut ffmpeg = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args([
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0",
-        ])
-        .args(["-sc_threshold", "0", "-tune", "zerolatency"])
-        .args(["-c:a", "aac", "-ac", "2", "-t", "30", "-f", "flv", &url])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ffmpeg runs (scripts/test installs it)");
+    let mut ffmpeg = common::ffmpeg_rtmp(&url, 30);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while common::live_state(&server, "hlsload")["onAir"] != true {
         assert!(std::time::Instant::now() < deadline, "not on air");
