@@ -14,6 +14,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
 
 use super::feed::Feed;
+use super::playlist_cache::PlaylistCache;
 use super::record::Recorder;
 use super::rtmp_source::RtmpInput;
 use super::segmenter::Ready;
@@ -97,6 +98,8 @@ pub struct HlsLive {
     /// Bumped whenever a part or segment is ready: blocked requests wait
     /// on it.
     pub version: watch::Sender<u64>,
+    /// Media playlists as last rendered (locked after `feed`).
+    pub playlists: Mutex<PlaylistCache>,
     touched: Mutex<Instant>,
     /// Recorded (`--record`): set while the live is on air.
     recording: std::sync::atomic::AtomicBool,
@@ -179,6 +182,7 @@ impl Hub {
         let hls = Arc::new(HlsLive {
             feed: Mutex::new(Feed::new(self.config.segmenter.clone())),
             version: watch::Sender::new(0),
+            playlists: Mutex::new(PlaylistCache::default()),
             touched: Mutex::new(Instant::now()),
             recording: std::sync::atomic::AtomicBool::new(false),
             direct: tx.downgrade(),

@@ -20,6 +20,7 @@ pub mod feed;
 pub mod fmp4;
 pub mod hub;
 pub mod playlist;
+pub mod playlist_cache;
 pub mod record;
 pub mod recordings;
 pub mod rtmp_sink;

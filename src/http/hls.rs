@@ -25,6 +25,7 @@ use crate::hls::hub::{HlsLive, Hub};
 use crate::hls::playlist::{
     self, Decision, MediaOptions, RenditionReport, Request, Resource, Variant,
 };
+use crate::hls::playlist_cache::Stamp;
 use crate::hls::segmenter::Lookup;
 
 pub fn routes() -> Router<AppState> {
@@ -123,7 +124,7 @@ fn refused(hls: &HlsLive) -> Option<&'static str> {
     hls.feed.lock().unwrap_or_else(|e| e.into_inner()).refused
 }
 
-fn playlist_response(body: String, max_age: u32) -> Response {
+fn playlist_response(body: impl Into<Bytes>, max_age: u32) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(PLAYLIST)),
@@ -132,7 +133,7 @@ fn playlist_response(body: String, max_age: u32) -> Response {
                 HeaderValue::from_str(&format!("max-age={max_age}")).expect("ascii"),
             ),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -287,31 +288,40 @@ async fn media(
     let query = media_query(&state, hub, &live);
     let body = {
         let feed = hls.feed.lock().unwrap_or_else(|e| e.into_inner());
-        let reports: Vec<RenditionReport> = feed
-            .renditions
-            .iter()
-            .filter(|r| r.name != rendition)
-            .filter_map(|r| {
-                let uri = format!("../{}/index.m3u8", r.name);
-                RenditionReport::of(uri, r.segmenter.as_ref()?)
-            })
-            .collect();
-        let Some(seg) = feed
-            .renditions
-            .iter()
-            .find(|r| r.name == rendition)
-            .and_then(|r| r.segmenter.as_ref())
-        else {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "the rendition ended"));
-        };
-        playlist::media_playlist(
-            seg,
-            &MediaOptions {
-                skip: request.skip,
-                query: &query,
-                rendition_reports: &reports,
-            },
-        )
+        let stamp = Stamp::of(&feed);
+        let mut cache = hls.playlists.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(&rendition, request.skip, &query, &stamp) {
+            Some(body) => body,
+            None => {
+                let reports: Vec<RenditionReport> = feed
+                    .renditions
+                    .iter()
+                    .filter(|r| r.name != rendition)
+                    .filter_map(|r| {
+                        let uri = format!("../{}/index.m3u8", r.name);
+                        RenditionReport::of(uri, r.segmenter.as_ref()?)
+                    })
+                    .collect();
+                let Some(seg) = feed
+                    .renditions
+                    .iter()
+                    .find(|r| r.name == rendition)
+                    .and_then(|r| r.segmenter.as_ref())
+                else {
+                    return Err(ApiError::new(StatusCode::NOT_FOUND, "the rendition ended"));
+                };
+                let body = Bytes::from(playlist::media_playlist(
+                    seg,
+                    &MediaOptions {
+                        skip: request.skip,
+                        query: &query,
+                        rendition_reports: &reports,
+                    },
+                ));
+                cache.put(&rendition, request.skip, &query, stamp, body.clone());
+                body
+            }
+        }
     };
     // A blocking request names a playlist that will not change: a cache
     // may keep it for a while; a plain one changes every part.
