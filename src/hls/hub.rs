@@ -17,6 +17,7 @@ use super::record::Recorder;
 use super::segmenter::Ready;
 use super::segmenter::SegmenterConfig;
 use crate::media::MediaHandle;
+use crate::record::WebmRecorder;
 use crate::sfu::tap::{TapPacket, TapSink};
 
 /// How LL-HLS is cut and kept.
@@ -211,6 +212,13 @@ impl Hub {
             .record
             .as_deref()
             .map(|dir| Recorder::new(dir, &live, self.config.record_every));
+        // VP8 lives are recorded as WebM (the fMP4 recorder gets nothing
+        // from the feed for them).
+        let mut webm = self
+            .config
+            .record
+            .as_deref()
+            .map(|dir| WebmRecorder::new(dir, &live, self.config.record_every));
         loop {
             let next = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
             let packets = match next {
@@ -238,6 +246,13 @@ impl Hub {
             if ready {
                 hls.version.send_modify(|v| *v += 1);
             }
+            let webm_keyframe = match webm.as_mut() {
+                Some(w) if hls.recording.load(Ordering::Relaxed) => {
+                    record_webm(w, &packets, SystemTime::now(), &live)
+                }
+                _ => false,
+            };
+            let wants_keyframe = wants_keyframe || webm_keyframe;
             let now = Instant::now();
             if wants_keyframe && last_keyframe_request.is_none_or(|t| now >= t + KEYFRAME_EVERY) {
                 last_keyframe_request = Some(now);
@@ -247,6 +262,9 @@ impl Hub {
             if now >= touched + self.config.idle {
                 break;
             }
+        }
+        if let Some(w) = webm.as_mut() {
+            let _ = w.close(SystemTime::now());
         }
         // The tap first: a request meanwhile still finds this live (and
         // the next one opens a new one), never a new tap then removed.
@@ -281,4 +299,19 @@ fn record(r: &mut Recorder, feed: &Feed, ready: &[(usize, Ready)], wall: SystemT
             tracing::error!(%live, "recording stopped: {e} (the live goes on)");
         }
     }
+}
+
+/// A live's packets to its WebM recording, which takes VP8 (H.264 goes
+/// to `record`); no packets for a second writes out what is pending.
+/// Returns whether it wants a keyframe.
+fn record_webm(w: &mut WebmRecorder, packets: &[TapPacket], wall: SystemTime, live: &str) -> bool {
+    let result = if packets.is_empty() {
+        w.flush(wall)
+    } else {
+        packets.iter().try_for_each(|p| w.push(p, wall))
+    };
+    if let Err(e) = result {
+        tracing::error!(%live, "WebM recording stopped: {e} (the live goes on)");
+    }
+    !packets.is_empty() && w.wants_keyframe(wall)
 }
