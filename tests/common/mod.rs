@@ -264,6 +264,9 @@ pub struct Client {
     /// Caster: video sequence numbers to leave out before the next frame,
     /// as if those packets were lost on the way.
     pub skip_seqs: u64,
+    /// Caster: real media to send instead of the synthetic frames, as it
+    /// comes: (video?, RTP timestamp, marker, payload).
+    pub media: Option<std::sync::mpsc::Receiver<(bool, u32, bool, Vec<u8>)>>,
 }
 
 impl Client {
@@ -311,6 +314,7 @@ impl Client {
             next_frame: Instant::now(),
             fill: 0x42,
             skip_seqs: 0,
+            media: None,
         };
         (client, offer.to_sdp_string(), pending)
     }
@@ -371,6 +375,10 @@ impl Client {
 
     /// Caster: writes the media due by now (30 fps VP8, 50 pps Opus).
     fn write_media(&mut self, now: Instant) {
+        if self.media.is_some() {
+            self.write_fed_media(now);
+            return;
+        }
         if !self.connected || now < self.next_frame {
             return;
         }
@@ -411,6 +419,33 @@ impl Client {
             vec![0xfc, 0xff, 0xfe],
         ));
         self.audio_seq += 1;
+    }
+
+    /// Caster: sends what came on `media` (once connected).
+    fn write_fed_media(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        let (video, audio) = (self.video.unwrap(), self.audio.unwrap());
+        let (vpt, apt) = (self.pt(video, Codec::Vp8), self.pt(audio, Codec::Opus));
+        while let Some(Ok((is_video, ts, marker, payload))) =
+            self.media.as_ref().map(|rx| rx.try_recv())
+        {
+            let (mid, pt, seq) = if is_video {
+                self.seq += 1;
+                (video, vpt, self.seq)
+            } else {
+                self.audio_seq += 1;
+                (audio, apt, self.audio_seq)
+            };
+            let mut api = self.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None).unwrap();
+            tx.write_rtp(
+                RtpWrite::new(pt, seq.into(), ts, now, payload)
+                    .marker(marker)
+                    .nackable(is_video),
+            );
+        }
     }
 
     /// Runs the client's IO for `d`.
