@@ -30,6 +30,12 @@ use crate::sfu::tap::TapPacket;
 /// Simulcast layers followed (browsers send three).
 const MAX_LAYERS: usize = 4;
 
+/// How long a first file waits for the caster's audio before it starts
+/// without: a keyframe that beats the first audio packet by a few
+/// milliseconds would otherwise give a file without sound and, at the
+/// next keyframe, a second one with it.
+const AUDIO_GRACE: Duration = Duration::from_millis(500);
+
 /// What the runtime does with the recording's files, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
@@ -214,7 +220,11 @@ impl Recording {
         {
             let largest = self.layers.iter().all(|l| l.area() <= area);
             let starts = match &self.file {
-                None => largest,
+                None => {
+                    largest
+                        && (self.has_audio
+                            || p.arrival.saturating_duration_since(epoch) >= AUDIO_GRACE)
+                }
                 Some(f) => {
                     let tracks = f.writer.tracks();
                     let recorded = f.ssrc == ssrc;
@@ -413,7 +423,9 @@ mod tests {
     fn a_file_starts_at_the_first_keyframe_and_appends_a_cluster_per_second() {
         let mut r = Recording::new(Duration::from_secs(3600));
         let mut c = Caster::new(1);
-        // Delta frames first: nothing yet, and a keyframe is wanted.
+        // Audio and delta frames first: nothing yet, and a keyframe is
+        // wanted.
+        assert!(r.push(&c.audio(0), wall(0)).is_empty());
         for p in c.frame(1, 0, None) {
             assert!(r.push(&p, wall(0)).is_empty());
         }
@@ -429,6 +441,37 @@ mod tests {
         let rest = r.close();
         assert!(matches!(rest[..], [Out::Append(_), Out::Close]), "{rest:?}");
         assert!(r.close().is_empty());
+    }
+
+    #[test]
+    fn a_keyframe_that_beats_the_audio_waits_for_it_then_video_alone_starts_a_file() {
+        let mut r = Recording::new(Duration::from_secs(3600));
+        let mut c = Caster::new(1);
+        // A keyframe before any audio: no file yet.
+        for p in c.frame(1, 0, Some((640, 360))) {
+            assert!(r.push(&p, wall(0)).is_empty());
+        }
+        assert!(r.wants_keyframe(wall(0)));
+        // Audio comes: the next keyframe starts one file, with sound.
+        let mut out = r.push(&c.audio(10), wall(10));
+        for p in c.frame(1, 40, Some((640, 360))) {
+            out.extend(r.push(&p, wall(40)));
+        }
+        assert_eq!(new_files(&out), 1);
+        assert!(r.file.as_ref().unwrap().writer.tracks().audio);
+
+        // A caster without audio: its keyframes start a file after the grace.
+        let mut r = Recording::new(Duration::from_secs(3600));
+        let mut c = Caster::new(2);
+        let mut out = Vec::new();
+        for ms in [0, 300, 600] {
+            for p in c.frame(1, ms, Some((640, 360))) {
+                out.extend(r.push(&p, wall(ms)));
+            }
+        }
+        assert_eq!(new_files(&out), 1);
+        assert!(!r.file.as_ref().unwrap().writer.tracks().audio);
+        assert_eq!(r.file.as_ref().unwrap().start, 600);
     }
 
     #[test]
@@ -455,7 +498,7 @@ mod tests {
     fn a_larger_simulcast_layer_takes_over_at_its_keyframe() {
         let mut r = Recording::new(Duration::from_secs(3600));
         let mut c = Caster::new(1);
-        let mut out = Vec::new();
+        let mut out = r.push(&c.audio(0), wall(0));
         for p in c.frame(1, 0, Some((320, 180))) {
             out.extend(r.push(&p, wall(0)));
         }
