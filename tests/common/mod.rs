@@ -424,6 +424,12 @@ impl Client {
     /// Caster: sends what came on `media` (once connected).
     fn write_fed_media(&mut self, now: Instant) {
         if !self.connected {
+            // A caster sends nothing it captured before it connected: sent
+            // late in a burst, it would stretch the media's timeline past
+            // the wall clock.
+            if let Some(rx) = &self.media {
+                while rx.try_recv().is_ok() {}
+            }
             return;
         }
         let (video, audio) = (self.video.unwrap(), self.audio.unwrap());
