@@ -17,6 +17,7 @@ pub mod media;
 pub mod memory;
 pub mod metrics;
 pub mod peerjs;
+pub mod record;
 pub mod rtmp;
 pub mod sfu;
 pub mod skyway;

@@ -276,6 +276,11 @@ impl Feed {
                 };
                 let r = &mut self.renditions[i];
                 r.bytes += p.payload.len() as u64;
+                // Every packet's timestamp through the clock: it is anchored
+                // by the arrival of the first packet, so that packet's
+                // timestamp must be its reference, not the first frame's that
+                // comes out (frames before a keyframe are dropped).
+                r.clock.at(p.ts);
                 let aus = r.depacketizer.push(&p.payload, p.ts, p.seq, p.marker);
                 for au in aus {
                     let r = &mut self.renditions[i];

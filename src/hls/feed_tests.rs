@@ -396,3 +396,23 @@ fn x264_with_bframes_and_aac_over_flv_decodes_cleanly_from_the_segments() {
         .count();
     assert_eq!(decoded, frames);
 }
+
+#[test]
+fn a_webrtc_layer_joined_mid_frame_keeps_its_timestamps_on_the_timeline() {
+    let mut feed = Feed::new(SegmenterConfig::default());
+    let t0 = Instant::now();
+    let caster = PeerId(1);
+    // The tap starts mid-frame: an FU-A middle fragment at 0 ms, which the
+    // depacketizer drops; the next frame, a keyframe, is 300 ms later.
+    let mut p = tap(caster, MediaKind::Video, t0, 0, 1);
+    p.payload = Arc::from(&[0x7c, 0x05, 1, 2, 3][..]);
+    p.marker = false;
+    feed.push(&p, wall(0));
+    let key = t0 + Duration::from_millis(300);
+    webrtc_keyframe(&mut feed, caster, key, 27_000, 2);
+    // Its time is its timestamp's (300 ms after the first packet's), not
+    // the first packet's arrival.
+    let r = &mut feed.renditions[0];
+    assert!(r.segmenter.is_some());
+    assert_eq!(r.clock.at(27_000), 27_000);
+}

@@ -20,6 +20,7 @@ use super::rtmp_source::RtmpInput;
 use super::segmenter::Ready;
 use super::segmenter::SegmenterConfig;
 use crate::media::MediaHandle;
+use crate::record::WebmRecorder;
 use crate::sfu::tap::{TapPacket, TapSink};
 
 /// How LL-HLS is cut and kept.
@@ -272,7 +273,7 @@ impl Hub {
         {
             let recorded = l.recording.load(Ordering::Relaxed);
             w.push(if recorded {
-                format!("{refused} It is not recorded as MP4 either.")
+                format!("{refused}. It is recorded as WebM (VP8 and Opus), not MP4.")
             } else {
                 refused.to_string()
             });
@@ -297,6 +298,12 @@ impl Hub {
             .config
             .recordings_dir()
             .map(|dir| Recorder::new(dir, &live, self.config.record_every));
+        // VP8 lives are recorded as WebM (the fMP4 recorder gets nothing
+        // from the feed for them).
+        let mut webm = self
+            .config
+            .recordings_dir()
+            .map(|dir| WebmRecorder::new(dir, &live, self.config.record_every));
         // A new muxer tries again: an earlier failure is forgotten.
         self.recordings.clear_failure(&live);
         loop {
@@ -336,6 +343,20 @@ impl Hub {
             if ready {
                 hls.version.send_modify(|v| *v += 1);
             }
+            let webm_keyframe = match webm.as_mut() {
+                Some(w) => {
+                    let wants = if hls.recording.load(Ordering::Relaxed) {
+                        record_webm(w, &packets, SystemTime::now(), &live)
+                    } else {
+                        let _ = w.close(SystemTime::now());
+                        false
+                    };
+                    self.recordings.after(&live, w);
+                    wants
+                }
+                None => false,
+            };
+            let wants_keyframe = wants_keyframe || webm_keyframe;
             let now = Instant::now();
             if wants_keyframe && last_keyframe_request.is_none_or(|t| now >= t + KEYFRAME_EVERY) {
                 last_keyframe_request = Some(now);
@@ -349,6 +370,10 @@ impl Hub {
         if let Some(r) = recorder.as_mut() {
             r.close();
             self.recordings.after(&live, r);
+        }
+        if let Some(w) = webm.as_mut() {
+            let _ = w.close(SystemTime::now());
+            self.recordings.after(&live, w);
         }
         // The tap first: a request meanwhile still finds this live (and
         // the next one opens a new one), never a new tap then removed.
@@ -388,4 +413,19 @@ fn record(r: &mut Recorder, feed: &Feed, ready: &[(usize, Ready)], wall: SystemT
             );
         }
     }
+}
+
+/// A live's packets to its WebM recording, which takes VP8 (H.264 goes
+/// to `record`); no packets for a second writes out what is pending.
+/// Returns whether it wants a keyframe.
+fn record_webm(w: &mut WebmRecorder, packets: &[TapPacket], wall: SystemTime, live: &str) -> bool {
+    let result = if packets.is_empty() {
+        w.flush(wall)
+    } else {
+        packets.iter().try_for_each(|p| w.push(p, wall))
+    };
+    if let Err(e) = result {
+        tracing::error!(%live, "WebM recording stopped: {e} (the live goes on)");
+    }
+    !packets.is_empty() && w.wants_keyframe(wall)
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use super::record::Recorder;
 use super::stored;
+use crate::record::WebmRecorder;
 
 /// A stored recording, as `GET /api/recordings` lists it and the webhook
 /// tells of it.
@@ -117,10 +118,49 @@ pub fn sweep(dir: &Path, keep: Duration, writing: &HashSet<PathBuf>) {
     }
 }
 
+/// A live's recorder as the hub sees it after each run of packets: the
+/// fMP4 one or the WebM one (a live has both; one of them idles).
+pub trait Tracked {
+    /// Tells a live's two recorders apart.
+    const FORMAT: &'static str;
+    /// The file being written.
+    fn path(&self) -> Option<&Path>;
+    /// Why recording stopped, if it did.
+    fn failed(&self) -> Option<&str>;
+    /// Files closed whole since the last call.
+    fn take_closed(&mut self) -> Vec<PathBuf>;
+}
+
+impl Tracked for Recorder {
+    const FORMAT: &'static str = "mp4";
+    fn path(&self) -> Option<&Path> {
+        Recorder::path(self)
+    }
+    fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+    fn take_closed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.closed)
+    }
+}
+
+impl Tracked for WebmRecorder {
+    const FORMAT: &'static str = "webm";
+    fn path(&self) -> Option<&Path> {
+        WebmRecorder::path(self)
+    }
+    fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+    fn take_closed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.closed)
+    }
+}
+
 /// What the hub keeps of recordings.
 pub struct Recordings {
-    /// Each recorded live's file being written.
-    writing: Mutex<HashMap<String, PathBuf>>,
+    /// Each recorded live's files being written, by live and format.
+    writing: Mutex<HashMap<(String, &'static str), PathBuf>>,
     /// Lives whose recording failed, with why (and what to do).
     failures: Mutex<HashMap<String, String>>,
     /// Recordings stopped by an error, ever.
@@ -175,20 +215,21 @@ impl Recordings {
 
     /// After the recorder of `live` took its parts: notes the file being
     /// written and a failure, and tells the webhook of complete files.
-    pub fn after(&self, live: &str, r: &mut Recorder) {
+    pub fn after<R: Tracked>(&self, live: &str, r: &mut R) {
         {
             let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (live.to_string(), R::FORMAT);
             match r.path() {
-                Some(p) if writing.get(live).map(PathBuf::as_path) != Some(p) => {
-                    writing.insert(live.to_string(), p.to_path_buf());
+                Some(p) if writing.get(&key).map(PathBuf::as_path) != Some(p) => {
+                    writing.insert(key, p.to_path_buf());
                 }
                 None => {
-                    writing.remove(live);
+                    writing.remove(&key);
                 }
                 _ => {}
             }
         }
-        if let Some(e) = &r.failed {
+        if let Some(e) = r.failed() {
             let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             if !failures.contains_key(live) {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +243,7 @@ impl Recordings {
                 );
             }
         }
-        for path in r.closed.drain(..) {
+        for path in r.take_closed() {
             if let Some((url, client)) = &self.webhook {
                 tokio::spawn(tell(url.clone(), client.clone(), path));
             }

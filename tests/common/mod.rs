@@ -264,7 +264,14 @@ pub struct Client {
     /// Caster: video sequence numbers to leave out before the next frame,
     /// as if those packets were lost on the way.
     pub skip_seqs: u64,
+    /// Caster: real media to send instead of the synthetic frames, as it
+    /// comes: (video?, RTP timestamp, marker, payload).
+    pub media: Option<std::sync::mpsc::Receiver<FedPacket>>,
 }
+
+/// Real media for a caster to send: (video?, RTP timestamp, marker,
+/// payload).
+pub type FedPacket = (bool, u32, bool, Vec<u8>);
 
 impl Client {
     /// Builds a client and its offer: a caster sends, a viewer receives.
@@ -311,6 +318,7 @@ impl Client {
             next_frame: Instant::now(),
             fill: 0x42,
             skip_seqs: 0,
+            media: None,
         };
         (client, offer.to_sdp_string(), pending)
     }
@@ -371,6 +379,14 @@ impl Client {
 
     /// Caster: writes the media due by now (30 fps VP8, 50 pps Opus).
     fn write_media(&mut self, now: Instant) {
+        if self.media.is_some() {
+            self.write_fed_media(now);
+            // str0m's pacer sends what its last timeout saw queued: a
+            // timeout now sends these at once (else they waited for the
+            // next one, a keyframe's packets a few steps).
+            let _ = self.rtc.handle_input(Input::Timeout(now));
+            return;
+        }
         if !self.connected || now < self.next_frame {
             return;
         }
@@ -413,6 +429,39 @@ impl Client {
         self.audio_seq += 1;
     }
 
+    /// Caster: sends what came on `media` (once connected).
+    fn write_fed_media(&mut self, now: Instant) {
+        if !self.connected {
+            // A caster sends nothing it captured before it connected: sent
+            // late in a burst, it would stretch the media's timeline past
+            // the wall clock.
+            if let Some(rx) = &self.media {
+                while rx.try_recv().is_ok() {}
+            }
+            return;
+        }
+        let (video, audio) = (self.video.unwrap(), self.audio.unwrap());
+        let (vpt, apt) = (self.pt(video, Codec::Vp8), self.pt(audio, Codec::Opus));
+        while let Some(Ok((is_video, ts, marker, payload))) =
+            self.media.as_ref().map(|rx| rx.try_recv())
+        {
+            let (mid, pt, seq) = if is_video {
+                self.seq += 1;
+                (video, vpt, self.seq)
+            } else {
+                self.audio_seq += 1;
+                (audio, apt, self.audio_seq)
+            };
+            let mut api = self.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None).unwrap();
+            tx.write_rtp(
+                RtpWrite::new(pt, seq.into(), ts, now, payload)
+                    .marker(marker)
+                    .nackable(is_video),
+            );
+        }
+    }
+
     /// Runs the client's IO for `d`.
     pub fn run(&mut self, d: Duration) {
         let end = Instant::now() + d;
@@ -451,9 +500,12 @@ impl Client {
                 Output::Event(e) => self.on_event(e),
             }
         };
+        // A caster fed real media sends it as it comes: every 2 ms.
+        let fed = Instant::now() + Duration::from_millis(2);
         let wait = timeout
             .min(until)
             .min(self.next_frame)
+            .min(if self.media.is_some() { fed } else { until })
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         self.socket.set_read_timeout(Some(wait)).unwrap();
