@@ -210,6 +210,24 @@ fn a_vp8_live_records_as_webm_one_file_per_caster_whole_after_kill_9() {
         );
     }
     assert_eq!(decode_errors(&file), "", "{}", file.display());
+    // The recordings API says the same.
+    let listed: serde_json::Value = serde_json::from_str(
+        &http()
+            .get(server.url("/api/recordings?live=cam"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    let entry = &listed["recordings"][0];
+    assert_eq!(entry["file"], name.as_str(), "{listed}");
+    assert_eq!(entry["codec"], "vp8,opus", "{listed}");
+    let listed_duration = entry["duration"].as_f64().unwrap_or_default();
+    assert!(
+        (listed_duration - wall).abs() <= wall * 0.02,
+        "{listed_duration} s listed of {wall} s cast: {listed}"
+    );
 
     // A second caster replaces the first: a second file.
     let (mut second_ffmpeg, media, _) = ffmpeg_rtp(30);

@@ -21,7 +21,8 @@ pub struct Description {
     pub live: String,
     /// RFC 3339 UTC, from the name.
     pub start: String,
-    /// Seconds: the fragments' durations summed (MP4); `null` for WebM.
+    /// Seconds: the fragments' durations summed (MP4), the last frame's
+    /// time (WebM); `null` before the first fragment or Cluster.
     pub duration: Option<f64>,
     pub size: u64,
     /// RFC 6381 codecs (`avc1.42c01f,opus`); `null` when unknown.
@@ -60,7 +61,8 @@ pub fn describe(dir: &Path, name: &str, writing: &HashSet<PathBuf>) -> Option<De
             Some(format!("/recordings/{stem}.m3u8")),
         )
     } else {
-        (None, None, None)
+        let (codec, duration) = crate::record::stored::describe(&mut file, size);
+        (duration, codec, None)
     };
     Some(Description {
         file: name.to_string(),

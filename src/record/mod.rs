@@ -6,6 +6,7 @@
 //! - [`webm`]: the file's bytes: a header, then Clusters.
 //! - [`recording`]: which frames go in which file (sans-IO).
 //! - [`WebmRecorder`] (here): the files themselves.
+//! - [`stored`]: what the recordings API says of a stored file.
 //!
 //! Files: `{dir}/{live}-{UTC start, YYYYmmdd-HHMMSS}.webm`, a new one on
 //! the hour (`--record-every`) and for each new caster. Each Cluster (at
@@ -14,6 +15,7 @@
 //! leaves a playable file that lacks at most the last second.
 
 pub mod recording;
+pub mod stored;
 pub mod vp8;
 pub mod webm;
 
