@@ -39,9 +39,10 @@ pub const VP8_REFUSED: &str = "this live's video is VP8, which HLS (fMP4) cannot
     WebRTC only. Cast H.264 (the cast page and vessel.js prefer it when HLS or recording is on; \
     OBS and FFmpeg send H.264) to get HLS";
 
-/// One track's RTP timestamps on the live's timeline.
+/// One track's RTP timestamps on the live's timeline (also the WebM
+/// recorder's).
 #[derive(Debug)]
-struct Clock {
+pub(crate) struct Clock {
     /// Unwrapped ticks of the last timestamp, and that timestamp.
     last: Option<(i64, u32)>,
     /// Timeline ticks of the track's first packet.
@@ -49,7 +50,7 @@ struct Clock {
 }
 
 impl Clock {
-    fn new(rate: u32, first_arrival: Instant, epoch: Instant) -> Self {
+    pub(crate) fn new(rate: u32, first_arrival: Instant, epoch: Instant) -> Self {
         let since = first_arrival.saturating_duration_since(epoch);
         Self {
             last: None,
@@ -58,7 +59,7 @@ impl Clock {
     }
 
     /// The timeline time of `ts`, in the track's ticks (never below 0).
-    fn at(&mut self, ts: u32) -> u64 {
+    pub(crate) fn at(&mut self, ts: u32) -> u64 {
         let ext = match self.last {
             None => 0,
             Some((ext, prev)) => ext + i64::from(ts.wrapping_sub(prev) as i32),
@@ -201,6 +202,14 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// The packaging of the rendition named `name`, once it has begun.
+    pub fn segmenter(&self, name: &str) -> Option<&Segmenter> {
+        self.renditions
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.segmenter.as_ref())
+    }
+
     pub fn new(config: SegmenterConfig) -> Self {
         Self {
             config,

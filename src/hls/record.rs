@@ -236,8 +236,8 @@ fn rebase(fragment: &[u8], start: f64) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `YYYYmmdd-HHMMSS` in UTC.
-fn stamp(t: SystemTime) -> String {
+/// `YYYYmmdd-HHMMSS` in UTC: recordings' names (MP4 and WebM).
+pub(crate) fn stamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = super::playlist::civil_from_days(days as i64);

@@ -247,12 +247,7 @@ async fn media(
     // target durations (then 503, as RFC 8216bis says).
     let decide = |h: &HlsLive| -> Option<Decision> {
         let feed = h.feed.lock().unwrap_or_else(|e| e.into_inner());
-        let seg = feed
-            .renditions
-            .iter()
-            .find(|r| r.name == rendition)?
-            .segmenter
-            .as_ref()?;
+        let seg = feed.segmenter(&rendition)?;
         Some(playlist::decide(&request, seg))
     };
     let hold = {
@@ -302,12 +297,7 @@ async fn media(
                         RenditionReport::of(uri, r.segmenter.as_ref()?)
                     })
                     .collect();
-                let Some(seg) = feed
-                    .renditions
-                    .iter()
-                    .find(|r| r.name == rendition)
-                    .and_then(|r| r.segmenter.as_ref())
-                else {
+                let Some(seg) = feed.segmenter(&rendition) else {
                     return Err(ApiError::new(StatusCode::NOT_FOUND, "the rendition ended"));
                 };
                 let body = Bytes::from(playlist::media_playlist(
@@ -374,12 +364,7 @@ async fn resource(
     hls.touch();
     let lookup = |h: &HlsLive| -> Lookup {
         let feed = h.feed.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(seg) = feed
-            .renditions
-            .iter()
-            .find(|r| r.name == rendition)
-            .and_then(|r| r.segmenter.as_ref())
-        else {
+        let Some(seg) = feed.segmenter(&rendition) else {
             return Lookup::NotFound;
         };
         match what {

@@ -206,19 +206,11 @@ pub fn run(args: &LoadtestArgs) -> Result<HlsReport, String> {
         ProcSample::read(me).ok(),
         args.server_pid.and_then(|p| ProcSample::read(p).ok()),
     );
-    let window_start = Instant::now();
     stats.measuring.store(true, Ordering::Relaxed);
-    let window = Duration::from_secs_f64(args.duration.max(0.1));
-    while window_start.elapsed() < window {
-        std::thread::sleep(
-            window
-                .saturating_sub(window_start.elapsed())
-                .min(Duration::from_secs(1)),
-        );
-        progress(&stats, args.viewers, ramp_start, "measure");
-    }
+    let window_s = report::measurement_window(args.duration, || {
+        progress(&stats, args.viewers, ramp_start, "measure")
+    });
     stats.measuring.store(false, Ordering::Relaxed);
-    let window_s = window_start.elapsed().as_secs_f64();
     let (p1, n1, b1) = counters(&stats);
     let (own1, cpu1) = (
         ProcSample::read(me).ok(),

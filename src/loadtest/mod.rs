@@ -284,22 +284,14 @@ pub fn run(args: LoadtestArgs) -> Result<Report, String> {
     }
 
     // The measurement window.
-    let window_start = Instant::now();
     let packets0 = totals.packets.load(Ordering::Relaxed);
     let bytes0 = totals.bytes.load(Ordering::Relaxed);
     let cpu0 = args.server_pid.and_then(|p| ProcSample::read(p).ok());
     totals.measuring.store(true, Ordering::Relaxed);
-    let window = Duration::from_secs_f64(args.duration.max(0.1));
-    while window_start.elapsed() < window {
-        std::thread::sleep(
-            window
-                .saturating_sub(window_start.elapsed())
-                .min(Duration::from_secs(1)),
-        );
-        progress(&totals, args.viewers, ramp_start, "measure");
-    }
+    let window_s = report::measurement_window(args.duration, || {
+        progress(&totals, args.viewers, ramp_start, "measure")
+    });
     totals.measuring.store(false, Ordering::Relaxed);
-    let window_s = window_start.elapsed().as_secs_f64();
     let packets = totals.packets.load(Ordering::Relaxed) - packets0;
     let bytes = totals.bytes.load(Ordering::Relaxed) - bytes0;
     let cpu1 = args.server_pid.and_then(|p| ProcSample::read(p).ok());

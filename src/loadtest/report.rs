@@ -129,6 +129,23 @@ impl ProcSample {
     }
 }
 
+/// Sleeps through the measurement window of `secs` (at least 0.1),
+/// calling `each_second` about once a second (progress lines); returns
+/// how long it really lasted, in seconds.
+pub fn measurement_window(secs: f64, mut each_second: impl FnMut()) -> f64 {
+    let start = std::time::Instant::now();
+    let window = std::time::Duration::from_secs_f64(secs.max(0.1));
+    while start.elapsed() < window {
+        std::thread::sleep(
+            window
+                .saturating_sub(start.elapsed())
+                .min(std::time::Duration::from_secs(1)),
+        );
+        each_second();
+    }
+    start.elapsed().as_secs_f64()
+}
+
 pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -22,7 +22,7 @@ pub mod webm;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use recording::{Out, Recording};
 
@@ -159,7 +159,7 @@ impl WebmRecorder {
     fn open(&mut self, header: &[u8], wall: SystemTime) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let stamp = stamp(wall);
+        let stamp = crate::hls::record::stamp(wall);
         let mut path = self.dir.join(format!("{}-{stamp}.webm", self.live));
         // Two files in one second (a caster replaced at once): a suffix.
         let mut n = 1;
@@ -179,43 +179,5 @@ impl WebmRecorder {
             synced: wall,
         });
         Ok(())
-    }
-}
-
-/// `YYYYmmdd-HHMMSS` in UTC (as the fMP4 recorder names its files).
-fn stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_carry_the_utc_start() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_796_387_696);
-        assert_eq!(stamp(t), "20261204-123456");
-        assert_eq!(stamp(UNIX_EPOCH), "19700101-000000");
-        assert_eq!(
-            stamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "20000229-000000"
-        );
     }
 }

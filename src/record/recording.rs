@@ -26,6 +26,7 @@ use str0m::media::MediaKind;
 
 use super::vp8::Vp8Depacketizer;
 use super::webm::{AUDIO_TRACK, Tracks, VIDEO_TRACK, WebmWriter};
+use crate::hls::feed::Clock;
 use crate::sfu::PeerId;
 use crate::sfu::tap::TapPacket;
 
@@ -55,34 +56,10 @@ pub enum Out {
     Close,
 }
 
-/// One track's RTP timestamps on the caster's timeline, in milliseconds.
-#[derive(Debug)]
-struct Clock {
-    rate: u32,
-    /// Unwrapped ticks of the last timestamp, and that timestamp.
-    last: Option<(i64, u32)>,
-    /// Timeline ticks of the track's first packet.
-    origin: i64,
-}
-
-impl Clock {
-    fn new(rate: u32, first_arrival: Instant, epoch: Instant) -> Self {
-        let since = first_arrival.saturating_duration_since(epoch);
-        Self {
-            rate: rate.max(1),
-            last: None,
-            origin: (since.as_secs_f64() * f64::from(rate)) as i64,
-        }
-    }
-
-    fn ms(&mut self, ts: u32) -> i64 {
-        let ext = match self.last {
-            None => 0,
-            Some((ext, prev)) => ext + i64::from(ts.wrapping_sub(prev) as i32),
-        };
-        self.last = Some((ext, ts));
-        (self.origin + ext) * 1000 / i64::from(self.rate)
-    }
+/// A track's clock (the LL-HLS feed's: RTP timestamps unwrapped, placed
+/// by the first packet's arrival) read in milliseconds.
+fn ms(clock: &mut Clock, rate: u32, ts: u32) -> i64 {
+    clock.at(ts) as i64 * 1000 / i64::from(rate.max(1))
 }
 
 /// One incoming video stream (a simulcast layer).
@@ -174,10 +151,10 @@ impl Recording {
                     return out;
                 }
                 self.has_audio = true;
-                let ms = self
+                let clock = self
                     .audio
-                    .get_or_insert_with(|| Clock::new(p.clock_rate, p.arrival, epoch))
-                    .ms(p.ts);
+                    .get_or_insert_with(|| Clock::new(p.clock_rate, p.arrival, epoch));
+                let ms = ms(clock, p.clock_rate, p.ts);
                 match self.file.as_mut() {
                     Some(f) if ms >= f.start => {
                         let at = (ms - f.start) as u64;
@@ -233,11 +210,11 @@ impl Recording {
         // arrival of the first packet, so that packet's timestamp must be
         // its reference, not the first frame's that comes out (frames before
         // a keyframe are dropped).
-        layer.clock.ms(p.ts);
+        ms(&mut layer.clock, p.clock_rate, p.ts);
         let Some(frame) = layer.depacketizer.push(&p.payload, p.ts, p.seq, p.marker) else {
             return;
         };
-        let ms = layer.clock.ms(frame.rtp_ts);
+        let ms = ms(&mut layer.clock, p.clock_rate, frame.rtp_ts);
         if frame.size.is_some() {
             layer.size = frame.size;
         }
