@@ -151,7 +151,7 @@ test('o: a viewer throttled to 350 kbit/s settles on a lower layer and returns t
     const r = await throttleScenario(h, env.ns, slow.meter, [free.meter]);
     h.note(`throttle: ${JSON.stringify({ ...r, timeline: undefined })}`);
     h.note(`throttle timeline: ${r.timeline.map((e) => `${e.ms}ms ${e.width}w ${e.kbps}kbps [${e.watched}]`).join(', ')}`);
-    console.log(`# throttle ${r.rate}: lower layer after ${r.downMs} ms (settled ${r.settledMs} ms, ${r.low.width}x${r.low.height} at ${r.low.kbps} kbps); top again ${r.upMs} ms after lifting`);
+    console.log(`# throttle ${r.rate}: lower layer after ${r.downMs} ms (settled ${r.settledMs} ms, ${r.low.width}x${r.low.height} at ${r.low.kbps} kbps, ${r.low.fpsWhileHeld} fps while held); top again ${r.upMs} ms after lifting`);
     assert.ok(r.low.width <= MID_WIDTH && r.low.maxWidthWhileHeld <= MID_WIDTH, `throttled viewer stays ≤ 640 wide: ${JSON.stringify(r.low)}`);
     assert.ok(r.low.kbps < 400, `throttled viewer receives < 400 kbps: ${r.low.kbps}`);
     assert.ok(r.low.fpsWhileHeld >= 5, `throttled viewer keeps decoding: ${r.low.fpsWhileHeld} fps`);
