@@ -388,3 +388,24 @@ fn a_transport_made_before_its_key_was_revoked_cannot_produce() {
     assert_eq!(live_state(&server, "rev")["onAir"], false);
     io.close();
 }
+
+/// A client that asks the moment it is connected is answered: socketioxide
+/// sends the connect packet before it runs the connect handler, so the
+/// request handlers are registered in a middleware, before it (one CI run
+/// lost such a request: "the socket closed before re:createProducerTransport").
+#[test]
+fn a_request_sent_the_moment_the_socket_connects_is_answered() {
+    let server = Server::start();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    let mut io = SocketIo::connect(&server, "live=eager").unwrap();
+                    let caps = io.ask("routerCapabilities", Value::Null);
+                    assert!(caps["codecs"].is_array(), "{caps}");
+                    io.close();
+                }
+            });
+        }
+    });
+}

@@ -20,6 +20,7 @@ use axum::extract::Query;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,13 +81,40 @@ const MAX_QUEUED: usize = 32;
 /// The socket.io endpoint at `path`, and its handle (closed on shutdown).
 pub fn layer(state: AppState, path: &str) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder().req_path(path.to_owned()).build_layer();
-    io.ns("/", move |socket: SocketRef, Data(auth): Data<Value>| {
-        on_connect(socket, auth, state.clone());
+    // The request handlers are registered in a middleware, which runs before
+    // socketioxide sends the connect packet: its connect handler runs after
+    // it, and a client that asks at once (the seed's asks for the router's
+    // capabilities on `connect`) could be heard before the handlers were
+    // there, its request dropped and never answered. The handler only
+    // turns away a bad live name (a middleware cannot emit).
+    let handler = |socket: SocketRef| {
+        if let Err(e) = super::check_live(&live_of(&socket)) {
+            let _ = socket.emit("error", &json!({ "error": e.1 }));
+            let _ = socket.disconnect();
+        }
         std::future::ready(())
-    });
+    };
+    let middleware = move |socket: SocketRef, Data(auth): Data<Value>| {
+        on_connect(socket, auth, state.clone());
+        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    };
+    io.ns("/", handler.with(middleware));
     (layer, io)
 }
 
+/// The socket's live: `?live=`, percent-decoded, or the seed's default.
+fn live_of(socket: &SocketRef) -> String {
+    let query: HashMap<String, String> = Query::try_from_uri(&socket.req_parts().uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    query
+        .get("live")
+        .map_or(DEFAULT_LIVE, String::as_str)
+        .to_owned()
+}
+
+/// Registers the socket's request handlers and starts its request task
+/// (before the connect packet goes out: see [`layer`]).
 fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
     let parts = socket.req_parts();
     // Percent-decoded: socket.io-client encodes query values, and a stream
@@ -94,10 +122,7 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
     let query: HashMap<String, String> = Query::try_from_uri(&parts.uri)
         .map(|Query(q)| q)
         .unwrap_or_default();
-    let live = query
-        .get("live")
-        .map_or(DEFAULT_LIVE, String::as_str)
-        .to_owned();
+    let live = live_of(&socket);
     let credential = auth["token"]
         .as_str()
         .or(auth["key"].as_str())
@@ -105,9 +130,8 @@ fn on_connect(socket: SocketRef, auth: Value, state: AppState) {
         .or(query.get("key").map(String::as_str))
         .map(str::to_owned);
     let (remote, forwarded_for) = super::client_of(parts);
-    if let Err(e) = super::check_live(&live) {
-        let _ = socket.emit("error", &json!({ "error": e.1 }));
-        let _ = socket.disconnect();
+    if super::check_live(&live).is_err() {
+        // Turned away by the connect handler.
         return;
     }
     // Requests are queued to one task per socket: they run in the order
