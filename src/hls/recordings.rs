@@ -161,8 +161,8 @@ impl Tracked for WebmRecorder {
 
 /// What the hub keeps of recordings.
 pub struct Recordings {
-    /// Each recorded live's files being written, by live and format.
-    writing: Mutex<HashMap<(String, &'static str), PathBuf>>,
+    /// Each recorded live's files being written, by format.
+    writing: Mutex<HashMap<String, HashMap<&'static str, PathBuf>>>,
     /// Lives whose recording failed, with why (and what to do).
     failures: Mutex<HashMap<String, String>>,
     /// Recordings stopped by an error, ever.
@@ -196,7 +196,7 @@ impl Recordings {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .flat_map(|files| files.values().cloned())
             .collect()
     }
 
@@ -219,14 +219,27 @@ impl Recordings {
     /// written and a failure, and tells the webhook of complete files.
     pub fn after<R: Tracked>(&self, live: &str, r: &mut R) {
         {
+            // Called after every run of packets: nothing is allocated
+            // unless the file changed.
             let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (live.to_string(), R::FORMAT);
+            let now = writing
+                .get(live)
+                .and_then(|files| files.get(R::FORMAT))
+                .map(PathBuf::as_path);
             match r.path() {
-                Some(p) if writing.get(&key).map(PathBuf::as_path) != Some(p) => {
-                    writing.insert(key, p.to_path_buf());
+                Some(p) if now != Some(p) => {
+                    writing
+                        .entry(live.to_string())
+                        .or_default()
+                        .insert(R::FORMAT, p.to_path_buf());
                 }
-                None => {
-                    writing.remove(&key);
+                None if now.is_some() => {
+                    if let Some(files) = writing.get_mut(live) {
+                        files.remove(R::FORMAT);
+                        if files.is_empty() {
+                            writing.remove(live);
+                        }
+                    }
                 }
                 _ => {}
             }

@@ -89,16 +89,18 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// RFC 3339 UTC of seconds since the epoch.
-pub fn rfc3339(secs: u64) -> String {
+/// Seconds since the epoch as UTC (year, month, day, hour, minute,
+/// second).
+pub fn utc(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = super::playlist::civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// RFC 3339 UTC of seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let (y, m, d, hh, mm, ss) = utc(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 /// A file in the recording directory, for the retention sweep.

@@ -44,16 +44,10 @@ pub fn describe(file: &mut File, size: u64) -> (Option<String>, Option<f64>) {
 /// file's tail), in ms. A Cluster cut short by a crash is skipped, as is
 /// a Cluster ID that turns out to be payload.
 fn last_frame_ms(bytes: &[u8]) -> Option<i64> {
-    let starts: Vec<usize> = bytes
-        .windows(4)
-        .enumerate()
-        .filter(|(_, w)| *w == CLUSTER_ID)
-        .map(|(i, _)| i)
-        .collect();
-    starts
-        .iter()
+    (0..bytes.len().saturating_sub(3))
         .rev()
-        .find_map(|&at| cluster_end_ms(&bytes[at..]))
+        .filter(|&at| bytes[at..at + 4] == CLUSTER_ID)
+        .find_map(|at| cluster_end_ms(&bytes[at..]))
 }
 
 /// Parses the Cluster `bytes` starts with: its last block's time.
