@@ -165,6 +165,9 @@ impl Recording {
                         );
                     }
                     Some(_) => {}
+                    // Kept only once VP8 is coming (a keyframe is on its
+                    // way): an H.264 live's audio passes through here too.
+                    None if self.layers.is_empty() => {}
                     None => {
                         self.early_audio.push_back((ms, p.payload.clone()));
                         while self
@@ -596,5 +599,8 @@ mod tests {
         let out = r.push(&p, wall(2000));
         assert!(matches!(out.last(), Some(Out::Close)), "{out:?}");
         assert!(!r.wants_keyframe(wall(2000)));
+        // The H.264 live's audio is not kept for a WebM file to come.
+        assert!(r.push(&c.audio(2020), wall(2020)).is_empty());
+        assert!(r.early_audio.is_empty());
     }
 }
