@@ -43,6 +43,13 @@ pub struct Lateness {
     /// A backlog queued on purpose (a group of pictures replayed to a new
     /// viewer) drains until then without counting as falling behind.
     grace_until: Option<Instant>,
+    /// The RTP timestamp of the frame the last dropped packet belonged to:
+    /// the rest of that frame is dropped too, even once the queue has
+    /// drained. (An H.264 keyframe is SPS and PPS in one packet, then the
+    /// IDR in many; resuming at the IDR's first fragment would count as a
+    /// keyframe start, and the viewer would get an IDR without the
+    /// parameter sets it needs.)
+    dropped_frame: Option<u32>,
 }
 
 /// When the packets of the latest keyframe were queued.
@@ -55,9 +62,20 @@ struct KeyframeSpan {
 }
 
 impl Lateness {
-    /// Whether the next packet may be queued, given when the oldest packet
-    /// still waiting in the viewer's queue was queued (`None`: empty).
-    pub fn check(&mut self, oldest: Option<Instant>, now: Instant) -> Gate {
+    /// Whether the next packet (of the frame with RTP timestamp `ts`) may
+    /// be queued, given when the oldest packet still waiting in the
+    /// viewer's queue was queued (`None`: empty).
+    pub fn check(&mut self, oldest: Option<Instant>, now: Instant, ts: u32) -> Gate {
+        let gate = self.gate(oldest, now);
+        match gate {
+            Gate::Drop { .. } => self.dropped_frame = Some(ts),
+            Gate::Pass if self.dropped_frame == Some(ts) => return Gate::Drop { started: false },
+            Gate::Pass => self.dropped_frame = None,
+        }
+        gate
+    }
+
+    fn gate(&mut self, oldest: Option<Instant>, now: Instant) -> Gate {
         if self.grace_until.is_some_and(|t| now < t) {
             self.behind = false;
             return Gate::Pass;
@@ -127,18 +145,21 @@ mod tests {
         l.queued(true, 0, t0);
         l.queued(false, 3000, t0 + ms(33));
         // The oldest waiting packet is a P-frame's, 250 ms old: fine.
-        assert_eq!(l.check(Some(t0 + ms(33)), t0 + ms(283)), Gate::Pass);
+        assert_eq!(l.check(Some(t0 + ms(33)), t0 + ms(283), 3000), Gate::Pass);
         // 301 ms: behind.
         let at = t0 + ms(334);
-        assert_eq!(l.check(Some(t0 + ms(33)), at), Gate::Drop { started: true });
+        assert_eq!(
+            l.check(Some(t0 + ms(33)), at, 6000),
+            Gate::Drop { started: true }
+        );
         // Still more than a third of the bound waiting: dropping goes on.
         assert_eq!(
-            l.check(Some(t0 + ms(300)), t0 + ms(450)),
+            l.check(Some(t0 + ms(300)), t0 + ms(450), 9000),
             Gate::Drop { started: false }
         );
         // Drained: it passes again.
-        assert_eq!(l.check(Some(t0 + ms(460)), t0 + ms(500)), Gate::Pass);
-        assert_eq!(l.check(None, t0 + ms(520)), Gate::Pass);
+        assert_eq!(l.check(Some(t0 + ms(460)), t0 + ms(500), 12000), Gate::Pass);
+        assert_eq!(l.check(None, t0 + ms(520), 15000), Gate::Pass);
     }
 
     #[test]
@@ -150,10 +171,10 @@ mod tests {
         l.queued(true, 3000, t0 + ms(40)); // its later packets carry no flag
         l.queued(false, 6000, t0 + ms(66));
         // The keyframe's packets still wait after 900 ms: let them.
-        assert_eq!(l.check(Some(t0 + ms(40)), t0 + ms(940)), Gate::Pass);
+        assert_eq!(l.check(Some(t0 + ms(40)), t0 + ms(940), 18000), Gate::Pass);
         // After a second, even a keyframe is too late.
         assert_eq!(
-            l.check(Some(t0 + ms(40)), t0 + ms(1041)),
+            l.check(Some(t0 + ms(40)), t0 + ms(1041), 21000),
             Gate::Drop { started: true }
         );
         // The P-frame after it is held to the usual bound.
@@ -161,7 +182,7 @@ mod tests {
         l.queued(true, 0, t0);
         l.queued(false, 3000, t0 + ms(33));
         assert_eq!(
-            l.check(Some(t0 + ms(33)), t0 + ms(340)),
+            l.check(Some(t0 + ms(33)), t0 + ms(340), 24000),
             Gate::Drop { started: true }
         );
     }
@@ -173,10 +194,10 @@ mod tests {
         l.queued(true, 0, t0);
         l.queued(false, 3000, t0);
         l.grace(t0 + ms(1500));
-        assert_eq!(l.check(Some(t0), t0 + ms(1400)), Gate::Pass);
+        assert_eq!(l.check(Some(t0), t0 + ms(1400), 27000), Gate::Pass);
         // Still waiting after the grace: late as usual.
         assert_eq!(
-            l.check(Some(t0), t0 + ms(1500)),
+            l.check(Some(t0), t0 + ms(1500), 30000),
             Gate::Drop { started: true }
         );
     }
@@ -187,17 +208,45 @@ mod tests {
         let mut l = Lateness::default();
         l.queued(false, 0, t0);
         assert_eq!(
-            l.check(Some(t0), t0 + ms(301)),
+            l.check(Some(t0), t0 + ms(301), 33000),
             Gate::Drop { started: true }
         );
-        assert_eq!(l.check(None, t0 + ms(400)), Gate::Pass);
+        assert_eq!(l.check(None, t0 + ms(400), 36000), Gate::Pass);
         l.queued(false, 3000, t0 + ms(400));
         // Behind again within the hold-off: it waits (str0m's pacer bounds
         // its queue at 2 s on its own).
-        assert_eq!(l.check(Some(t0 + ms(400)), t0 + ms(1000)), Gate::Pass);
         assert_eq!(
-            l.check(Some(t0 + ms(400)), t0 + ms(2302)),
+            l.check(Some(t0 + ms(400)), t0 + ms(1000), 39000),
+            Gate::Pass
+        );
+        assert_eq!(
+            l.check(Some(t0 + ms(400)), t0 + ms(2302), 42000),
             Gate::Drop { started: true }
         );
+    }
+
+    #[test]
+    fn a_frame_whose_head_was_dropped_is_dropped_whole() {
+        let t0 = Instant::now();
+        let mut l = Lateness::default();
+        l.queued(false, 0, t0);
+        // Behind while a keyframe's first packet (SPS and PPS) comes.
+        assert_eq!(
+            l.check(Some(t0), t0 + ms(301), 3000),
+            Gate::Drop { started: true }
+        );
+        // The queue has drained, but the IDR fragments of that frame go
+        // too: without the parameter sets they would not decode.
+        assert_eq!(
+            l.check(None, t0 + ms(302), 3000),
+            Gate::Drop { started: false }
+        );
+        assert_eq!(
+            l.check(None, t0 + ms(303), 3000),
+            Gate::Drop { started: false }
+        );
+        // The next frame passes.
+        assert_eq!(l.check(None, t0 + ms(334), 6000), Gate::Pass);
+        assert_eq!(l.check(None, t0 + ms(335), 6000), Gate::Pass);
     }
 }

@@ -356,7 +356,7 @@ impl OutTrack {
             .and_then(|s| s.queue_info())
             .filter(|q| q.packet_count() > 0)
             .and_then(|q| q.first_unsent());
-        match self.lateness.check(oldest, now) {
+        match self.lateness.check(oldest, now, f.media.ts) {
             Gate::Pass => {}
             Gate::Drop { started } => {
                 if started {
