@@ -30,7 +30,7 @@ pub fn sdp_offer(data: &[u8]) {
         mode @ (0 | 1) => {
             let role = if mode == 0 { Role::Cast } else { Role::Play };
             let setup = new_sfu().setup();
-            let _ = setup::negotiate(&setup, "show", role, text, now);
+            let _ = setup::negotiate(&setup, "show", role, false, text, now);
         }
         2 => {
             let mut sfu = new_sfu();

@@ -113,7 +113,12 @@ impl MediaHandle {
         let name = live.to_string();
         let prepared = self
             .prepare(shard, move |setup, now| {
-                setup::prepare(setup, &name, role, &offer, now).map(|p| {
+                let prepared = if options.relay && role == Role::Play {
+                    setup::prepare_relay(setup, &name, &offer, now)
+                } else {
+                    setup::prepare(setup, &name, role, &offer, now)
+                };
+                prepared.map(|p| {
                     if options.replay_gop {
                         p.replaying_gop()
                     } else {

@@ -53,6 +53,10 @@ pub struct JoinOptions {
     /// A caster that cannot make a keyframe when asked (RTMP): its viewers
     /// start from its kept group of pictures (`sfu::gop`).
     pub replay_gop: bool,
+    /// A viewer that is another node's relay: every video layer, each on
+    /// the rid its offer receives it on (`sfu::setup::prepare_relay`).
+    /// Only for requests signed with the cluster secret.
+    pub relay: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -158,7 +158,10 @@ pub async fn publish(
             Role::Cast,
             offer.to_sdp_string(),
             client,
-            JoinOptions { replay_gop: true },
+            JoinOptions {
+                replay_gop: true,
+                ..JoinOptions::default()
+            },
         )
         .await
         .map_err(|e| refused(e.to_string()))?;

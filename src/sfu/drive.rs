@@ -101,7 +101,7 @@ fn on_event(
         }
         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => *dead = true,
         Event::Closed => *dead = true,
-        Event::KeyframeRequest(r) => fx.keyframe_requests.push(r.mid),
+        Event::KeyframeRequest(r) => fx.keyframe_requests.push((r.mid, r.rid)),
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             fx.estimate = Some(estimate.as_u64());
         }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 
 use super::peer::Forward;
 use super::{PeerId, Sfu};
@@ -29,7 +29,8 @@ pub(super) struct Effects {
     pub connected: bool,
     /// A viewer asked for a keyframe (PLI/FIR) of what it is sent on
     /// these m-lines.
-    pub keyframe_requests: Vec<Mid>,
+    /// Keyframe requests of a viewer, by m-line (and rid, from a relay).
+    pub keyframe_requests: Vec<(Mid, Option<Rid>)>,
     /// A viewer's latest bandwidth estimate.
     pub estimate: Option<u64>,
     /// A caster started sending a new layer.
@@ -152,9 +153,9 @@ impl Sfu {
                 self.choose_layer(id, &live, &layers, fx.estimate, now);
             }
         }
-        for mid in fx.keyframe_requests {
+        for (mid, rid) in fx.keyframe_requests {
             if let Some(live) = self.watched_on(id, mid)
-                && let Some(layer) = self.layer_sent_to(id, &live)
+                && let Some(layer) = self.layer_sent_to(id, &live, rid)
             {
                 self.want_keyframe(&live, layer, now);
             }

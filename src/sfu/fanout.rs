@@ -72,20 +72,19 @@ impl Sfu {
             };
             self.running = Some(v);
             for f in forwards {
-                let Some(track) = play.track(f.kind) else {
-                    continue;
-                };
-                match track.send(rtc, f, now) {
-                    Sent::NeedKeyframe => need_keyframe.push(f.media.source.ssrc),
-                    Sent::Late { started } => {
-                        self.stats.late_drops += 1;
-                        if started {
-                            self.stats.late_skips += 1;
-                            tracing::debug!(%live, peer = %v.log(), kind = ?f.kind, "viewer behind; skipping ahead");
+                for track in play.tracks(f.kind) {
+                    match track.send(rtc, f, now) {
+                        Sent::NeedKeyframe => need_keyframe.push(f.media.source.ssrc),
+                        Sent::Late { started } => {
+                            self.stats.late_drops += 1;
+                            if started {
+                                self.stats.late_skips += 1;
+                                tracing::debug!(%live, peer = %v.log(), kind = ?f.kind, "viewer behind; skipping ahead");
+                            }
                         }
+                        Sent::Queued => copies += 1,
+                        Sent::Dropped => {}
                     }
-                    Sent::Queued => copies += 1,
-                    Sent::Dropped => {}
                 }
             }
             // Polled once by `process`, after the whole run is written.

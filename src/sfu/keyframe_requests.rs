@@ -107,6 +107,24 @@ impl Sfu {
                 continue;
             }
             let Peer { plays, rtc, .. } = peer;
+            // A relay: each of its layer tracks that waits for this layer.
+            if let Some(play) = plays
+                .iter_mut()
+                .find(|p| same_live(&p.live, live) && !p.relay.is_empty())
+            {
+                let copies: usize = play
+                    .relay
+                    .iter_mut()
+                    .filter(|(_, t)| t.waits_for(group))
+                    .map(|(_, t)| t.replay(rtc, group, now))
+                    .sum();
+                if copies > 0 {
+                    self.stats.copies += copies as u64;
+                    self.stats.gop_replays += 1;
+                    self.touch(v);
+                }
+                continue;
+            }
             let Some(track) = video_of(plays, live) else {
                 continue;
             };

@@ -423,6 +423,7 @@ impl Sfu {
                 let mut play = Play::new(self.live_name(live));
                 play.audio = p.audio;
                 play.video = p.video;
+                play.relay = p.relay;
                 (None, vec![play])
             }
         };

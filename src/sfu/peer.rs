@@ -199,6 +199,9 @@ pub(super) struct Play {
     /// The next mid to give a consumer (mediasoup-client takes the
     /// server's; WHEP viewers have theirs from the SDP).
     pub next_mid: u32,
+    /// A relay to another node takes every video layer, each on its own
+    /// rid, lowest first (and `video` is `None`).
+    pub relay: Vec<(Rid, OutTrack)>,
 }
 
 impl Play {
@@ -208,14 +211,23 @@ impl Play {
             audio: None,
             video: None,
             next_mid: 0,
+            relay: Vec::new(),
         }
     }
 
-    pub fn track(&mut self, kind: MediaKind) -> Option<&mut OutTrack> {
-        match kind {
-            MediaKind::Audio => self.audio.as_mut(),
-            MediaKind::Video => self.video.as_mut(),
-        }
+    /// The tracks packets of `kind` may go out on: one, or for video to a
+    /// relay, one per layer (each takes only its own layer's packets).
+    pub fn tracks(&mut self, kind: MediaKind) -> impl Iterator<Item = &mut OutTrack> {
+        let (one, layers) = match kind {
+            MediaKind::Audio => (self.audio.as_mut(), &mut [][..]),
+            MediaKind::Video => (self.video.as_mut(), &mut self.relay[..]),
+        };
+        one.into_iter().chain(layers.iter_mut().map(|(_, t)| t))
+    }
+
+    /// Every video track: the one, or a relay's per layer.
+    pub fn video_tracks(&self) -> impl Iterator<Item = &OutTrack> {
+        self.video.iter().chain(self.relay.iter().map(|(_, t)| t))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::net::{TcpType, Transmit};
 use str0m::{Candidate, Output, Rtc};
 
@@ -92,6 +92,9 @@ pub struct Prepared {
     /// A viewer's outgoing tracks.
     pub(super) audio: Option<OutTrack>,
     pub(super) video: Option<OutTrack>,
+    /// A relay to another node: one video track per simulcast rid the
+    /// edge asked to receive, lowest layer first (see [`prepare_relay`]).
+    pub(super) relay: Vec<(Rid, OutTrack)>,
     pub(super) answer: String,
     /// The `Rtc`'s output is drained up to here.
     pub(super) rtc_timeout: Instant,
@@ -137,8 +140,35 @@ pub fn prepare(
     offer: &str,
     now: Instant,
 ) -> Result<Prepared, JoinError> {
+    prepare_as(setup, live, role, false, offer, now)
+}
+
+/// Negotiates the offer of another node's relay (`src/cluster/relay.rs`):
+/// a viewer that receives every video layer of the live's caster, each on
+/// the simulcast rid its offer lists for it (`a=simulcast:recv q;h;f`,
+/// lowest layer first), and the audio. The edge then chooses layers for
+/// its own viewers as if the caster were its own. No bandwidth estimate
+/// paces it: a relay between servers carries the live whole or not at all,
+/// and lateness still bounds its queue.
+pub fn prepare_relay(
+    setup: &Setup,
+    live: &str,
+    offer: &str,
+    now: Instant,
+) -> Result<Prepared, JoinError> {
+    prepare_as(setup, live, Role::Play, true, offer, now)
+}
+
+fn prepare_as(
+    setup: &Setup,
+    live: &str,
+    role: Role,
+    relay: bool,
+    offer: &str,
+    now: Instant,
+) -> Result<Prepared, JoinError> {
     catch_unwind(AssertUnwindSafe(|| {
-        negotiate(setup, live, role, offer, now)
+        negotiate(setup, live, role, relay, offer, now)
     }))
     .unwrap_or_else(|_| {
         Err(JoinError::Refused(
@@ -151,6 +181,7 @@ pub(crate) fn negotiate(
     setup: &Setup,
     live: &str,
     role: Role,
+    relay: bool,
     offer: &str,
     now: Instant,
 ) -> Result<Prepared, JoinError> {
@@ -158,6 +189,20 @@ pub(crate) fn negotiate(
         .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
     offer::check(&offer)?;
     let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
+    // What a relay's offer receives as simulcast: mid and rids, in order.
+    let simulcast_recv: Vec<(Mid, Vec<Rid>)> = offer
+        .media_lines
+        .iter()
+        .filter_map(|m| {
+            let s = m.simulcast()?;
+            let rids = s
+                .recv
+                .iter()
+                .map(|l| Rid::from(l.restriction_id.0.as_str()))
+                .collect();
+            Some((m.mid(), rids))
+        })
+        .collect();
     let id = setup.ids.peer_id(setup.shard);
     let creds = setup.ids.ice_creds();
     let ufrag = creds.ufrag.clone();
@@ -167,6 +212,7 @@ pub(crate) fn negotiate(
     rtc_config.codec_config().enable_opus(true, true);
     match role {
         Role::Cast => codec::prefer_offered(rtc_config.codec_config(), &offer),
+        Role::Play if relay => {}
         // The send-side estimate towards each viewer picks its layer.
         Role::Play => {
             rtc_config = rtc_config.enable_bwe(Some(Bitrate::bps(setup.initial_estimate)))
@@ -210,6 +256,7 @@ pub(crate) fn negotiate(
         producers: Vec::new(),
         audio: None,
         video: None,
+        relay: Vec::new(),
         answer: answer.to_sdp_string(),
         rtc_timeout,
         transmits,
@@ -234,17 +281,42 @@ pub(crate) fn negotiate(
             }
         }
         Role::Play => {
-            let mut track = |kind| {
+            let mut track = |kind, rid: Option<Rid>| {
                 let mid = first(kind, true)?;
                 let mut api = prepared.rtc.direct_api();
-                let tx = api.stream_tx_by_mid(mid, None)?;
+                let tx = api.stream_tx_by_mid(mid, rid)?;
                 // A retransmission older than a second would miss any
                 // live player's jitter buffer; str0m keeps 3 s.
                 tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(0.15));
                 let ssrc = tx.ssrc();
                 Some(OutTrack::new(mid, ssrc, kind))
             };
-            let (audio, video) = (track(MediaKind::Audio), track(MediaKind::Video));
+            let audio = track(MediaKind::Audio, None);
+            let rids = if relay {
+                let mid = first(MediaKind::Video, true);
+                simulcast_recv
+                    .iter()
+                    .find(|(m, _)| Some(*m) == mid)
+                    .map(|(_, rids)| rids.clone())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let video = if rids.is_empty() {
+                track(MediaKind::Video, None)
+            } else {
+                let tracks: Vec<(Rid, OutTrack)> = rids
+                    .into_iter()
+                    .filter_map(|rid| Some((rid, track(MediaKind::Video, Some(rid))?)))
+                    .collect();
+                prepared.relay = tracks;
+                None
+            };
+            if relay && prepared.relay.is_empty() {
+                return Err(JoinError::NoMedia(
+                    "a relay offer receives video as simulcast (a=simulcast:recv with its rids)",
+                ));
+            }
             if audio.is_none() && video.is_none() {
                 return Err(JoinError::NoMedia(
                     "the offer receives no audio or video: a WHEP offer needs an m=audio or \

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::bwe::Bitrate;
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 
 use super::layer::LayerInfo;
 use super::live::LAYER_CHECK;
@@ -36,7 +36,7 @@ impl Sfu {
         let peer = self.peers.get(&id)?;
         peer.plays
             .iter()
-            .find(|p| p.video.as_ref().is_some_and(|t| t.mid == mid))
+            .find(|p| p.video_tracks().any(|t| t.mid == mid))
             .map(|p| p.live.clone())
     }
 
@@ -131,6 +131,20 @@ impl Sfu {
             live: session_live,
             ..
         } = peer;
+        // A relay takes every layer, each on its own track: no choice.
+        if let Some(play) = plays
+            .iter_mut()
+            .find(|p| same_live(&p.live, live) && !p.relay.is_empty())
+        {
+            for (i, (_, track)) in play.relay.iter_mut().enumerate() {
+                let target = layers.get(i).map(|l| l.id);
+                if target != track.target {
+                    tracing::debug!(live = %session_live, peer = %id.log(), ?target, layer = i, "relay layer");
+                    track.target = target;
+                }
+            }
+            return;
+        }
         let videos = plays.iter().filter(|p| p.video.is_some()).count().max(1) as u64;
         let Some(track) = plays
             .iter_mut()
@@ -201,8 +215,12 @@ impl Sfu {
 
     /// The caster layer viewer `id` is being sent of `live` (or is about
     /// to be).
-    pub(super) fn layer_sent_to(&self, id: PeerId, live: &str) -> Option<u32> {
-        let track = self.peers.get(&id)?.play_of(live)?.video.as_ref()?;
+    pub(super) fn layer_sent_to(&self, id: PeerId, live: &str, rid: Option<Rid>) -> Option<u32> {
+        let play = self.peers.get(&id)?.play_of(live)?;
+        let track = match rid {
+            Some(rid) if !play.relay.is_empty() => &play.relay.iter().find(|(r, _)| *r == rid)?.1,
+            _ => play.video.as_ref()?,
+        };
         let l = self.lives.get(live)?;
         let caster = l.caster.or(l.remote.as_ref().map(|r| r.peer))?;
         match track.source() {

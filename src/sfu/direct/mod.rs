@@ -478,7 +478,7 @@ impl Sfu {
         if !device_pts.contains(&*params.pt()) {
             return Err(refused(format!("this device cannot receive {codec}")));
         }
-        if play.track(kind).is_some() {
+        if play.tracks(kind).next().is_some() {
             return Err(refused(format!(
                 "this transport already consumes {}: consume each kind once per transport",
                 kind

@@ -103,7 +103,7 @@ fn damaged_offers_are_refused_or_answered_never_a_panic() {
         let offer = mutate(&mut rng, OFFER);
         let role = if i % 2 == 0 { Role::Cast } else { Role::Play };
         let ran = std::panic::catch_unwind(|| {
-            super::super::setup::negotiate(&setup, "show", role, &offer, now).is_ok()
+            super::super::setup::negotiate(&setup, "show", role, false, &offer, now).is_ok()
         });
         match ran {
             Ok(true) => answered += 1,
@@ -226,7 +226,7 @@ fn an_offer_giving_a_payload_type_two_meanings_is_refused_not_a_panic() {
             Role::Play => offer.to_string(),
             Role::Cast => offer.replace("recvonly", "sendonly"),
         };
-        match super::super::setup::negotiate(&setup, "show", role, &offer, Instant::now()) {
+        match super::super::setup::negotiate(&setup, "show", role, false, &offer, Instant::now()) {
             Err(JoinError::Unusable(why)) => assert!(why.contains("payload type 108"), "{why}"),
             Err(e) => panic!("{role}: refused for another reason: {e}"),
             Ok(_) => panic!("{role}: accepted"),

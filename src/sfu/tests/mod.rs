@@ -19,6 +19,7 @@ mod gop;
 mod hardening;
 mod lossy;
 mod member;
+mod relay;
 mod tap;
 
 /// Shard `k` of the SFU listens on 10.0.0.1:5000 + k.
@@ -82,6 +83,8 @@ impl Client {
 struct Got {
     /// The m-line it came on.
     mid: Option<Mid>,
+    /// The simulcast rid it came on (a relay's).
+    rid: Option<Rid>,
     /// The caster's fill byte.
     fill: u8,
     seq: u64,
@@ -199,9 +202,17 @@ impl Net {
         };
         let mut api = rtc.sdp_api();
         let audio = api.add_media(MediaKind::Audio, dir, None, None, None);
-        let layers = simulcast.then(|| Simulcast {
-            send: RIDS.iter().map(|r| SimulcastLayer::new(r)).collect(),
-            recv: vec![],
+        // A viewer with simulcast is a relay: it receives every layer.
+        let rids = || RIDS.iter().map(|r| SimulcastLayer::new(r)).collect();
+        let layers = simulcast.then(|| match cast {
+            true => Simulcast {
+                send: rids(),
+                recv: vec![],
+            },
+            false => Simulcast {
+                send: vec![],
+                recv: rids(),
+            },
         });
         let video = api.add_media(MediaKind::Video, dir, None, None, layers);
         let (offer, pending) = api.apply().unwrap();
@@ -233,7 +244,11 @@ impl Net {
         let (mut rtc, audio, video, offer, pending, addr) =
             self.offer_full(role == Role::Cast, simulcast, red, port);
         let setup = self.sfus[shard].setup();
-        let mut prepared = super::setup::prepare(&setup, live, role, &offer, self.now).unwrap();
+        let mut prepared = match (role, simulcast) {
+            (Role::Play, true) => super::setup::prepare_relay(&setup, live, &offer, self.now),
+            _ => super::setup::prepare(&setup, live, role, &offer, self.now),
+        }
+        .unwrap();
         if self.replay_gop {
             prepared = prepared.replaying_gop();
         }
@@ -250,7 +265,9 @@ impl Net {
             audio_got: Vec::new(),
             video,
             received: Vec::new(),
-            layers: if simulcast {
+            layers: if simulcast && role == Role::Play {
+                Vec::new() // a relay sends nothing
+            } else if simulcast {
                 RIDS.iter()
                     .map(|r| (Some(Rid::from(*r)), 100, true))
                     .collect()
@@ -467,6 +484,7 @@ fn on_event(c: &mut Client, e: Event) {
                 .direct_api()
                 .stream_rx(&p.header.ssrc)
                 .map(|s| s.mid()),
+            rid: p.header.ext_vals.rid,
             fill: p.payload.get(3).copied().unwrap_or(0),
             seq: *p.seq_no,
             ts: p.header.timestamp,
