@@ -333,3 +333,106 @@ fn redis_going_away_pauses_the_cluster_but_not_the_lives() {
     assert!(json(&b, "/api/route?live=show")["whep"].as_str().is_some());
     live_goes_on(&mut caster, &mut viewer);
 }
+
+/// The library API the relay builds on, against the same real Redis: a
+/// node that starts while Redis is down starts anyway and joins once it is
+/// up; an edge's `watch_origin` follows the origin as it moves; the old
+/// origin hears `ClaimEvent::Lost`; a release clears the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_api_follows_claims_and_waits_for_redis() {
+    use vessel::cluster::{ClaimEvent, Cluster, ClusterError, Load};
+    use vessel::config::ClusterFlags;
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let flags = ClusterFlags {
+        cluster: Some(format!("redis://127.0.0.1:{port}/0")),
+        cluster_secret: Some("s3cret".into()),
+        node_capacity: Some(10),
+        node_url: None,
+    };
+    let load = || Load {
+        viewers: 1,
+        egress_bytes: 0,
+        cpu_percent: 3,
+    };
+    // Redis is not there yet: joining still works, calls say why they fail.
+    let a = Cluster::connect(&flags, "http://127.0.0.1:1".into(), load)
+        .await
+        .expect("a node starts without Redis");
+    match a.route("show").await {
+        Err(ClusterError::Unavailable(reason)) => assert!(!reason.is_empty()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(a.claim("show").await.is_err());
+
+    let _redis = tokio::task::spawn_blocking(move || Redis::start_on(port))
+        .await
+        .unwrap();
+    let b = Cluster::connect(&flags, "http://127.0.0.1:2".into(), load)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while a.nodes().await.map_or(0, |n| n.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both nodes register once Redis is up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes = a.nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.viewers == 1 && n.cpu_percent == 3 && n.capacity == 10)
+    );
+    assert_eq!(a.secret(), b"s3cret");
+    assert_ne!(a.node_id(), b.node_id());
+
+    // A's claim (made while Redis was down) is made by its refresh loop.
+    let mut on_b = b.watch_origin("show");
+    let deadline = Instant::now() + LIMIT;
+    while on_b.borrow().as_ref().map(|c| c.node.as_str()) != Some(a.node_id()) {
+        assert!(Instant::now() < deadline, "B's watch sees A's claim");
+        let _ = tokio::time::timeout(Duration::from_millis(200), on_b.changed()).await;
+    }
+    let first = a.held("show").expect("A holds show");
+    assert_eq!(b.origin("show").await.unwrap(), Some(first.clone()));
+    let route = b.route("show").await.unwrap();
+    assert_eq!(route.origin, route.node == a.node_id());
+
+    // B's caster is newer: A hears it lost, B's watchers see B at once.
+    let mut lost = a.claim_events();
+    let mut on_a = a.watch_origin("show");
+    let second = b.claim("show").await.unwrap();
+    assert!(second.epoch > first.epoch);
+    let event = tokio::time::timeout(LIMIT, lost.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event,
+        ClaimEvent::Lost {
+            live: "show".into(),
+            ours: first.clone(),
+            by: second.clone()
+        }
+    );
+    assert_eq!(a.held("show"), None);
+    tokio::time::timeout(LIMIT, on_a.wait_for(|c| c.as_ref() == Some(&second)))
+        .await
+        .unwrap()
+        .unwrap();
+    // A's late release of its old claim leaves B's alone.
+    a.release("show", first.epoch).await;
+    assert_eq!(a.origin("show").await.unwrap(), Some(second.clone()));
+    b.release("show", second.epoch).await;
+    tokio::time::timeout(LIMIT, on_a.wait_for(Option::is_none))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.origin("show").await.unwrap(), None);
+}

@@ -477,33 +477,33 @@ impl Cluster {
             }
             return;
         };
-        match self
-            .call(self.store.refresh(live, &ours, CLAIM_TTL_MS))
-            .await
-        {
-            Ok(stored) => match registry::standing(&ours, stored.as_ref()) {
-                Standing::Held => {}
-                Standing::Vacant => {
-                    tracing::info!(
-                        epoch = ours.epoch,
-                        "the origin claim was gone from Redis; claiming again"
-                    );
-                    let _ = self.claim(live).await;
+        let refreshed = self.call(self.store.refresh(live, &ours, CLAIM_TTL_MS));
+        // Unreachable (logged by `call`): the claim is kept locally and the
+        // cast goes on; the next refresh tries again.
+        let Ok(stored) = refreshed.await else {
+            return;
+        };
+        match registry::standing(&ours, stored.as_ref()) {
+            Standing::Held => {}
+            Standing::Vacant => {
+                tracing::info!(
+                    epoch = ours.epoch,
+                    "the origin claim was gone from Redis; claiming again"
+                );
+                let _ = self.claim(live).await;
+            }
+            Standing::Lost(by) if by.node == self.node => {
+                // A newer claim of ours crossed this one.
+                if let Some(held) = lock(&self.held).get_mut(live)
+                    && held.as_ref().is_some_and(|h| h.epoch < by.epoch)
+                {
+                    *held = Some(by);
                 }
-                Standing::Lost(by) if by.node == self.node => {
-                    // A newer claim of ours crossed this one.
-                    if let Some(held) = lock(&self.held).get_mut(live)
-                        && held.as_ref().is_some_and(|h| h.epoch < by.epoch)
-                    {
-                        *held = Some(by);
-                    }
-                }
-                Standing::Lost(by) => {
-                    self.check_held(live, &by, true);
-                    self.heard(live, by);
-                }
-            },
-            Err(_) => {} // logged by `call`; the claim is kept locally
+            }
+            Standing::Lost(by) => {
+                self.check_held(live, &by, true);
+                self.heard(live, by);
+            }
         }
     }
 
