@@ -4,6 +4,7 @@
 pub mod access;
 pub mod board;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 #[cfg(test)]
 mod fuzz_json;

@@ -9,9 +9,11 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use axum::serve::{ListenerExt, TapIo};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use vessel::access::{Access, AccessConfig, LiveRules, Webhook};
 use vessel::board::LiveBoard;
 use vessel::chat::ChatConfig;
+use vessel::cluster::{Cluster, Load};
 use vessel::config::{self, Config, LimitsFlags, LoadError, LogFormat, TurnFlags};
 use vessel::http::peerjs::PeerHub;
 use vessel::http::skyway::SkywayHub;
@@ -23,6 +25,7 @@ use vessel::loadtest::LoadtestArgs;
 use vessel::media;
 use vessel::metrics::Metrics;
 use vessel::peerjs::PeerConfig;
+use vessel::sfu::SfuEvent;
 use vessel::sfu::{Sfu, SfuConfig};
 use vessel::skyway::SkywayConfig;
 use vessel::turn::runtime::TurnSockets;
@@ -171,13 +174,9 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
             Sfu::new(sfu_config)
         })
         .collect();
-    // The SkyWay signaling hears when casts start and end.
-    let (observer, media_events) = if config.skyway.disabled {
-        (None, None)
-    } else {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (Some(tx), Some(rx))
-    };
+    // The SkyWay signaling and the cluster hear when casts start and end.
+    let (observer, media_events, cluster_events) =
+        observers(!config.skyway.disabled, config.cluster.cluster.is_some());
     let limits = Arc::new(Limits::with_metrics(
         limits_config(&config.limits, workers, fd_limit),
         &metrics,
@@ -243,7 +242,16 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     if config.hls.record.is_some() && hls.is_none() {
         return Err("--record writes what LL-HLS packages: it cannot run with --no-hls".into());
     }
+    // The URL other nodes reach this one at needs the port bound above.
+    let http = listener.local_addr().unwrap_or(config.http);
+    let cluster = match (&config.cluster.cluster, cluster_events) {
+        (Some(_), Some(events)) => {
+            Some(join_cluster(&config, http, tls.is_some(), &media, &metrics, events).await?)
+        }
+        _ => None,
+    };
     let state = AppState {
+        cluster,
         hls,
         media: media.clone(),
         board: board.clone(),
@@ -310,8 +318,8 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     };
     let app = router(state, &config.cors_origin, &config.peerjs.path, layers);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // The bound address: with port 0 (as tests use) the system chose it.
-    let http = listener.local_addr().unwrap_or(config.http);
+    // `http` is the bound address: with port 0 (as tests use) the system
+    // chose it.
     let base = format!("{scheme}://{http}");
     tracing::info!(
         "Vessel is running: open {base}/cast/demo to go live and {base}/play/demo to watch \
@@ -413,6 +421,75 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         }
     };
     result.map_err(|e| format!("HTTP server failed: {e}"))
+}
+
+/// The media engine's event channel (`None`: nobody listens), fanned out
+/// to the SkyWay signaling and the cluster as each is on.
+#[allow(clippy::type_complexity)]
+fn observers(
+    skyway: bool,
+    cluster: bool,
+) -> (
+    Option<UnboundedSender<SfuEvent>>,
+    Option<UnboundedReceiver<SfuEvent>>,
+    Option<UnboundedReceiver<SfuEvent>>,
+) {
+    match (skyway, cluster) {
+        (false, false) => (None, None, None),
+        (true, false) => {
+            let (tx, rx) = unbounded_channel();
+            (Some(tx), Some(rx), None)
+        }
+        (false, true) => {
+            let (tx, rx) = unbounded_channel();
+            (Some(tx), None, Some(rx))
+        }
+        (true, true) => {
+            let (tx, mut rx) = unbounded_channel::<SfuEvent>();
+            let (skyway_tx, skyway_rx) = unbounded_channel();
+            let (cluster_tx, cluster_rx) = unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    let _ = skyway_tx.send(event.clone());
+                    let _ = cluster_tx.send(event);
+                }
+            });
+            (Some(tx), Some(skyway_rx), Some(cluster_rx))
+        }
+    }
+}
+
+/// Joins the cluster (`--cluster`): the heartbeat reads this node's
+/// viewers, egress and worker load from the metrics and the media engine;
+/// casts here claim their lives (`cluster::casts`).
+async fn join_cluster(
+    config: &Config,
+    http: SocketAddr,
+    tls: bool,
+    media: &media::MediaHandle,
+    metrics: &Arc<Metrics>,
+    events: UnboundedReceiver<SfuEvent>,
+) -> Result<Arc<Cluster>, String> {
+    let mut flags = config.cluster.clone();
+    flags.node_capacity = Some(flags.capacity(config.workers()));
+    let url = flags.node_url(http, &config.public_ip, tls);
+    let viewers = metrics.viewers.clone();
+    let egress = metrics.bytes.get_or_create(&vessel::metrics::OUT).clone();
+    let busy = media.clone();
+    let load = move || Load {
+        viewers: viewers.get().max(0) as u64,
+        egress_bytes: egress.get(),
+        cpu_percent: busy.busy_percent(),
+    };
+    let cluster = Cluster::connect(&flags, url, load)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(vessel::cluster::casts::follow(
+        cluster.clone(),
+        media.clone(),
+        events,
+    ));
+    Ok(cluster)
 }
 
 /// Serves until `stopping` is done and the requests in flight have ended.

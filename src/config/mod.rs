@@ -109,6 +109,87 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitsFlags,
+
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+}
+
+/// Several Vessel nodes as one service, coordinated through Redis. See
+/// "Running a cluster" in the README.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterFlags {
+    /// Join a cluster of Vessel nodes through this Redis, e.g.
+    /// redis://10.0.0.5:6379/0 (off by default: a single node needs
+    /// nothing). Nodes start and serve their own lives while it is down.
+    #[arg(long = "cluster", env = "VESSEL_CLUSTER", value_name = "REDIS_URL",
+          value_parser = redis_url, hide_env_values = true)]
+    pub cluster: Option<String>,
+
+    /// The base URL clients and other nodes reach this node at, e.g.
+    /// https://node2.example.com. Default: http://{--public-ip or the
+    /// --http address}:{the --http port}.
+    #[arg(long = "node-url", env = "VESSEL_NODE_URL", value_parser = node_url)]
+    pub node_url: Option<String>,
+
+    /// Secret every node of the cluster shares; it signs their requests to
+    /// one another. Required with --cluster.
+    #[arg(
+        long = "cluster-secret",
+        env = "VESSEL_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+
+    /// Viewers this node takes before the route API sends new ones to
+    /// other nodes. Default: 500 per media worker, as --max-sessions.
+    #[arg(long = "node-capacity", env = "VESSEL_NODE_CAPACITY")]
+    pub node_capacity: Option<u64>,
+}
+
+fn redis_url(url: &str) -> Result<String, String> {
+    if url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")
+    {
+        Ok(url.to_string())
+    } else if url.starts_with("rediss://") {
+        Err(
+            "rediss:// (TLS) is not supported: reach Redis over a private network, a \
+             VPN or a local TLS tunnel (stunnel) with redis://"
+                .into(),
+        )
+    } else {
+        Err("a Redis URL such as redis://127.0.0.1:6379/0".into())
+    }
+}
+
+fn node_url(url: &str) -> Result<String, String> {
+    let trimmed = url.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains('/') => Ok(trimmed.to_string()),
+        _ => Err("a base URL such as https://node2.example.com or http://10.0.0.2:8080".into()),
+    }
+}
+
+impl ClusterFlags {
+    /// The viewers this node takes, with `workers` media workers.
+    pub fn capacity(&self, workers: usize) -> u64 {
+        self.node_capacity.unwrap_or(500 * workers as u64)
+    }
+
+    /// This node's URL: `--node-url`, or one made of the address it
+    /// listens on (`http`, with the port it got) and the first
+    /// `--public-ip`.
+    pub fn node_url(&self, http: SocketAddr, public_ip: &[IpAddr], tls: bool) -> String {
+        if let Some(url) = &self.node_url {
+            return url.clone();
+        }
+        let ip = public_ip.first().copied().unwrap_or(http.ip());
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(ip, http.port()))
+    }
 }
 
 /// What one client address, and everyone together, may open. `0` turns a
@@ -344,6 +425,31 @@ fn skyway_key(key: &str) -> Result<String, String> {
 impl Config {
     /// Settings that are each fine but clash with one another.
     pub fn check(&self) -> Result<(), String> {
+        if self.cluster.cluster.is_some()
+            && self
+                .cluster
+                .cluster_secret
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+        {
+            return Err(
+                "--cluster needs --cluster-secret (or VESSEL_CLUSTER_SECRET): the same \
+                        secret on every node, e.g. from `openssl rand -hex 32`"
+                    .into(),
+            );
+        }
+        if self.cluster.cluster.is_some()
+            && self.cluster.node_url.is_none()
+            && self.public_ip.is_empty()
+            && self.http.ip().is_unspecified()
+        {
+            return Err(format!(
+                "--cluster with --http {} cannot tell other nodes where to reach this one: \
+                 set --node-url (e.g. http://10.0.0.2:{}) or --public-ip",
+                self.http,
+                self.http.port()
+            ));
+        }
         let mut paths = Vec::new();
         if !self.peerjs.disabled {
             paths.push(("--peerjs-path", &self.peerjs.path));
@@ -874,6 +980,65 @@ mod tests {
         assert!(e.to_string().contains("--turn-tls-key"), "{e}");
         let c = Config::try_parse_from(["vessel", "--turn-user", "nopassword"]).unwrap();
         assert!(c.turn.static_users().unwrap_err().contains("name:password"));
+    }
+
+    #[test]
+    fn cluster_is_off_by_default_and_needs_a_secret() {
+        let c = Config::try_parse_from(["vessel"]).unwrap();
+        assert!(c.cluster.cluster.is_none());
+        assert!(c.check().is_ok());
+        let c =
+            Config::try_parse_from(["vessel", "--cluster", "redis://127.0.0.1:6379/0"]).unwrap();
+        let e = c.check().unwrap_err();
+        assert!(e.contains("--cluster-secret"), "{e}");
+        let c = Config::try_parse_from([
+            "vessel",
+            "--cluster",
+            "redis://127.0.0.1:6379/0",
+            "--cluster-secret",
+            "s3cret",
+        ])
+        .unwrap();
+        assert!(c.check().is_ok());
+        assert_eq!(c.cluster.capacity(2), 1000);
+        let e = Config::try_parse_from(["vessel", "--cluster", "rediss://db:6379"]).unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
+        let e = Config::try_parse_from(["vessel", "--node-url", "ftp://x"]).unwrap_err();
+        assert!(e.to_string().contains("--node-url"), "{e}");
+    }
+
+    #[test]
+    fn the_node_url_defaults_to_the_http_address() {
+        let c = Config::try_parse_from(["vessel", "--node-capacity", "7"]).unwrap();
+        let http: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(
+            c.cluster.node_url(http, &[], false),
+            "http://127.0.0.1:9000"
+        );
+        let public = ["203.0.113.7".parse().unwrap()];
+        assert_eq!(
+            c.cluster.node_url(http, &public, true),
+            "https://203.0.113.7:9000"
+        );
+        assert_eq!(c.cluster.capacity(4), 7);
+        let c =
+            Config::try_parse_from(["vessel", "--node-url", "https://n2.example.com/"]).unwrap();
+        assert_eq!(
+            c.cluster.node_url(http, &public, false),
+            "https://n2.example.com"
+        );
+        // On every interface without a public IP, the URL must be given.
+        let c = Config::try_parse_from([
+            "vessel",
+            "--http",
+            "0.0.0.0:8080",
+            "--cluster",
+            "redis://db:6379",
+            "--cluster-secret",
+            "x",
+        ])
+        .unwrap();
+        assert!(c.check().unwrap_err().contains("--node-url"));
     }
 
     #[test]

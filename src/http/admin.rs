@@ -72,7 +72,11 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(
 }
 
 /// The admin token, checked through the limit on wrong guesses.
-fn check_admin(state: &AppState, client: &Client, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_admin(
+    state: &AppState,
+    client: &Client,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let bearer = bearer_of(headers);
     guarded(state, client, bearer, || state.access.check_admin(bearer))
 }

@@ -4,6 +4,7 @@ mod admin;
 pub mod admission;
 mod api;
 pub(crate) mod chat;
+mod cluster;
 mod error;
 mod hls;
 pub mod mediasoup;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     /// LL-HLS packaging; `None` with `--no-hls`.
     pub hls: Option<Arc<crate::hls::hub::Hub>>,
+    /// This node's membership of a cluster; `None` without `--cluster`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The socket.io endpoints, each at its own path.
@@ -90,6 +93,7 @@ pub fn router(
         .merge(recordings::routes())
         .merge(admin::routes())
         .merge(chat::routes())
+        .merge(cluster::routes())
         .merge(ops::routes())
         .merge(skyway::api::routes())
         .merge(pages::routes())

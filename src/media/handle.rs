@@ -287,6 +287,14 @@ impl MediaHandle {
             .await??)
     }
 
+    /// How busy the media workers are, percent (their mean over the last
+    /// second, as `--max-load` measures it).
+    pub fn busy_percent(&self) -> u32 {
+        let n = self.shards.len().max(1);
+        let permille: u64 = (0..n).map(|w| u64::from(self.loads.get(w))).sum();
+        (permille / n as u64 / 10) as u32
+    }
+
     /// The live's caster on air, as the media workers last said.
     pub fn caster(&self, live: &str) -> Option<PeerId> {
         self.casters

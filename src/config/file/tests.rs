@@ -107,3 +107,23 @@ fn the_example_config_parses() {
     assert!(!lives.is_empty());
     assert!(c.access.admin_token.is_some());
 }
+
+#[test]
+fn cluster_keys_come_from_the_file() {
+    let text = r#"
+        cluster = "redis://127.0.0.1:6379/0"
+        cluster-secret = "s3cret"
+        node-url = "http://10.0.0.2:8080"
+        node-capacity = 300
+    "#;
+    let (c, _) = with_file(text, &[]).unwrap();
+    assert_eq!(
+        c.cluster.cluster.as_deref(),
+        Some("redis://127.0.0.1:6379/0")
+    );
+    assert_eq!(c.cluster.cluster_secret.as_deref(), Some("s3cret"));
+    assert_eq!(c.cluster.node_url.as_deref(), Some("http://10.0.0.2:8080"));
+    assert_eq!(c.cluster.node_capacity, Some(300));
+    let m = message(with_file("node-capacity = -1", &[]).unwrap_err());
+    assert!(m.contains("key `node-capacity`"), "{m}");
+}

@@ -1,0 +1,438 @@
+//! A cluster of three real `vessel` processes and a real `redis-server`
+//! (started here, on a free loopback port): heartbeats, the route API,
+//! origin claims handed over between nodes, and Redis going away and
+//! coming back. Needs `redis-server` on the PATH (scripts/test installs
+//! Debian's).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, http, live_goes_on, run_all_until};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// A `redis-server` of the test's own, without persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(redis: &Redis, capacity: u32) -> Server {
+    let capacity = capacity.to_string();
+    let url = redis.url();
+    Server::start_with_args(&[
+        "--workers",
+        "1",
+        "--cluster",
+        &url,
+        "--cluster-secret",
+        "s3cret",
+        "--node-capacity",
+        &capacity,
+    ])
+}
+
+fn get(server: &Server, path: &str) -> (u16, String) {
+    let res = http().get(server.url(path)).send().unwrap();
+    (res.status().as_u16(), res.text().unwrap())
+}
+
+fn json(server: &Server, path: &str) -> Value {
+    let (status, body) = get(server, path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// This node's id, as it tells in `/api/cluster`.
+fn id_of(server: &Server) -> String {
+    json(server, "/api/cluster")["node"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Fresh nodes `server` sees in `/api/cluster`, by id.
+fn fresh_nodes(server: &Server) -> Vec<String> {
+    let (status, body) = get(server, "/api/cluster");
+    if status != 200 {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut ids: Vec<String> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["fresh"] == true)
+        .map(|n| n["node"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn poll(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `/api/origin?live=` as (node, epoch), if there is one.
+fn origin(server: &Server, live: &str) -> Option<(String, u64)> {
+    let (status, body) = get(server, &format!("/api/origin?live={live}"));
+    if status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).unwrap();
+    Some((
+        v["node"].as_str().unwrap().to_string(),
+        v["epoch"].as_u64().unwrap(),
+    ))
+}
+
+#[test]
+fn clustering_needs_a_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args([
+            "--cluster",
+            "redis://127.0.0.1:1/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .env_remove("VESSEL_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("--cluster-secret"), "{text}");
+}
+
+#[test]
+fn single_node_routes_to_itself() {
+    let server = Server::start();
+    let v = json(&server, "/api/route?live=show");
+    let url = v["url"].as_str().unwrap();
+    assert_eq!(url, server.base);
+    assert_eq!(v["whep"], format!("{}/whep/show", server.base));
+    let (status, _) = get(&server, "/api/route?live=bad%20name");
+    assert_eq!(status, 400);
+    assert_eq!(json(&server, "/api/cluster")["cluster"], false);
+}
+
+#[test]
+fn heartbeats_and_routes_by_load_and_capacity() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let full = node(&redis, 0);
+    let ids = [id_of(&a), id_of(&b), id_of(&full)];
+    let mut all = ids.to_vec();
+    all.sort();
+    for server in [&a, &b, &full] {
+        poll(LIMIT, "every node's heartbeat on every node", || {
+            fresh_nodes(server) == all
+        });
+    }
+    let v = json(&a, "/api/cluster");
+    let me = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == ids[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        me["url"],
+        a.base.as_str(),
+        "the node URL defaults to --http"
+    );
+    assert_eq!(me["capacity"], 100);
+
+    let (status, _) = get(&b, "/api/route?live=bad%20name");
+    assert_eq!(status, 400);
+
+    // A live on A with two viewers there: new viewers go to B, never to
+    // the full node, whichever node is asked.
+    let mut caster = Client::connect(&a, "/whip/show");
+    let mut v1 = Client::connect(&a, "/whep/show");
+    let mut v2 = Client::connect(&a, "/whep/show");
+    run_all_until(
+        &mut [&mut caster, &mut v1, &mut v2],
+        LIMIT,
+        "both viewers play",
+        |c| c[1].video().len() > 10 && c[2].video().len() > 10,
+    );
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let answers: Vec<Value> = [&a, &b, &full]
+            .iter()
+            .map(|s| json(s, "/api/route?live=show"))
+            .collect();
+        for v in &answers {
+            assert_ne!(v["node"], ids[2].as_str(), "a full node is skipped: {v}");
+        }
+        if answers.iter().all(|v| v["node"] == ids[1].as_str()) {
+            let v = &answers[0];
+            assert_eq!(v["url"], b.base.as_str());
+            assert_eq!(v["whep"], format!("{}/whep/show", b.base));
+            assert_eq!(v["origin"], false, "B is an edge of show: {v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "viewers on A should send new ones to B: {answers:?}"
+        );
+        common::run_all(
+            &mut [&mut caster, &mut v1, &mut v2],
+            Duration::from_millis(200),
+        );
+    }
+}
+
+#[test]
+fn the_newest_caster_takes_the_live_across_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let (id_a, id_b) = (id_of(&a), id_of(&b));
+
+    let mut first = Client::connect(&a, "/whip/show");
+    first.run_until(LIMIT, "caster on A connects", |c| c.connected);
+    let mut on_a = None;
+    let deadline = Instant::now() + LIMIT;
+    while on_a.is_none() {
+        first.run(Duration::from_millis(100));
+        on_a = origin(&b, "show").filter(|(n, _)| *n == id_a);
+        assert!(Instant::now() < deadline, "origin of show on A");
+    }
+    let (_, epoch_a) = on_a.unwrap();
+    // Any node answers the route with the origin flagged.
+    let v = json(&b, "/api/route?live=show");
+    assert_eq!(v["origin"], v["node"] == id_a.as_str(), "{v}");
+
+    // The streamer moves to B: B becomes the origin with a newer epoch and
+    // A's cast ends, as a replaced caster's does on one node.
+    let mut second = Client::connect(&b, "/whip/show");
+    run_all_until(
+        &mut [&mut first, &mut second],
+        LIMIT,
+        "A's caster ended by B's claim",
+        |c| c[0].closed && c[1].connected,
+    );
+    let (node, epoch_b) = origin(&a, "show").expect("an origin");
+    assert_eq!(node, id_b);
+    assert!(epoch_b > epoch_a, "{epoch_b} > {epoch_a}");
+    assert!(
+        a.log_text().contains("another node's caster took the live"),
+        "A says why its cast ended"
+    );
+    // B keeps it (its claim is refreshed past the 5 s TTL).
+    second.run(Duration::from_secs(6));
+    assert_eq!(origin(&a, "show"), Some((id_b.clone(), epoch_b)));
+    // The cast ends: the claim goes with it.
+    let _ = http().delete(b.url(&second.location)).send().unwrap();
+    poll(LIMIT, "the claim released", || origin(&a, "show").is_none());
+}
+
+#[test]
+fn redis_going_away_pauses_the_cluster_but_not_the_lives() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let mut all = vec![id_of(&a), id_of(&b)];
+    all.sort();
+    poll(LIMIT, "both heartbeats", || fresh_nodes(&a) == all);
+
+    let mut caster = Client::connect(&a, "/whip/show");
+    let mut viewer = Client::connect(&a, "/whep/show");
+    live_goes_on(&mut caster, &mut viewer);
+    poll(LIMIT, "origin on A", || origin(&b, "show").is_some());
+
+    redis.kill();
+    let (status, body) = get(&b, "/api/route?live=show");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Redis is unreachable"), "{body}");
+    let (status, _) = get(&a, "/api/cluster");
+    assert_eq!(status, 503);
+    // The live on A goes on for its viewer meanwhile.
+    live_goes_on(&mut caster, &mut viewer);
+    common::run_all(&mut [&mut caster, &mut viewer], Duration::from_secs(2));
+    live_goes_on(&mut caster, &mut viewer);
+
+    // Redis is back, empty: the nodes re-register and A claims its live
+    // again, by themselves.
+    let _redis = Redis::start_on(port);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    loop {
+        common::run_all(&mut [&mut caster, &mut viewer], Duration::from_millis(100));
+        if fresh_nodes(&b) == all && origin(&b, "show").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes re-register after Redis is back"
+        );
+    }
+    eprintln!("re-registered {:?} after Redis came back", back.elapsed());
+    assert!(json(&b, "/api/route?live=show")["whep"].as_str().is_some());
+    live_goes_on(&mut caster, &mut viewer);
+}
+
+/// The library API the relay builds on, against the same real Redis: a
+/// node that starts while Redis is down starts anyway and joins once it is
+/// up; an edge's `watch_origin` follows the origin as it moves; the old
+/// origin hears `ClaimEvent::Lost`; a release clears the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_api_follows_claims_and_waits_for_redis() {
+    use vessel::cluster::{ClaimEvent, Cluster, ClusterError, Load};
+    use vessel::config::ClusterFlags;
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let flags = ClusterFlags {
+        cluster: Some(format!("redis://127.0.0.1:{port}/0")),
+        cluster_secret: Some("s3cret".into()),
+        node_capacity: Some(10),
+        node_url: None,
+    };
+    let load = || Load {
+        viewers: 1,
+        egress_bytes: 0,
+        cpu_percent: 3,
+    };
+    // Redis is not there yet: joining still works, calls say why they fail.
+    let a = Cluster::connect(&flags, "http://127.0.0.1:1".into(), load)
+        .await
+        .expect("a node starts without Redis");
+    match a.route("show").await {
+        Err(ClusterError::Unavailable(reason)) => assert!(!reason.is_empty()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(a.claim("show").await.is_err());
+
+    let _redis = tokio::task::spawn_blocking(move || Redis::start_on(port))
+        .await
+        .unwrap();
+    let b = Cluster::connect(&flags, "http://127.0.0.1:2".into(), load)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while a.nodes().await.map_or(0, |n| n.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both nodes register once Redis is up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes = a.nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.viewers == 1 && n.cpu_percent == 3 && n.capacity == 10)
+    );
+    assert_eq!(a.secret(), b"s3cret");
+    assert_ne!(a.node_id(), b.node_id());
+
+    // A's claim (made while Redis was down) is made by its refresh loop.
+    let mut on_b = b.watch_origin("show");
+    let deadline = Instant::now() + LIMIT;
+    while on_b.borrow().as_ref().map(|c| c.node.as_str()) != Some(a.node_id()) {
+        assert!(Instant::now() < deadline, "B's watch sees A's claim");
+        let _ = tokio::time::timeout(Duration::from_millis(200), on_b.changed()).await;
+    }
+    let first = a.held("show").expect("A holds show");
+    assert_eq!(b.origin("show").await.unwrap(), Some(first.clone()));
+    let route = b.route("show").await.unwrap();
+    assert_eq!(route.origin, route.node == a.node_id());
+
+    // B's caster is newer: A hears it lost, B's watchers see B at once.
+    let mut lost = a.claim_events();
+    let mut on_a = a.watch_origin("show");
+    let second = b.claim("show").await.unwrap();
+    assert!(second.epoch > first.epoch);
+    let event = tokio::time::timeout(LIMIT, lost.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event,
+        ClaimEvent::Lost {
+            live: "show".into(),
+            ours: first.clone(),
+            by: second.clone()
+        }
+    );
+    assert_eq!(a.held("show"), None);
+    tokio::time::timeout(LIMIT, on_a.wait_for(|c| c.as_ref() == Some(&second)))
+        .await
+        .unwrap()
+        .unwrap();
+    // A's late release of its old claim leaves B's alone.
+    a.release("show", first.epoch).await;
+    assert_eq!(a.origin("show").await.unwrap(), Some(second.clone()));
+    b.release("show", second.epoch).await;
+    tokio::time::timeout(LIMIT, on_a.wait_for(Option::is_none))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.origin("show").await.unwrap(), None);
+}
