@@ -462,11 +462,17 @@ impl Cluster {
                 let span = tracing::info_span!("refresh", %live);
                 self.refresh(&live, ours).instrument(span).await;
             }
-            let watched: Vec<String> = lock(&self.watches).keys().cloned().collect();
-            for live in watched {
+            for live in self.watched() {
                 let _ = self.origin(&live).await;
             }
         }
+    }
+
+    /// The lives edges still watch; watches nobody holds any more go.
+    fn watched(&self) -> Vec<String> {
+        let mut watches = lock(&self.watches);
+        watches.retain(|_, tx| tx.receiver_count() > 0);
+        watches.keys().cloned().collect()
     }
 
     /// Extends (or makes, or gives up) this node's claim of `live`.
@@ -525,8 +531,7 @@ impl Cluster {
                     return;
                 }
                 tracing::debug!("subscribed to {}", redis::CHANNEL);
-                let watched: Vec<String> = lock(&self.watches).keys().cloned().collect();
-                for live in watched {
+                for live in self.watched() {
                     let _ = self.origin(&live).await;
                 }
                 std::future::pending::<()>().await
