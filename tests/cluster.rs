@@ -436,3 +436,112 @@ async fn the_library_api_follows_claims_and_waits_for_redis() {
         .unwrap();
     assert_eq!(b.origin("show").await.unwrap(), None);
 }
+
+/// Viewers of `live` on `server`, as its API tells.
+fn viewers(server: &Server, live: &str) -> u64 {
+    common::live_state(server, live)["viewers"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_edge_relays_the_live_from_its_origin_while_it_has_viewers() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let id_a = id_of(&a);
+    let mut caster = Client::connect(&a, "/whip/show");
+    let deadline = Instant::now() + LIMIT;
+    while origin(&b, "show").is_none_or(|(n, _)| n != id_a) {
+        caster.run(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "origin of show on A");
+    }
+    // A viewer on B: B relays from A (one relay viewer on A).
+    let mut viewer = Client::connect(&b, "/whep/show");
+    run_all_until(
+        &mut [&mut caster, &mut viewer],
+        LIMIT,
+        "the viewer on B gets video and audio from A",
+        |c| c[1].video().len() > 60 && c[1].audio().len() > 60,
+    );
+    common::assert_continuous(&viewer.video()[10..]);
+    assert_eq!(viewers(&a, "show"), 1, "A serves one relay");
+    assert!(b.log_text().contains("relaying from the origin"));
+    // A second viewer on B shares the relay.
+    let mut second = Client::connect(&b, "/whep/show");
+    run_all_until(
+        &mut [&mut caster, &mut viewer, &mut second],
+        LIMIT,
+        "the second viewer on B plays",
+        |c| c[2].video().len() > 30,
+    );
+    assert_eq!(viewers(&a, "show"), 1, "still one relay");
+    // Keyframe requests travel back: each viewer started at a keyframe
+    // the caster made when asked.
+    assert!(caster.keyframe_requests >= 1);
+    // Both leave: the relay ends a few seconds later, and A's relay
+    // viewer with it.
+    let _ = http().delete(b.url(&viewer.location)).send().unwrap();
+    let _ = http().delete(b.url(&second.location)).send().unwrap();
+    let left = Instant::now();
+    let deadline = left + Duration::from_secs(30);
+    while viewers(&a, "show") > 0 {
+        caster.run(Duration::from_millis(200));
+        assert!(Instant::now() < deadline, "A's relay viewer ends");
+    }
+    let took = left.elapsed();
+    println!("relay gone from the origin {took:?} after the last viewer left");
+    assert!(took >= Duration::from_secs(4), "it lingers: {took:?}");
+    // ...then the edge ends it on the origin at once (no connection
+    // timeout there).
+    assert!(
+        took < Duration::from_secs(9),
+        "it ends soon after: {took:?}"
+    );
+    assert!(a.log_text().contains("relay to an edge ended by the edge"));
+    assert!(b.log_text().contains("no viewer left: relay closed"));
+}
+
+#[test]
+fn a_relay_needs_the_cluster_secret() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let mut caster = Client::connect(&a, "/whip/show");
+    caster.run(Duration::from_millis(500));
+    let offer = common::viewer_offer();
+    for header in [None, Some("1.deadbeef"), Some("garbage")] {
+        let mut req = http()
+            .post(a.url("/cluster/relay/show"))
+            .header("content-type", "application/sdp")
+            .body(offer.clone());
+        if let Some(h) = header {
+            req = req.header("x-vessel-cluster", h);
+        }
+        let res = req.send().unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{header:?}");
+        assert!(res.text().unwrap().contains("cluster"));
+    }
+    // Signed with another secret: 401 too.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let wrong = vessel::cluster::auth::sign(b"not-the-secret", "POST", "/cluster/relay/show", now);
+    let res = http()
+        .post(a.url("/cluster/relay/show"))
+        .header("content-type", "application/sdp")
+        .header("x-vessel-cluster", wrong)
+        .body(offer)
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    // Nor can anyone end one.
+    let res = http()
+        .delete(a.url("/cluster/relay/show/abc"))
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    // Nothing was opened.
+    caster.run(Duration::from_millis(300));
+    assert_eq!(viewers(&a, "show"), 0);
+}

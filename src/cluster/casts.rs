@@ -29,6 +29,15 @@ pub async fn follow(
     loop {
         tokio::select! {
             event = events.recv() => match event {
+                // A relay's cast is the origin's live seen here: no claim
+                // (and the cast it replaced, if any, was ours to release).
+                Some(SfuEvent::CastStarted { live, caster }) if cluster.is_relay_cast(caster) => {
+                    if let Some(old) = casters.remove(&live) {
+                        let epoch = cluster.held(&live).map_or(0, |c| c.epoch);
+                        tracing::debug!(%live, peer = %old.log(), "cast replaced by a relay");
+                        cluster.release(&live, epoch).await;
+                    }
+                }
                 Some(SfuEvent::CastStarted { live, caster }) => {
                     casters.insert(live.clone(), caster);
                     let span = tracing::info_span!("cluster", %live, peer = %caster.log());

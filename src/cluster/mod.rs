@@ -16,6 +16,8 @@ pub mod auth;
 pub mod casts;
 pub mod redis;
 pub mod registry;
+pub mod relay;
+pub mod relays;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -119,6 +121,11 @@ pub struct Cluster {
     /// was unreachable; the refresh loop makes it when Redis is back).
     held: Mutex<HashMap<String, Option<Claim>>>,
     events: broadcast::Sender<ClaimEvent>,
+    /// The relays this node runs as an edge (`relays.rs`).
+    pub relays: Arc<relays::Relays>,
+    /// The cast sessions here that are relays from another node's origin:
+    /// on air here, but no claim of the live (`casts.rs` skips them).
+    relay_casts: Mutex<std::collections::HashSet<crate::sfu::PeerId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -178,6 +185,8 @@ impl Cluster {
             watches: Mutex::default(),
             held: Mutex::default(),
             events: broadcast::channel(64).0,
+            relays: Arc::default(),
+            relay_casts: Mutex::default(),
         });
         tracing::info!(
             node = %cluster.node,
@@ -238,6 +247,27 @@ impl Cluster {
     /// Hears when this node's claims are taken by another node.
     pub fn claim_events(&self) -> broadcast::Receiver<ClaimEvent> {
         self.events.subscribe()
+    }
+
+    /// Whether `live`'s caster is on this node (its claim made, or waiting
+    /// for Redis): only then may another node relay it from here.
+    pub fn casts_here(&self, live: &str) -> bool {
+        lock(&self.held).contains_key(live)
+    }
+
+    /// Cast session `peer` here is a relay from another node (or no longer
+    /// is, `false`): its cast claims nothing.
+    pub fn mark_relay_cast(&self, peer: crate::sfu::PeerId, relay: bool) {
+        let mut casts = lock(&self.relay_casts);
+        if relay {
+            casts.insert(peer);
+        } else {
+            casts.remove(&peer);
+        }
+    }
+
+    pub fn is_relay_cast(&self, peer: crate::sfu::PeerId) -> bool {
+        lock(&self.relay_casts).contains(&peer)
     }
 
     /// The claim this node holds for `live`, if any (`None` also while a

@@ -12,6 +12,7 @@ mod ops;
 mod pages;
 pub mod peerjs;
 mod recordings;
+mod relay;
 pub(crate) mod session;
 pub mod skyway;
 pub mod tls;
@@ -94,6 +95,7 @@ pub fn router(
         .merge(admin::routes())
         .merge(chat::routes())
         .merge(cluster::routes())
+        .merge(relay::routes())
         .merge(ops::routes())
         .merge(skyway::api::routes())
         .merge(pages::routes())

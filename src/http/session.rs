@@ -149,6 +149,12 @@ async fn offer(
                 protocol: prefix(role),
             })
             .await?;
+        // A viewer on an edge: the live comes from its origin node.
+        if role == Role::Play
+            && let Some(cluster) = &state.cluster
+        {
+            cluster.relays.ensure(&state, &live);
+        }
         let joined = state
             .media
             .join(&live, role, offer.to_string(), client)
