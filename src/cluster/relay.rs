@@ -61,13 +61,16 @@ pub enum RelayError {
     Failed(String),
 }
 
+/// Signs a request (method, path) with the cluster secret.
+pub type Signer = std::sync::Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+
 /// Where to relay from, and how to ask.
 pub struct Upstream {
     /// The origin node's base URL.
     pub url: String,
     /// The `X-Vessel-Cluster` header for `POST {path}`, made by the caller
     /// from the cluster secret (see `cluster::auth`).
-    pub auth: std::sync::Arc<dyn Fn(&str, &str) -> String + Send + Sync>,
+    pub auth: Signer,
 }
 
 /// The path an edge posts its relay offer to on the origin.
@@ -354,7 +357,7 @@ impl Leg {
 /// An event of one leg the other leg acts on.
 enum Moved {
     /// Upstream: a packet of the origin's.
-    Packet(str0m::rtp::RtpPacket),
+    Packet(Box<str0m::rtp::RtpPacket>),
     /// Downstream: the edge's SFU wants a keyframe of a layer.
     Keyframe(Option<Rid>, str0m::media::KeyframeRequestKind),
 }
@@ -431,7 +434,7 @@ impl Task {
     /// Hands one leg's event to the other.
     fn carry(&mut self, m: Moved) {
         match m {
-            Moved::Packet(p) => self.forward(p),
+            Moved::Packet(p) => self.forward(*p),
             Moved::Keyframe(rid, kind) => {
                 if let Some(rx) = self
                     .up
@@ -550,7 +553,7 @@ fn drain(leg: &mut Leg, moved: &mut Vec<Moved>) -> Result<Instant, RelayError> {
             Output::Event(
                 Event::Closed | Event::IceConnectionStateChange(IceConnectionState::Disconnected),
             ) => leg.closed = true,
-            Output::Event(Event::RtpPacket(p)) => moved.push(Moved::Packet(p)),
+            Output::Event(Event::RtpPacket(p)) => moved.push(Moved::Packet(Box::new(p))),
             Output::Event(Event::KeyframeRequest(r)) => moved.push(Moved::Keyframe(r.rid, r.kind)),
             Output::Event(_) => {}
         }
