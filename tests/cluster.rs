@@ -545,3 +545,49 @@ fn a_relay_needs_the_cluster_secret() {
     caster.run(Duration::from_millis(300));
     assert_eq!(viewers(&a, "show"), 0);
 }
+
+#[test]
+fn an_edge_follows_the_origin_when_the_caster_moves() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let c = node(&redis, 100);
+    let (id_a, id_b) = (id_of(&a), id_of(&b));
+    let mut first = Client::connect(&a, "/whip/show");
+    let deadline = Instant::now() + LIMIT;
+    while origin(&c, "show").is_none_or(|(n, _)| n != id_a) {
+        first.run(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "origin of show on A");
+    }
+    let mut viewer = Client::connect(&c, "/whep/show");
+    run_all_until(
+        &mut [&mut first, &mut viewer],
+        LIMIT,
+        "the viewer on C plays A's caster",
+        |c| c[1].video().len() > 30,
+    );
+    // The caster moves to B (a new session there, as OBS or the SDK
+    // reconnecting would open).
+    let mut second = Client::connect(&b, "/whip/show");
+    second.fill = 0x77;
+    let moved = Instant::now();
+    run_all_until(
+        &mut [&mut first, &mut second, &mut viewer],
+        Duration::from_secs(20),
+        "the viewer on C plays B's caster, in the same session",
+        |c| {
+            c[2].video()
+                .iter()
+                .filter(|p| p.fill() == Some(0x77))
+                .count()
+                > 30
+        },
+    );
+    println!(
+        "the edge's viewer saw the new origin {:?} after the move",
+        moved.elapsed()
+    );
+    assert!(first.closed, "A's cast ended");
+    assert_eq!(origin(&c, "show").map(|(n, _)| n), Some(id_b));
+    assert!(!viewer.closed, "the viewer never reconnected");
+}
