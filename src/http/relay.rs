@@ -34,12 +34,7 @@ async fn open(
 ) -> Response {
     let result = async {
         check_live(&live)?;
-        let Some(cluster) = &state.cluster else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "this node is not part of a cluster (--cluster)",
-            ));
-        };
+        let cluster = cluster_of(&state)?;
         let path = relay::relay_path(&live);
         signed_by_a_node(cluster, "POST", &path, &headers)?;
         if !cluster.casts_here(&live) {
@@ -98,12 +93,7 @@ async fn end(
 ) -> Response {
     let result = async {
         check_live(&live)?;
-        let Some(cluster) = &state.cluster else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "this node is not part of a cluster (--cluster)",
-            ));
-        };
+        let cluster = cluster_of(&state)?;
         let path = format!("{}/{session}", relay::relay_path(&live));
         signed_by_a_node(cluster, "DELETE", &path, &headers)?;
         let peer = session
@@ -129,6 +119,15 @@ fn signed_by_a_node(
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("relays are for the cluster's nodes: {e}"),
+        )
+    })
+}
+
+fn cluster_of(state: &AppState) -> Result<&crate::cluster::Cluster, ApiError> {
+    state.cluster.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this node is not part of a cluster (--cluster)",
         )
     })
 }
