@@ -48,11 +48,6 @@ impl Relays {
         });
     }
 
-    /// Lives relayed (or about to be) now.
-    pub fn lives(&self) -> Vec<String> {
-        lock(&self.following).iter().cloned().collect()
-    }
-
     async fn follow(&self, state: &AppState, cluster: &Arc<Cluster>, live: &str) {
         let mut origin = cluster.watch_origin(live);
         // What Redis says now, not only what this node last heard.

@@ -359,6 +359,12 @@ impl OutTrack {
     /// Rewrites `f` for this viewer and queues it in the viewer's `Rtc`,
     /// unless the viewer is too far behind.
     pub fn send(&mut self, rtc: &mut Rtc, f: &Forward, now: Instant) -> Sent {
+        // Another layer's packet is none of this track's business: it
+        // neither costs a look at the queue nor counts for lateness (whose
+        // frame-by-frame dropping follows this track's own frames).
+        if !self.carries(f) {
+            return Sent::Dropped;
+        }
         // str0m samples its queue at each pacer update; a stale sample
         // that still holds packets means the pacer has not run since, so
         // they are at least as late as it says.
@@ -390,13 +396,8 @@ impl OutTrack {
     /// Rewrites and queues `f`, its timestamp moved on by `ts_adjust`,
     /// with `wallclock` as its capture time for str0m's sender reports.
     fn write(&mut self, rtc: &mut Rtc, f: &Forward, ts_adjust: u32, wallclock: Instant) -> Verdict {
-        // Video comes in layers: the current one flows until the chosen one
-        // can be spliced in; any other is not for this viewer.
-        if f.kind == MediaKind::Video && self.target != Some(f.media.source.ssrc) {
-            let current = self.rewriter.source() == Some(f.media.source);
-            if !current || self.pause_current {
-                return Verdict::Drop;
-            }
+        if !self.carries(f) {
+            return Verdict::Drop;
         }
         let Some(out) = self.pt_for(rtc, f) else {
             return Verdict::Drop;
@@ -421,6 +422,14 @@ impl OutTrack {
             }
         }
         verdict
+    }
+
+    /// Video comes in layers: the current one flows until the chosen one
+    /// can be spliced in; any other is not for this track.
+    fn carries(&self, f: &Forward) -> bool {
+        f.kind != MediaKind::Video
+            || self.target == Some(f.media.source.ssrc)
+            || (self.rewriter.source() == Some(f.media.source) && !self.pause_current)
     }
 
     fn pt_for(&mut self, rtc: &Rtc, f: &Forward) -> Option<OutPt> {

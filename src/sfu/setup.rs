@@ -189,20 +189,20 @@ pub(crate) fn negotiate(
         .map_err(|e| JoinError::MalformedOffer(tidy_sdp_error(&e.to_string())))?;
     offer::check(&offer)?;
     let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
-    // What a relay's offer receives as simulcast: mid and rids, in order.
-    let simulcast_recv: Vec<(Mid, Vec<Rid>)> = offer
-        .media_lines
-        .iter()
-        .filter_map(|m| {
-            let s = m.simulcast()?;
-            let rids = s
-                .recv
-                .iter()
-                .map(|l| Rid::from(l.restriction_id.0.as_str()))
-                .collect();
-            Some((m.mid(), rids))
-        })
-        .collect();
+    // What a relay's offer receives as simulcast: mid and rids, in order
+    // (read before str0m takes the offer).
+    let simulcast_recv: Vec<(Mid, Vec<Rid>)> = match relay {
+        false => Vec::new(),
+        true => offer
+            .media_lines
+            .iter()
+            .filter_map(|m| {
+                let recv = m.simulcast()?.recv;
+                let rids = recv.iter().map(|l| Rid::from(l.restriction_id.0.as_str()));
+                Some((m.mid(), rids.collect()))
+            })
+            .collect(),
+    };
     let id = setup.ids.peer_id(setup.shard);
     let creds = setup.ids.ice_creds();
     let ufrag = creds.ufrag.clone();
@@ -292,24 +292,19 @@ pub(crate) fn negotiate(
                 Some(OutTrack::new(mid, ssrc, kind))
             };
             let audio = track(MediaKind::Audio, None);
-            let rids = if relay {
-                let mid = first(MediaKind::Video, true);
-                simulcast_recv
-                    .iter()
-                    .find(|(m, _)| Some(*m) == mid)
-                    .map(|(_, rids)| rids.clone())
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let video_mid = first(MediaKind::Video, true);
+            let rids = simulcast_recv
+                .into_iter()
+                .find(|(m, _)| Some(*m) == video_mid)
+                .map(|(_, rids)| rids)
+                .unwrap_or_default();
             let video = if rids.is_empty() {
                 track(MediaKind::Video, None)
             } else {
-                let tracks: Vec<(Rid, OutTrack)> = rids
+                prepared.relay = rids
                     .into_iter()
                     .filter_map(|rid| Some((rid, track(MediaKind::Video, Some(rid))?)))
                     .collect();
-                prepared.relay = tracks;
                 None
             };
             if relay && prepared.relay.is_empty() {
