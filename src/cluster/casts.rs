@@ -33,9 +33,8 @@ pub async fn follow(
                 // (and the cast it replaced, if any, was ours to release).
                 Some(SfuEvent::CastStarted { live, caster }) if cluster.is_relay_cast(caster) => {
                     if let Some(old) = casters.remove(&live) {
-                        let epoch = cluster.held(&live).map_or(0, |c| c.epoch);
                         tracing::debug!(%live, peer = %old.log(), "cast replaced by a relay");
-                        cluster.release(&live, epoch).await;
+                        release_held(&cluster, &live).await;
                     }
                 }
                 Some(SfuEvent::CastStarted { live, caster }) => {
@@ -50,8 +49,7 @@ pub async fn follow(
                 Some(SfuEvent::CastEnded { live, caster }) => {
                     if casters.get(&live) == Some(&caster) {
                         casters.remove(&live);
-                        let epoch = cluster.held(&live).map_or(0, |c| c.epoch);
-                        cluster.release(&live, epoch).await;
+                        release_held(&cluster, &live).await;
                     }
                 }
                 Some(_) => {}
@@ -72,4 +70,11 @@ pub async fn follow(
             },
         }
     }
+}
+
+/// Drops the claim this node holds for `live` (epoch 0 if it never reached
+/// Redis).
+async fn release_held(cluster: &Cluster, live: &str) {
+    let epoch = cluster.held(live).map_or(0, |c| c.epoch);
+    cluster.release(live, epoch).await;
 }
