@@ -7,142 +7,14 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::{Redis, fresh_nodes, get, id_of, json, node, origin, poll, viewers};
 use common::{Client, Server, http, live_goes_on, run_all_until};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(15);
-
-/// A `redis-server` of the test's own, without persistence.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn node(redis: &Redis, capacity: u32) -> Server {
-    let capacity = capacity.to_string();
-    let url = redis.url();
-    Server::start_with_args(&[
-        "--workers",
-        "1",
-        "--cluster",
-        &url,
-        "--cluster-secret",
-        "s3cret",
-        "--node-capacity",
-        &capacity,
-    ])
-}
-
-fn get(server: &Server, path: &str) -> (u16, String) {
-    let res = http().get(server.url(path)).send().unwrap();
-    (res.status().as_u16(), res.text().unwrap())
-}
-
-fn json(server: &Server, path: &str) -> Value {
-    let (status, body) = get(server, path);
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// This node's id, as it tells in `/api/cluster`.
-fn id_of(server: &Server) -> String {
-    json(server, "/api/cluster")["node"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// Fresh nodes `server` sees in `/api/cluster`, by id.
-fn fresh_nodes(server: &Server) -> Vec<String> {
-    let (status, body) = get(server, "/api/cluster");
-    if status != 200 {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let mut ids: Vec<String> = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["fresh"] == true)
-        .map(|n| n["node"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids
-}
-
-fn poll(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `/api/origin?live=` as (node, epoch), if there is one.
-fn origin(server: &Server, live: &str) -> Option<(String, u64)> {
-    let (status, body) = get(server, &format!("/api/origin?live={live}"));
-    if status != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).unwrap();
-    Some((
-        v["node"].as_str().unwrap().to_string(),
-        v["epoch"].as_u64().unwrap(),
-    ))
-}
 
 #[test]
 fn clustering_needs_a_secret() {
@@ -435,13 +307,6 @@ async fn the_library_api_follows_claims_and_waits_for_redis() {
         .unwrap()
         .unwrap();
     assert_eq!(b.origin("show").await.unwrap(), None);
-}
-
-/// Viewers of `live` on `server`, as its API tells.
-fn viewers(server: &Server, live: &str) -> u64 {
-    common::live_state(server, live)["viewers"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 #[test]
