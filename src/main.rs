@@ -284,6 +284,10 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         }),
         limits: limits.clone(),
     };
+    // Viewers on this node of lives cast on another: relayed from there.
+    if let Some(cluster) = &state.cluster {
+        tokio::spawn(cluster.relays.clone().watch_viewers(state.clone()));
+    }
     let mut layers = SocketIoLayers::default();
     let mut socket_ios = Vec::new();
     if !config.mediasoup.disabled {

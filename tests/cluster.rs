@@ -10,11 +10,18 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Redis, fresh_nodes, get, id_of, json, node, origin, poll, viewers};
+use common::cluster::{
+    Redis, fresh_nodes, get, id_of, json, node, node_with, origin, poll, viewers,
+};
 use common::{Client, Server, http, live_goes_on, run_all_until};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(15);
+
+/// For tests of a live moving between nodes: a caster on a node that is not
+/// the live's origin takes the live there, instead of being sent to the
+/// origin with a 307.
+const MOVES: &[&str] = &["--cast-redirect=false"];
 
 #[test]
 fn clustering_needs_a_secret() {
@@ -118,8 +125,8 @@ fn heartbeats_and_routes_by_load_and_capacity() {
 #[test]
 fn the_newest_caster_takes_the_live_across_nodes() {
     let redis = Redis::start();
-    let a = node(&redis, 100);
-    let b = node(&redis, 100);
+    let a = node_with(&redis, 100, MOVES);
+    let b = node_with(&redis, 100, MOVES);
     let (id_a, id_b) = (id_of(&a), id_of(&b));
 
     let mut first = Client::connect(&a, "/whip/show");
@@ -225,6 +232,7 @@ async fn the_library_api_follows_claims_and_waits_for_redis() {
         cluster_secret: Some("s3cret".into()),
         node_capacity: Some(10),
         node_url: None,
+        cast_redirect: true,
     };
     let load = || Load {
         viewers: 1,
@@ -235,7 +243,7 @@ async fn the_library_api_follows_claims_and_waits_for_redis() {
     let a = Cluster::connect(&flags, "http://127.0.0.1:1".into(), load)
         .await
         .expect("a node starts without Redis");
-    match a.route("show").await {
+    match a.route("show", None).await {
         Err(ClusterError::Unavailable(reason)) => assert!(!reason.is_empty()),
         other => panic!("expected Unavailable, got {other:?}"),
     }
@@ -273,7 +281,7 @@ async fn the_library_api_follows_claims_and_waits_for_redis() {
     }
     let first = a.held("show").expect("A holds show");
     assert_eq!(b.origin("show").await.unwrap(), Some(first.clone()));
-    let route = b.route("show").await.unwrap();
+    let route = b.route("show", None).await.unwrap();
     assert_eq!(route.origin, route.node == a.node_id());
 
     // B's caster is newer: A hears it lost, B's watchers see B at once.
@@ -414,9 +422,9 @@ fn a_relay_needs_the_cluster_secret() {
 #[test]
 fn an_edge_follows_the_origin_when_the_caster_moves() {
     let redis = Redis::start();
-    let a = node(&redis, 100);
-    let b = node(&redis, 100);
-    let c = node(&redis, 100);
+    let a = node_with(&redis, 100, MOVES);
+    let b = node_with(&redis, 100, MOVES);
+    let c = node_with(&redis, 100, MOVES);
     let (id_a, id_b) = (id_of(&a), id_of(&b));
     let mut first = Client::connect(&a, "/whip/show");
     let deadline = Instant::now() + LIMIT;
@@ -455,4 +463,68 @@ fn an_edge_follows_the_origin_when_the_caster_moves() {
     assert!(first.closed, "A's cast ended");
     assert_eq!(origin(&c, "show").map(|(n, _)| n), Some(id_b));
     assert!(!viewer.closed, "the viewer never reconnected");
+}
+
+#[test]
+fn a_caster_is_sent_to_the_lives_origin_and_viewers_away_from_a_dead_node() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let (id_a, id_b) = (id_of(&a), id_of(&b));
+    let mut all = vec![id_a.clone(), id_b.clone()];
+    all.sort();
+    poll(LIMIT, "both heartbeats", || fresh_nodes(&a) == all);
+
+    // Off air: a caster casts where it lands, and the route says so.
+    let cast_route = json(&b, "/api/route?live=show&cast=1");
+    assert_eq!(cast_route["node"], id_b.as_str(), "{cast_route}");
+    let mut caster = Client::connect(&a, "/whip/show");
+    let deadline = Instant::now() + LIMIT;
+    while origin(&b, "show").is_none_or(|(n, _)| n != id_a) {
+        caster.run(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "origin of show on A");
+    }
+
+    // On air on A: a WHIP caster reaching B is sent to A, with a reason.
+    let (_, offer, _) = Client::offer(true);
+    let no_follow = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = no_follow
+        .post(b.url("/whip/show"))
+        .header("content-type", "application/sdp")
+        .body(offer)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 307);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, a.url("/whip/show"));
+    assert!(res.text().unwrap().contains(&id_a));
+    // The SDK asks instead (browsers drop Authorization on a cross-origin
+    // redirect): the same answer.
+    let cast_route = json(&b, "/api/route?live=show&cast=1");
+    assert_eq!(cast_route["whip"], a.url("/whip/show").as_str());
+    // A client that follows it (reqwest, as FFmpeg and OBS do) casts on A:
+    // the live stays there, its new caster replacing the old one.
+    let epoch = origin(&b, "show").unwrap().1;
+    let mut second = Client::connect(&b, "/whip/show");
+    run_all_until(
+        &mut [&mut caster, &mut second],
+        LIMIT,
+        "the redirected caster replaced the first on A",
+        |c| c[0].closed && c[1].connected,
+    );
+    poll(LIMIT, "A claims the live again", || {
+        origin(&b, "show").is_some_and(|(n, e)| n == id_a && e > epoch)
+    });
+    assert!(b.log_text().contains("caster sent to the live's origin"));
+
+    // A viewer whose node died asks with `avoid`: another node, while the
+    // dead one's heartbeat has not expired yet; `nodes` lists both.
+    let route = json(&b, "/api/route?live=show");
+    let first_choice = route["node"].as_str().unwrap().to_string();
+    assert_eq!(route["nodes"].as_array().unwrap().len(), 2, "{route}");
+    let route = json(&b, &format!("/api/route?live=show&avoid={first_choice}"));
+    assert_ne!(route["node"].as_str().unwrap(), first_choice, "{route}");
 }

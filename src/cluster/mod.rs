@@ -102,11 +102,16 @@ pub struct Route {
     pub url: String,
     /// Whether that node is the live's origin (its caster is there).
     pub origin: bool,
+    /// Every fresh node's URL, by node id: where a client asks again when
+    /// the node it asked first is gone.
+    pub nodes: Vec<String>,
 }
 
 /// This node's membership of the cluster. Shared as `Arc<Cluster>`.
 pub struct Cluster {
     node: NodeId,
+    /// `--cast-redirect`: WHIP casters of a live cast elsewhere go there.
+    cast_redirect: bool,
     url: String,
     secret: Vec<u8>,
     capacity: u64,
@@ -179,6 +184,7 @@ impl Cluster {
             url: node_url,
             secret: secret.as_bytes().to_vec(),
             capacity: cfg.node_capacity.unwrap_or(0),
+            cast_redirect: cfg.cast_redirect,
             store,
             up: AtomicBool::new(true),
             origins: Mutex::default(),
@@ -335,20 +341,52 @@ impl Cluster {
 
     /// Where a new viewer of `live` should play: the least-loaded node
     /// with room among those with a fresh heartbeat (`registry::place`:
-    /// the origin wins only ties).
-    pub async fn route(&self, live: &str) -> Result<Route, ClusterError> {
+    /// the origin wins only ties). `avoid`: a node the client could not
+    /// reach, taken only if no other has room.
+    pub async fn route(&self, live: &str, avoid: Option<&str>) -> Result<Route, ClusterError> {
         let nodes = self.nodes().await?;
         let origin = self.origin(live).await?;
         let origin_node = origin.as_ref().map(|c| c.node.as_str());
-        match registry::place(&nodes, origin_node, auth::unix_ms(), HEARTBEAT_TTL_MS) {
+        let now = auth::unix_ms();
+        let fresh = nodes
+            .iter()
+            .filter(|n| n.fresh(now, HEARTBEAT_TTL_MS))
+            .map(|n| n.url.clone())
+            .collect();
+        match registry::place(&nodes, origin_node, avoid, now, HEARTBEAT_TTL_MS) {
             Placement::Node(n) => Ok(Route {
                 origin: Some(n.node.as_str()) == origin_node,
                 node: n.node,
                 url: n.url,
+                nodes: fresh,
             }),
             Placement::Full => Err(ClusterError::Full),
             Placement::NoNodes => Err(ClusterError::NoNodes),
         }
+    }
+
+    /// Where a new caster of `live` should cast, if not here: the live's
+    /// origin when it is another node with a fresh heartbeat (and
+    /// `--cast-redirect` is on, as by default). Casting there
+    /// keeps the live where its edges' relays already are; a new caster
+    /// elsewhere would take the live over (the newest caster wins) and
+    /// move every relay. `None` when the live has no origin, the origin is
+    /// this node or looks dead, or Redis is unreachable (a caster is never
+    /// turned away for the cluster's sake).
+    pub async fn cast_elsewhere(&self, live: &str) -> Option<Claim> {
+        if !self.cast_redirect {
+            return None;
+        }
+        let claim = self.origin(live).await.ok()??;
+        if claim.node == self.node {
+            return None;
+        }
+        let now = auth::unix_ms();
+        let nodes = self.nodes().await.ok()?;
+        nodes
+            .iter()
+            .any(|n| n.node == claim.node && n.fresh(now, HEARTBEAT_TTL_MS))
+            .then_some(claim)
     }
 
     /// Every node with a heartbeat in Redis, by id.

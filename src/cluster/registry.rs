@@ -67,13 +67,36 @@ pub enum Placement {
 /// node answers the same for the same records. The origin gets no other
 /// preference: filling it first would put every viewer on one machine
 /// until it is full, which is what a cluster is for avoiding.
-pub fn place(nodes: &[NodeInfo], origin: Option<&str>, now_ms: u64, ttl_ms: u64) -> Placement {
+///
+/// `avoid` is a node the client could not reach (it died a moment ago, and
+/// its heartbeat has not expired yet): it is chosen only if no other fresh
+/// node has room.
+pub fn place(
+    nodes: &[NodeInfo],
+    origin: Option<&str>,
+    avoid: Option<&str>,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Placement {
     let fresh: Vec<&NodeInfo> = nodes.iter().filter(|n| n.fresh(now_ms, ttl_ms)).collect();
     if fresh.is_empty() {
         return Placement::NoNodes;
     }
+    let others: Vec<&NodeInfo> = fresh
+        .iter()
+        .copied()
+        .filter(|n| Some(n.node.as_str()) != avoid)
+        .collect();
+    if let Some(n) = least_loaded(&others, origin) {
+        return Placement::Node(n.clone());
+    }
+    least_loaded(&fresh, origin).map_or(Placement::Full, |n| Placement::Node(n.clone()))
+}
+
+fn least_loaded<'a>(fresh: &[&'a NodeInfo], origin: Option<&str>) -> Option<&'a NodeInfo> {
     fresh
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|n| n.has_room())
         .min_by_key(|n| {
             (
@@ -83,7 +106,6 @@ pub fn place(nodes: &[NodeInfo], origin: Option<&str>, now_ms: u64, ttl_ms: u64)
                 n.node.clone(),
             )
         })
-        .map_or(Placement::Full, |n| Placement::Node(n.clone()))
 }
 
 /// Bits per second between two readings of a byte counter.
@@ -254,22 +276,25 @@ mod tests {
             node("b", 10, 100, 50, now),
             node("c", 0, 100, 0, now - 5_000), // stale
         ];
-        assert_eq!(placed(place(&nodes, None, now, TTL)), "b");
+        assert_eq!(placed(place(&nodes, None, None, now, TTL)), "b");
         // Share of capacity, not the count: 30/1000 is emptier than 10/100.
         let nodes = [node("a", 30, 1000, 0, now), node("b", 10, 100, 0, now)];
-        assert_eq!(placed(place(&nodes, None, now, TTL)), "a");
+        assert_eq!(placed(place(&nodes, None, None, now, TTL)), "a");
     }
 
     #[test]
     fn a_full_node_is_skipped_and_all_full_is_said() {
         let now = 1_000;
         let nodes = [node("a", 5, 5, 0, now), node("b", 9, 10, 90, now)];
-        assert_eq!(placed(place(&nodes, None, now, TTL)), "b");
+        assert_eq!(placed(place(&nodes, None, None, now, TTL)), "b");
         let nodes = [node("a", 5, 5, 0, now), node("b", 0, 0, 0, now)];
-        assert_eq!(place(&nodes, None, now, TTL), Placement::Full);
-        assert_eq!(place(&[], None, now, TTL), Placement::NoNodes);
+        assert_eq!(place(&nodes, None, None, now, TTL), Placement::Full);
+        assert_eq!(place(&[], None, None, now, TTL), Placement::NoNodes);
         let stale = [node("a", 0, 5, 0, now)];
-        assert_eq!(place(&stale, None, now + TTL + 1, TTL), Placement::NoNodes);
+        assert_eq!(
+            place(&stale, None, None, now + TTL + 1, TTL),
+            Placement::NoNodes
+        );
     }
 
     #[test]
@@ -280,14 +305,27 @@ mod tests {
             node("b", 1, 10, 10, now),
             node("a", 1, 10, 10, now),
         ];
-        assert_eq!(placed(place(&nodes, None, now, TTL)), "a");
-        assert_eq!(placed(place(&nodes, Some("b"), now, TTL)), "b");
+        assert_eq!(placed(place(&nodes, None, None, now, TTL)), "a");
+        assert_eq!(placed(place(&nodes, Some("b"), None, now, TTL)), "b");
         // The origin wins only ties: a less loaded edge is preferred.
-        assert_eq!(placed(place(&nodes, Some("c"), now, TTL)), "a");
+        assert_eq!(placed(place(&nodes, Some("c"), None, now, TTL)), "a");
         // The order of the records does not matter.
         let mut reversed = nodes.clone();
         reversed.reverse();
-        assert_eq!(placed(place(&reversed, None, now, TTL)), "a");
+        assert_eq!(placed(place(&reversed, None, None, now, TTL)), "a");
+    }
+
+    #[test]
+    fn a_node_the_client_could_not_reach_is_the_last_resort() {
+        let now = 1_000;
+        let nodes = [node("a", 0, 10, 0, now), node("b", 5, 10, 0, now)];
+        assert_eq!(placed(place(&nodes, None, Some("a"), now, TTL)), "b");
+        // The other node is full: the avoided one is still better than none.
+        let nodes = [node("a", 0, 10, 0, now), node("b", 10, 10, 0, now)];
+        assert_eq!(placed(place(&nodes, None, Some("a"), now, TTL)), "a");
+        // Alone and full: full.
+        let nodes = [node("a", 10, 10, 0, now)];
+        assert_eq!(place(&nodes, None, Some("a"), now, TTL), Placement::Full);
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! An edge's relays: one per live its viewers watch whose origin is
 //! another node. Opened by the first viewer, following the origin when it
 //! moves, ended [`LINGER`] after the last viewer left.
+//!
+//! WHEP and the socket.io face call [`Relays::ensure`] as a viewer arrives
+//! (the viewer's first keyframe then waits only for the relay). Every other
+//! way of watching (PeerJS calls, SkyWay rooms, whatever comes next) is
+//! caught by [`Relays::watch_viewers`], which looks at the live board's
+//! viewer counts: no face can forget to open its relay.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,6 +22,10 @@ pub const LINGER: Duration = Duration::from_secs(5);
 
 /// A relay that could not open is tried again after this.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often [`Relays::watch_viewers`] looks at the board: a viewer that
+/// no face announced waits at most this long for its relay to start.
+const SCAN_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the follower looks at its viewers and the origin (it also
 /// wakes at once when the origin moves).
@@ -46,6 +56,25 @@ impl Relays {
                 tracing::Instrument::instrument(relays.follow(&state, &cluster, &live), span).await;
             lock(&relays.following).remove(&live);
         });
+    }
+
+    /// Runs while the node runs: every live with a viewer here is followed
+    /// (a no-op for lives already followed, and on the origin).
+    pub async fn watch_viewers(self: Arc<Self>, state: AppState) {
+        let mut tick = tokio::time::interval(SCAN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for live in state.board.active() {
+                if live.viewers > 0 && !self.is_following(&live.live) {
+                    self.ensure(&state, &live.live);
+                }
+            }
+        }
+    }
+
+    fn is_following(&self, live: &str) -> bool {
+        lock(&self.following).contains(live)
     }
 
     async fn follow(&self, state: &AppState, cluster: &Arc<Cluster>, live: &str) {

@@ -145,6 +145,14 @@ pub struct ClusterFlags {
     /// other nodes. Default: 500 per media worker, as --max-sessions.
     #[arg(long = "node-capacity", env = "VESSEL_NODE_CAPACITY")]
     pub node_capacity: Option<u64>,
+
+    /// Send a WHIP caster that reaches this node while its live is cast on
+    /// another (live) node there, with a 307 (OBS and FFmpeg follow it).
+    /// Off (`--cast-redirect=false`): the newest caster takes the live
+    /// where it landed, and the live moves.
+    #[arg(long = "cast-redirect", env = "VESSEL_CAST_REDIRECT",
+          action = clap::ArgAction::Set, default_value_t = true, value_name = "BOOL")]
+    pub cast_redirect: bool,
 }
 
 fn redis_url(url: &str) -> Result<String, String> {

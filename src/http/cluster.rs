@@ -1,9 +1,14 @@
 //! The cluster's HTTP face:
 //!
-//! - `GET /api/route?live=NAME` → `{"url", "node", "origin", "whep"}`: the
-//!   node a new viewer of the live should play from (any node answers the
-//!   same). Without `--cluster`, this node itself. 503 with the reason when
-//!   the cluster's Redis is unreachable or every node is full.
+//! - `GET /api/route?live=NAME[&avoid=NODE][&cast=1]` → `{"url", "node",
+//!   "origin", "whep", "whip", "nodes"}`: the node a new viewer of the live
+//!   should play from (any node answers the same), or with `cast=1` where
+//!   a caster should cast (the live's origin if it has a live one, else
+//!   the node asked). `avoid` names a node the client could not reach
+//!   (taken only if no other has room); `nodes` lists every fresh node's
+//!   URL, where to ask again when this one is gone. Without `--cluster`,
+//!   this node itself (`node` is `"local"`). 503 with the reason when the
+//!   cluster's Redis is unreachable or every node is full.
 //! - `GET /api/origin?live=NAME` → `{"node", "url", "epoch"}`: the live's
 //!   origin claim as stored now; 404 when none (off air, or one node).
 //! - `GET /api/cluster` → this node's id and every node's heartbeat (load,
@@ -46,6 +51,17 @@ impl From<ClusterError> for ApiError {
 #[derive(serde::Deserialize)]
 struct RouteQuery {
     live: Option<String>,
+    avoid: Option<String>,
+    /// Any value but `0`/`false` asks where to cast.
+    cast: Option<String>,
+}
+
+impl RouteQuery {
+    fn cast(&self) -> bool {
+        self.cast
+            .as_deref()
+            .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+    }
 }
 
 async fn route(
@@ -53,13 +69,21 @@ async fn route(
     Query(q): Query<RouteQuery>,
     headers: HeaderMap,
 ) -> Response {
+    let cast = q.cast();
     let result = async {
         let live = q.live.unwrap_or_default();
         check_live(&live)?;
-        let (url, node, origin) = match &state.cluster {
+        let (url, node, origin, nodes) = match &state.cluster {
+            Some(cluster) if cast => match cluster.cast_elsewhere(&live).await {
+                Some(claim) => (claim.url, claim.node, true, Vec::new()),
+                None => {
+                    let url = cluster.node_url().to_string();
+                    (url.clone(), cluster.node_id().to_string(), true, vec![url])
+                }
+            },
             Some(cluster) => {
-                let route = cluster.route(&live).await?;
-                (route.url, route.node, route.origin)
+                let route = cluster.route(&live, q.avoid.as_deref()).await?;
+                (route.url, route.node, route.origin, route.nodes)
             }
             None => {
                 // One node: this one, as the client reached it.
@@ -71,15 +95,20 @@ async fn route(
                     .get("x-forwarded-proto")
                     .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
                 let scheme = if secure { "https" } else { "http" };
-                let on_air = state.board.get(&live).on_air;
-                (format!("{scheme}://{host}"), "local".to_string(), on_air)
+                let on_air = cast || state.board.get(&live).on_air;
+                let url = format!("{scheme}://{host}");
+                (url.clone(), "local".to_string(), on_air, vec![url])
             }
         };
         let whep = format!("{url}/whep/{live}");
+        let whip = format!("{url}/whip/{live}");
         Ok::<_, ApiError>(
             (
                 [(header::CACHE_CONTROL, "no-store")],
-                Json(json!({ "url": url, "node": node, "origin": origin, "whep": whep })),
+                Json(json!({
+                    "url": url, "node": node, "origin": origin,
+                    "whep": whep, "whip": whip, "nodes": nodes,
+                })),
             )
                 .into_response(),
         )

@@ -138,6 +138,21 @@ async fn offer(
         if offer.trim().is_empty() {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty SDP offer"));
         }
+        // A caster of a live cast on another node goes there (307 keeps the
+        // method, the body and, for clients that follow it, the key).
+        if role == Role::Cast
+            && let Some(cluster) = &state.cluster
+            && let Some(origin) = cluster.cast_elsewhere(&live).await
+        {
+            tracing::info!(origin = %origin.node, "caster sent to the live's origin");
+            let location = format!("{}/whip/{live}", origin.url);
+            return Ok((
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, location)],
+                format!("live '{live}' is cast on node {}: cast there", origin.node),
+            )
+                .into_response());
+        }
         let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         state
             .access

@@ -66,9 +66,14 @@ impl Drop for Redis {
 }
 
 pub fn node(redis: &Redis, capacity: u32) -> Server {
+    node_with(redis, capacity, &[])
+}
+
+/// A node with more flags.
+pub fn node_with(redis: &Redis, capacity: u32, extra: &[&str]) -> Server {
     let capacity = capacity.to_string();
     let url = redis.url();
-    Server::start_with_args(&[
+    let mut args = vec![
         "--workers",
         "1",
         "--cluster",
@@ -77,7 +82,9 @@ pub fn node(redis: &Redis, capacity: u32) -> Server {
         "s3cret",
         "--node-capacity",
         &capacity,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_args(&args)
 }
 
 pub fn get(server: &Server, path: &str) -> (u16, String) {

@@ -276,7 +276,7 @@ pub type FedPacket = (bool, u32, bool, Vec<u8>);
 
 impl Client {
     /// Builds a client and its offer: a caster sends, a viewer receives.
-    fn offer(cast: bool) -> (Self, String, SdpPendingOffer) {
+    pub fn offer(cast: bool) -> (Self, String, SdpPendingOffer) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         // A real client has a machine of its own; here clients share two
         // cores with the server and whatever a test floods it with, so

@@ -68,6 +68,10 @@ const REQUESTS: [(&str, Request); 7] = [
 /// Numbers sockets for the logs.
 static CONNS: AtomicU64 = AtomicU64::new(1);
 
+/// How long a consumer on an edge waits for the live's relay to bring its
+/// producers before being told the live is not on air.
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The live of a socket that names none, as the seed's client does.
 const DEFAULT_LIVE: &str = "demo";
 
@@ -253,6 +257,12 @@ impl Session {
             })
             .await
             .map_err(|d| d.to_string())?;
+        // A consumer on an edge: the live comes from its origin node.
+        if role == Role::Play
+            && let Some(cluster) = &state.cluster
+        {
+            cluster.relays.ensure(state, &self.live);
+        }
         let transport = state
             .media
             .open_direct(&self.live, role, self.client)
@@ -355,8 +365,18 @@ impl Session {
             .map(str::to_owned);
         let live = self.live.clone();
         let media = self.state.media.clone();
-        let transport = self.transport(Role::Play, arg)?;
+        self.transport(Role::Play, arg)?;
         let mut producers = media.producers(&live).await.map_err(|e| e.to_string())?;
+        // On an edge the live's producers are its relay's, which may still
+        // be opening when the consumer asks.
+        if producers.is_empty() && self.relayed_from_elsewhere().await {
+            let until = tokio::time::Instant::now() + RELAY_WAIT;
+            while producers.is_empty() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                producers = media.producers(&live).await.map_err(|e| e.to_string())?;
+            }
+        }
+        let transport = self.transport(Role::Play, arg)?;
         producers.sort_by_key(|p| p.kind == MediaKind::Audio);
         let producer = match &wanted {
             Some(id) => producers.into_iter().find(|p| &p.id == id).ok_or_else(|| {
@@ -376,6 +396,14 @@ impl Session {
             .map_err(|e| e.to_string())?;
         transport.consumed.push(consumer.producer.id.clone());
         Ok(params::consumer(&consumer, &stream, caps))
+    }
+
+    /// Whether this socket's live is cast on another node of the cluster.
+    async fn relayed_from_elsewhere(&self) -> bool {
+        let Some(cluster) = &self.state.cluster else {
+            return false;
+        };
+        matches!(cluster.origin(&self.live).await, Ok(Some(c)) if c.node != cluster.node_id())
     }
 
     async fn close(&mut self) {
