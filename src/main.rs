@@ -245,9 +245,18 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     // The URL other nodes reach this one at needs the port bound above.
     let http = listener.local_addr().unwrap_or(config.http);
     let cluster = match (&config.cluster.cluster, cluster_events) {
-        (Some(_), Some(events)) => {
-            Some(join_cluster(&config, http, tls.is_some(), &media, &metrics, events).await?)
-        }
+        (Some(_), Some(events)) => Some(
+            join_cluster(
+                &config,
+                http,
+                tls.is_some(),
+                &media,
+                &board,
+                &metrics,
+                events,
+            )
+            .await?,
+        ),
         _ => None,
     };
     let state = AppState {
@@ -471,17 +480,20 @@ async fn join_cluster(
     http: SocketAddr,
     tls: bool,
     media: &media::MediaHandle,
+    board: &Arc<LiveBoard>,
     metrics: &Arc<Metrics>,
     events: UnboundedReceiver<SfuEvent>,
 ) -> Result<Arc<Cluster>, String> {
     let mut flags = config.cluster.clone();
     flags.node_capacity = Some(flags.capacity(config.workers()));
     let url = flags.node_url(http, &config.public_ip, tls);
-    let viewers = metrics.viewers.clone();
+    // The board, not the `viewers` gauge: that one is set only when
+    // /metrics is scraped.
+    let board = board.clone();
     let egress = metrics.bytes.get_or_create(&vessel::metrics::OUT).clone();
     let busy = media.clone();
     let load = move || Load {
-        viewers: viewers.get().max(0) as u64,
+        viewers: board.active().iter().map(|l| l.viewers as u64).sum(),
         egress_bytes: egress.get(),
         cpu_percent: busy.busy_percent(),
     };

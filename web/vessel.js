@@ -37,6 +37,13 @@
  * Source Extensions). A VP8 live has no LL-HLS (the player reports a 409 error): when the server
  * packages HLS, `publish()` puts H.264 first unless `video.codec` says otherwise.
  *
+ * In a cluster of Vessel nodes (`vessel --cluster`), each connection starts by asking where to go
+ * (`GET {server}/api/route`): a player plays from the least-loaded node, a publisher casts to the
+ * node its live is cast on (or to `server`). When that node dies, they notice at once (its event
+ * stream breaks and it no longer answers), ask the other nodes the route named, skipping the dead
+ * one, and reconnect there without delay, without a page reload. A single server answers
+ * `local`: nothing changes.
+ *
  * Before each connection (and each reconnection) they fetch the server's STUN/TURN servers,
  * with fresh TURN credentials, from `GET {server}/api/ice-servers`, so that viewers and casters
  * behind strict NATs or firewalls that drop UDP still connect (through the server's TURN relay).
@@ -89,6 +96,10 @@ const CONNECT_TIMEOUT_MS = 15000;
 const POST_TIMEOUT_MS = 10000;
 /** Timeout of a DELETE (ms). */
 const DELETE_TIMEOUT_MS = 3000;
+/** Timeout of one route request (ms): past it, the next node is asked. */
+const ROUTE_TIMEOUT_MS = 2000;
+/** Timeout of the check whether the node in use still answers (ms). */
+const PROBE_TIMEOUT_MS = 1000;
 /** Timeout of the ICE servers request (ms): past it, connect without STUN/TURN. */
 const ICE_SERVERS_TIMEOUT_MS = 5000;
 /** Values of the `iceTransportPolicy` option. */
@@ -323,6 +334,12 @@ class Session extends Emitter {
     this._endpoint = endpoint;
     this._options = options;
     this._server = (options.server ?? DEFAULT_SERVER).replace(/\/+$/, '');
+    /** Base URL of the node in use (`server` unless a cluster routed elsewhere). */
+    this.node = this._server;
+    this._nodeId = null; // the cluster's id of that node; null on a single server
+    this._nodes = []; // every node the last route named: where to ask when `server` is gone
+    this._avoid = null; // { id, url } of a node found dead, until a connection succeeds elsewhere
+    this._eventsBase = null; // the node the event stream is open to
     this._location = null; // URL of the current WHIP/WHEP session resource
     this._credential = options.token ?? null; // sent as Authorization: Bearer
     this._connected = false;
@@ -450,9 +467,15 @@ class Session extends Emitter {
       if (!stale() && !this._connected) this._reconnect(new Error('connection timed out'));
     }, CONNECT_TIMEOUT_MS);
 
+    const base = await this._route();
+    if (stale()) return;
+    if (base !== this.node || this._eventsBase !== base) {
+      this.node = base;
+      this._openEvents();
+    }
     // Fresh TURN credentials for every connection: the previous ones may have expired, and after
     // a server restart the TURN port and secret may have changed.
-    const iceServers = await this._iceServers();
+    const iceServers = await this._iceServers(base);
     if (stale()) return;
     const pc = newPeerConnection(iceServers, this._options.iceTransportPolicy ?? 'all');
     this.pc = pc;
@@ -464,7 +487,7 @@ class Session extends Emitter {
     try {
       await pc.setLocalDescription(await pc.createOffer());
       // The server is ICE-lite and answers with its candidates: no need to wait for ours.
-      const url = `${this._server}/${this._endpoint}/${encodeURIComponent(this.live)}`;
+      const url = `${base}/${this._endpoint}/${encodeURIComponent(this.live)}`;
       const res = await fetch(url, {
         method: 'POST',
         headers: this._headers({ 'Content-Type': 'application/sdp' }),
@@ -498,13 +521,83 @@ class Session extends Emitter {
   }
 
   /**
-   * The `iceServers` option, or else the server's STUN/TURN servers (`[]` if they cannot be had:
+   * Where to connect (`GET /api/route`): asks `server`, then, if it does not answer, the other
+   * nodes the last route named. A node found dead is skipped, and the answer is asked to avoid it
+   * (its heartbeat outlives it by up to three seconds). A single server answers `local`: `server`
+   * is kept as given (it may sit behind a reverse proxy, under a path). A server without the
+   * route API, or no node answering: `server`, or the node in use.
+   * @returns {Promise<string>} the base URL of the node to connect to
+   */
+  async _route() {
+    const query = new URLSearchParams({ live: this.live });
+    if (this._endpoint === 'whip') query.set('cast', '1');
+    const avoid = this._avoid;
+    if (avoid?.id) query.set('avoid', avoid.id);
+    const asked = [this._server, ...this._nodes].filter((u, i, all) => all.indexOf(u) === i);
+    const order = [...asked.filter((u) => u !== avoid?.url), ...asked.filter((u) => u === avoid?.url)];
+    for (const server of order) {
+      let res;
+      try {
+        res = await fetch(`${server}/api/route?${query}`, {
+          headers: this._headers(),
+          cache: 'no-store',
+          signal: AbortSignal.timeout(ROUTE_TIMEOUT_MS),
+        });
+      } catch {
+        continue; // gone: ask the next
+      }
+      // A server from before clusters: itself.
+      if (res.status === 404 || res.status === 405) return this._server;
+      if (!res.ok) continue; // its Redis is unreachable, or every node is full: ask another
+      let route;
+      try {
+        route = await res.json();
+      } catch {
+        continue;
+      }
+      if (route.node === 'local' || typeof route.url !== 'string') {
+        this._nodeId = null;
+        return this._server;
+      }
+      this._nodeId = String(route.node);
+      if (Array.isArray(route.nodes)) this._nodes = route.nodes.map(String);
+      return route.url.replace(/\/+$/, '');
+    }
+    return avoid?.url === this.node ? this._server : this.node;
+  }
+
+  /**
+   * The node in use may have died (its event stream broke, or the media stalled): if it does not
+   * answer a plain request within a second, drop the session without waiting for it (a DELETE
+   * to a dead host only times out) and reconnect elsewhere at once.
+   */
+  async _checkNode(base) {
+    if (this._stopped || !this._nodeId || base !== this.node) return;
+    const id = this._nodeId;
+    try {
+      await fetch(`${base}/api/lives/${encodeURIComponent(this.live)}`, {
+        cache: 'no-store',
+        signal: AbortSignal.timeout(PROBE_TIMEOUT_MS),
+      });
+      return; // it answers: the usual recovery (ICE, EventSource's own retry) is enough
+    } catch {
+      /* gone */
+    }
+    if (this._stopped || base !== this.node || this._avoid?.url === base) return;
+    this._avoid = { id, url: base };
+    this._location = null;
+    this.session = null;
+    this._reconnect(new Error(`lost the server node ${base}: reconnecting to another`), true);
+  }
+
+  /**
+   * The `iceServers` option, or else the node's STUN/TURN servers (`[]` if they cannot be had:
    * a direct connection may still work).
    * @returns {Promise<RTCIceServer[]>}
    */
-  async _iceServers() {
+  async _iceServers(base = this.node) {
     if (this._options.iceServers != null) return this._options.iceServers;
-    const url = `${this._server}/api/ice-servers`;
+    const url = `${base}/api/ice-servers`;
     try {
       const res = await fetch(url, {
         headers: this._headers(),
@@ -530,13 +623,15 @@ class Session extends Emitter {
         this._cancel(this._connectTimer);
         this._connected = true;
         this._attempt = 0;
+        this._avoid = null;
         this._watchDtls(pc);
         this._updateState();
         break;
       case 'disconnected':
-        // ICE may recover by itself; give it a few seconds.
+        // ICE may recover by itself; give it a few seconds (unless the node is gone).
         this._connected = false;
         this._setState('reconnecting');
+        this._checkNode(this.node);
         this._cancel(this._graceTimer);
         this._graceTimer = this._later(() => {
           if (pc === this.pc && pc.connectionState !== 'connected') {
@@ -568,8 +663,11 @@ class Session extends Emitter {
     });
   }
 
-  /** Drops the current connection and schedules a new one, with backoff. */
-  _reconnect(reason) {
+  /**
+   * Drops the current connection and schedules a new one, with backoff (`now`: at once, for a
+   * dead node: the next node is another).
+   */
+  _reconnect(reason, now = false) {
     if (this._stopped) return;
     if (reason) this.emit('error', reason);
     const generation = ++this._generation; // invalidate callbacks of the current attempt
@@ -582,7 +680,7 @@ class Session extends Emitter {
       .then((deleteStatus) => this._mayReconnect(deleteStatus))
       .then((resume) => {
         if (!resume || this._stopped || generation !== this._generation) return;
-        const base = RETRY_DELAYS[Math.min(this._attempt, RETRY_DELAYS.length - 1)];
+        const base = now ? 0 : RETRY_DELAYS[Math.min(this._attempt, RETRY_DELAYS.length - 1)];
         this._attempt++;
         this._retryTimer = this._later(() => this._connect(), base * (0.75 + Math.random() * 0.5));
       });
@@ -637,10 +735,16 @@ class Session extends Emitter {
     );
   }
 
-  /** Follows the live's Server-Sent Events (`state`: onAir, viewers). */
+  /**
+   * Follows the live's Server-Sent Events (`state`: onAir, viewers), from the node in use: its
+   * stream breaking is also how a dead node is noticed at once.
+   */
   _openEvents() {
     if (this._stopped) return;
-    const url = new URL(`${this._server}/api/lives/${encodeURIComponent(this.live)}/events`);
+    this._events?.close();
+    const base = this.node;
+    this._eventsBase = base;
+    const url = new URL(`${base}/api/lives/${encodeURIComponent(this.live)}/events`);
     // A private live's state needs the viewer token (or the stream key); EventSource sends no headers.
     if (this._credential) url.searchParams.set('token', this._credential);
     const events = new EventSource(url);
@@ -659,6 +763,7 @@ class Session extends Emitter {
       if (this._events === events) this.emit('shutdown', e.data || 'the server is shutting down');
     });
     events.addEventListener('error', () => {
+      if (this._events === events) this._checkNode(base);
       // EventSource retries by itself unless it gave up (non-200 answer): then we retry.
       if (events.readyState === EventSource.CLOSED && !this._stopped && this._events === events) {
         this._later(() => this._openEvents(), 2000);
@@ -810,7 +915,7 @@ export class Publisher extends Session {
   async _mayReconnect(deleteStatus) {
     if (deleteStatus !== 404) return true;
     try {
-      const url = `${this._server}/api/lives/${encodeURIComponent(this.live)}`;
+      const url = `${this.node}/api/lives/${encodeURIComponent(this.live)}`;
       const res = await fetch(url, { headers: this._headers(), cache: 'no-store', signal: AbortSignal.timeout(POST_TIMEOUT_MS) });
       if (!res.ok || !(await res.json()).onAir) return true;
     } catch {
@@ -985,8 +1090,8 @@ export class Player extends Session {
     if (this.path !== 'hls') return super._connect();
   }
 
-  _reconnect(reason) {
-    if (this.path !== 'hls') super._reconnect(reason);
+  _reconnect(reason, now) {
+    if (this.path !== 'hls') super._reconnect(reason, now);
   }
 
   /** Samples the received video every second: `stats` event, `stats` property. */

@@ -348,11 +348,7 @@ impl Cluster {
         let origin = self.origin(live).await?;
         let origin_node = origin.as_ref().map(|c| c.node.as_str());
         let now = auth::unix_ms();
-        let fresh = nodes
-            .iter()
-            .filter(|n| n.fresh(now, HEARTBEAT_TTL_MS))
-            .map(|n| n.url.clone())
-            .collect();
+        let fresh = fresh_urls(&nodes, now);
         match registry::place(&nodes, origin_node, avoid, now, HEARTBEAT_TTL_MS) {
             Placement::Node(n) => Ok(Route {
                 origin: Some(n.node.as_str()) == origin_node,
@@ -373,12 +369,13 @@ impl Cluster {
     /// move every relay. `None` when the live has no origin, the origin is
     /// this node or looks dead, or Redis is unreachable (a caster is never
     /// turned away for the cluster's sake).
-    pub async fn cast_elsewhere(&self, live: &str) -> Option<Claim> {
+    /// `avoid`: a node the caster could not reach (taken as dead).
+    pub async fn cast_elsewhere(&self, live: &str, avoid: Option<&str>) -> Option<Claim> {
         if !self.cast_redirect {
             return None;
         }
         let claim = self.origin(live).await.ok()??;
-        if claim.node == self.node {
+        if claim.node == self.node || Some(claim.node.as_str()) == avoid {
             return None;
         }
         let now = auth::unix_ms();
@@ -387,6 +384,12 @@ impl Cluster {
             .iter()
             .any(|n| n.node == claim.node && n.fresh(now, HEARTBEAT_TTL_MS))
             .then_some(claim)
+    }
+
+    /// The URLs of every node with a fresh heartbeat, by node id: where a
+    /// client asks again when the node it used is gone.
+    pub async fn fresh_urls(&self) -> Result<Vec<String>, ClusterError> {
+        Ok(fresh_urls(&self.nodes().await?, auth::unix_ms()))
     }
 
     /// Every node with a heartbeat in Redis, by id.
@@ -648,4 +651,12 @@ mod tests {
         );
         assert_eq!(redacted("redis://db:6379/0"), "redis://db:6379/0");
     }
+}
+
+fn fresh_urls(nodes: &[NodeInfo], now_ms: u64) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| n.fresh(now_ms, HEARTBEAT_TTL_MS))
+        .map(|n| n.url.clone())
+        .collect()
 }

@@ -74,13 +74,16 @@ async fn route(
         let live = q.live.unwrap_or_default();
         check_live(&live)?;
         let (url, node, origin, nodes) = match &state.cluster {
-            Some(cluster) if cast => match cluster.cast_elsewhere(&live).await {
-                Some(claim) => (claim.url, claim.node, true, Vec::new()),
-                None => {
-                    let url = cluster.node_url().to_string();
-                    (url.clone(), cluster.node_id().to_string(), true, vec![url])
+            Some(cluster) if cast => {
+                let nodes = cluster.fresh_urls().await?;
+                match cluster.cast_elsewhere(&live, q.avoid.as_deref()).await {
+                    Some(claim) => (claim.url, claim.node, true, nodes),
+                    None => {
+                        let url = cluster.node_url().to_string();
+                        (url, cluster.node_id().to_string(), true, nodes)
+                    }
                 }
-            },
+            }
             Some(cluster) => {
                 let route = cluster.route(&live, q.avoid.as_deref()).await?;
                 (route.url, route.node, route.origin, route.nodes)

@@ -142,7 +142,7 @@ async fn offer(
         // method, the body and, for clients that follow it, the key).
         if role == Role::Cast
             && let Some(cluster) = &state.cluster
-            && let Some(origin) = cluster.cast_elsewhere(&live).await
+            && let Some(origin) = cluster.cast_elsewhere(&live, None).await
         {
             tracing::info!(origin = %origin.node, "caster sent to the live's origin");
             let location = format!("{}/whip/{live}", origin.url);

@@ -1,0 +1,221 @@
+// End-to-end tests of a cluster: three real `vessel --cluster` nodes on one real redis-server
+// (started here, on loopback, without persistence), the cast page on one node and the play page's
+// players routed to the others by `/api/route`. Nodes are killed with SIGKILL (no goodbye): the
+// players and the publisher must notice, ask another node, and play (cast) again by themselves,
+// without a page reload. Media is checked on getStats (frames decoded, audio received).
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { afterEach, test } from 'node:test';
+import { Harness, VesselServer, freeTcpPort, liveName, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+
+const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
+const SECRET = 'cluster-test-secret';
+
+/** @type {Harness|null} */
+let h = null;
+/** @type {import('node:child_process').ChildProcess|null} */
+let redis = null;
+
+afterEach(async () => {
+  await h?.close();
+  h = null;
+  redis?.kill('SIGKILL');
+  redis = null;
+});
+
+/** A redis-server of the test's own; its URL once it accepts connections. */
+async function startRedis() {
+  const port = await freeTcpPort();
+  redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  await waitFor(
+    () =>
+      new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      }),
+    10000,
+    'redis-server to accept connections',
+    50,
+  );
+  return `redis://127.0.0.1:${port}/0`;
+}
+
+function clusterArgs(url, capacity) {
+  return ['--cluster', url, '--cluster-secret', SECRET, '--node-capacity', String(capacity)];
+}
+
+/**
+ * Node A (the harness's server: the caster's) takes no viewers (`--node-capacity 0`), so the
+ * route API spreads viewers over B and C.
+ */
+async function startCluster() {
+  const url = await startRedis();
+  h = await Harness.start({ server: { extraArgs: clusterArgs(url, 0) } });
+  const b = await new VesselServer(h.log).start({ extraArgs: clusterArgs(url, 100) });
+  const c = await new VesselServer(h.log).start({ extraArgs: clusterArgs(url, 100) });
+  h.extraServers = [b, c];
+  const close = h.close.bind(h);
+  h.close = async () => {
+    await close();
+    for (const s of [b, c]) await s.stop('SIGKILL');
+  };
+  await waitFor(async () => (await clusterView(h.url))?.nodes.filter((n) => n.fresh).length === 3, 10000, 'three fresh nodes');
+  return { a: h.server, b, c };
+}
+
+async function clusterView(base) {
+  const res = await fetch(`${base}/api/cluster`);
+  return res.ok ? res.json() : null;
+}
+
+/** Viewers a node reports in its heartbeat, by URL. */
+async function viewersByNode(base) {
+  const view = await clusterView(base);
+  return Object.fromEntries((view?.nodes ?? []).map((n) => [n.url, n.viewers]));
+}
+
+async function openCaster(live, base) {
+  const page = await h.open(`/cast/${live}`, `cast ${live}`, { base });
+  await waitInPage(page, `!document.getElementById('golive').disabled`, 15000, 'camera ready (#golive enabled)');
+  await page.click('#golive');
+  await waitInPage(page, `window.vesselPublisher && window.vesselPublisher.state === 'live'`, 20000, 'publisher state "live"');
+  return page;
+}
+
+async function openViewer(live, base, name) {
+  const page = await h.open(`/play/${live}`, name, { base });
+  await waitInPage(page, `window.vesselPlayer && window.vesselPlayer.state === 'playing'`, 20000, `${name} playing`);
+  await waitForMedia(page, PLAYER_PC, { what: name });
+  // A marker that a reload would lose.
+  await page.evaluate(() => {
+    window.__notReloaded = true;
+  });
+  return page;
+}
+
+/**
+ * Watches the page's player in the page itself, every 50 ms: when a video frame was last decoded
+ * (on whichever connection the player has) and the longest stall since `reset()`, i.e. the
+ * longest time between two frames: what the viewer sees as a frozen picture.
+ */
+async function watchFrames(page) {
+  await page.evaluate(() => {
+    window.__frames = { lastAt: Date.now(), maxGap: 0 };
+    let last = { pc: null, frames: 0 };
+    const tick = async () => {
+      const pc = window.vesselPlayer?.pc;
+      try {
+        if (pc) {
+          for (const s of (await pc.getStats()).values()) {
+            if (s.type !== 'inbound-rtp' || s.kind !== 'video') continue;
+            const frames = s.framesDecoded ?? 0;
+            if (frames > (last.pc === pc ? last.frames : 0)) {
+              const now = Date.now();
+              window.__frames.maxGap = Math.max(window.__frames.maxGap, now - window.__frames.lastAt);
+              window.__frames.lastAt = now;
+            }
+            last = { pc, frames };
+          }
+        }
+      } catch {
+        /* closed meanwhile */
+      }
+      setTimeout(tick, 50);
+    };
+    tick();
+  });
+  return {
+    read: () => page.evaluate(() => ({ ...window.__frames, now: Date.now() })),
+    reset: () => page.evaluate(() => { window.__frames.maxGap = 0; }),
+  };
+}
+
+/**
+ * Kills `server` with SIGKILL and waits until `page` decodes video again after a stall; returns
+ * the stall (ms): the longest time between two decoded frames around the kill.
+ */
+async function gapAfterKill(server, page, what) {
+  const frames = await watchFrames(page);
+  await waitFor(async () => { const f = await frames.read(); return f.now - f.lastAt < 200; }, 5000, `${what}: frames flowing before the kill`, 50);
+  await frames.reset();
+  await server.stop('SIGKILL');
+  const f = await waitFor(
+    async () => {
+      const f = await frames.read();
+      // A stall (longer than a few frame intervals) that has ended.
+      return f.maxGap > 250 && f.now - f.lastAt < 200 && f;
+    },
+    20000,
+    `${what}: video decoded again after the kill`,
+    50,
+  );
+  return f.maxGap;
+}
+
+test('cl1: viewers routed over two edges decode; kill -9 of an edge: its viewer plays from another node within 3 s, without a reload', async () => {
+  const { a, b, c } = await startCluster();
+  const live = liveName('cl1');
+  await openCaster(live, a.url);
+
+  // The first viewer lands on B or C (A takes none); once its node's heartbeat counts it, the
+  // second goes to the other.
+  const v1 = await openViewer(live, b.url, 'viewer 1');
+  const node1 = await v1.evaluate(() => window.vesselPlayer.node);
+  assert.ok([b.url, c.url].includes(node1), `viewer 1 plays from an edge (${node1})`);
+  await waitFor(async () => (await viewersByNode(a.url))[node1] >= 1, 5000, "viewer 1's node counting it").catch(async (e) => {
+    throw new Error(`${e.message}; the nodes: ${JSON.stringify(await clusterView(a.url))}`);
+  });
+  const v2 = await openViewer(live, c.url, 'viewer 2');
+  const node2 = await v2.evaluate(() => window.vesselPlayer.node);
+  assert.ok([b.url, c.url].includes(node2) && node2 !== node1, `viewer 2 plays from the other edge (${node2}, viewer 1 on ${node1})`);
+  h.note(`viewer 1 on ${node1}, viewer 2 on ${node2}; the caster on ${a.url}`);
+  // Each edge relays the live from A: one relay viewer per edge there.
+  const relays = await (await fetch(`${a.url}/api/cluster`)).json();
+  h.note(`A's view of the cluster: ${JSON.stringify(relays.nodes)}`);
+
+  // Kill viewer 2's node.
+  const dead = node2 === b.url ? b : c;
+  const gap = await gapAfterKill(dead, v2, 'viewer 2');
+  const now = await v2.evaluate(() => window.vesselPlayer.node);
+  h.note(`kill -9 of ${dead.url}: viewer 2 decoded video again on ${now} after ${gap} ms`);
+  console.log(`cl1: edge killed with SIGKILL: its viewer played again from ${now} after ${gap} ms`);
+  assert.equal(now, node1, 'viewer 2 moved to the surviving edge');
+  assert.ok(gap < 3000, `viewer 2 played again within 3 s (took ${gap} ms)`);
+  assert.equal(await v2.evaluate(() => window.__notReloaded), true, 'the page was not reloaded');
+  await waitForMedia(v2, PLAYER_PC, { what: 'viewer 2 after the move' });
+  // Viewer 1 never noticed.
+  await waitForMedia(v1, PLAYER_PC, { what: 'viewer 1' });
+});
+
+test('cl2: kill -9 of the origin: the cast page casts again on another node, which becomes the origin, and the viewers resume without a reload', async () => {
+  const { a, b, c } = await startCluster();
+  const live = liveName('cl2');
+  const caster = await openCaster(live, a.url);
+  const v1 = await openViewer(live, b.url, 'viewer 1');
+  const node1 = await v1.evaluate(() => window.vesselPlayer.node);
+  assert.notEqual(node1, a.url);
+  const origin = async (base) => (await fetch(`${base}/api/origin?live=${live}`)).json().catch(() => null);
+  const before = await origin(node1);
+  assert.equal(before.url, a.url, "the live's origin is A");
+
+  const gap = await gapAfterKill(a, v1, 'viewer 1');
+  const casting = await caster.evaluate(() => window.vesselPublisher.node);
+  const after = await waitFor(async () => {
+    const o = await origin(node1);
+    return o?.url === casting && o;
+  }, 10000, 'the new origin claimed');
+  h.note(`kill -9 of the origin ${a.url}: the caster moved to ${casting} (epoch ${before.epoch} → ${after.epoch}); viewer 1 on ${node1} decoded again after ${gap} ms`);
+  console.log(`cl2: origin killed with SIGKILL: the caster moved to another node and the edge's viewer played again after ${gap} ms`);
+  assert.ok([b.url, c.url].includes(casting), `the caster casts to a live node (${casting})`);
+  assert.ok(after.epoch > before.epoch, 'a newer epoch');
+  assert.equal(await caster.evaluate(() => window.vesselPublisher.state), 'live');
+  assert.equal(await v1.evaluate(() => window.__notReloaded), true, 'the viewer page was not reloaded');
+  await waitForMedia(v1, PLAYER_PC, { what: 'viewer 1 after the origin moved' });
+});
