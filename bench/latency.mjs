@@ -9,6 +9,9 @@
 //
 //   scripts/bench-latency [samples]      (runs this inside a loopback-only netns; default 600)
 //   LATENCY_QUERY='pace=raf' scripts/bench-latency 300   (more page parameters, both pages)
+//   LATENCY_CLUSTER=1 scripts/bench-latency 300   (the relay hop: two `vessel --cluster` nodes on a
+//     redis-server of its own; rounds sfu (both pages on node A, route=0) and edge (the play page
+//     routed to node B, which relays the live from A), instead of direct and sfu)
 //
 // Both pages of a round share one browser context (BroadcastChannel is per storage partition)
 // but not a window nor a renderer process: the cast page opens the play page as a popup
@@ -18,11 +21,17 @@
 // brought to the front, and the table shows the rates both pages kept (paint fps on the cast
 // page, presented fps on the play page).
 
-import { Harness, waitInPage } from '../tests/browser/helpers.mjs';
+import { Harness, VesselServer, startRedis, waitFor, waitInPage } from '../tests/browser/helpers.mjs';
 
 const samples = Number(process.argv[2] || 600);
 if (!(samples > 0)) throw new Error(`usage: node bench/latency.mjs [samples]`);
-const rounds = ['direct', 'sfu', 'direct', 'sfu'];
+const cluster = process.env.LATENCY_CLUSTER === '1';
+// A path is a page mode and, in a cluster, whether the play page may be routed to another node.
+const paths = cluster
+  ? { sfu: 'mode=sfu&route=0', edge: 'mode=sfu&route=1' }
+  : { direct: 'mode=direct', sfu: 'mode=sfu' };
+const [first, second] = Object.keys(paths);
+const rounds = [first, second, first, second];
 // More page parameters for both pages, e.g. LATENCY_QUERY='pace=raf&fps=60' (see /assets/latency.html).
 const extra = process.env.LATENCY_QUERY ?? '';
 
@@ -48,12 +57,17 @@ async function openPlay(h, cast, pathname, name) {
 /** One round: the pair of pages in `mode`, until the play page has measured `frames` frames. */
 async function round(h, mode, frames, label) {
   const session = `${label}-${Math.random().toString(36).slice(2, 8)}`;
-  const query = `?mode=${mode}&session=${session}&samples=${frames}${extra ? `&${extra}` : ''}`;
+  const query = `?${paths[mode]}&session=${session}&samples=${frames}${extra ? `&${extra}` : ''}`;
   const cast = await h.open(`/assets/latency-cast.html${query}`, `${mode}-cast`);
   try {
     const play = await openPlay(h, cast, `/assets/latency-play.html${query}`, `${mode}-play`);
     await play.bringToFront();
     const r = await waitInPage(play, 'window.latencyResult', 60000 + frames * 200, `${mode} latency result`);
+    r.mode = mode;
+    // The edge path must really have crossed the relay (node B relaying the live from A).
+    if (mode === 'edge' && !h.log.tail(20000).includes(`relay{live=latency-${session}}`)) {
+      throw new Error(`round ${label}: no relay was opened for latency-${session}: the play page did not play from the edge`);
+    }
     r.cast = await cast.evaluate(() => window.castStats());
     await cast.evaluate(() => window.castStop());
     return r;
@@ -62,12 +76,28 @@ async function round(h, mode, frames, label) {
   }
 }
 
-const h = await Harness.start();
+/** Cluster mode: a redis-server, node A (the harness's; no viewers routed to it) and node B. */
+async function startCluster() {
+  const redis = await startRedis();
+  const args = (capacity) => ['--cluster', redis.url, '--cluster-secret', 'bench', '--node-capacity', String(capacity)];
+  const h = await Harness.start({ server: { extraArgs: args(0) } });
+  const b = await new VesselServer(h.log).start({ extraArgs: args(100) });
+  const close = h.close.bind(h);
+  h.close = async () => {
+    await close();
+    await b.stop();
+    redis.proc.kill();
+  };
+  await waitFor(async () => (await (await fetch(`${h.url}/api/cluster`)).json()).nodes.filter((n) => n.fresh).length === 2, 10000, 'two fresh nodes');
+  return h;
+}
+
+const h = cluster ? await startCluster() : await Harness.start();
 const results = [];
 try {
   await h.diagnose(async () => {
     // Not counted: the browser's first pages and connections (processes, codecs, JIT).
-    for (const mode of ['direct', 'sfu']) {
+    for (const mode of [first, second]) {
       const r = await round(h, mode, 60, 'warm');
       console.log(`warm-up ${mode}: median ${r.medianMs} ms (${r.samples} frames, not counted)`);
     }
@@ -91,7 +121,7 @@ const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sor
 const pooled = (mode) => results.filter((r) => r.mode === mode).flatMap((r) => r.delays).sort((a, b) => a - b);
 const row = (cells) => `| ${cells.join(' | ')} |`;
 
-const name = (r) => (r.mode === 'sfu' ? 'Vessel' : 'direct');
+const name = (r) => ({ sfu: 'Vessel', direct: 'direct', edge: 'Vessel via an edge' })[r.mode];
 console.log(`\nGlass-to-glass delay (ms), ${samples} frames per round after ${results[0]?.warmup} warm-up frames; paint ${results[0]?.pace}:\n`);
 console.log(row(['round', 'path', 'median', 'p95', 'min', 'max', 'samples', 'unreadable']));
 console.log(row(Array(8).fill('---')));
@@ -111,9 +141,10 @@ for (const r of results) {
     ]),
   );
 }
-const d = pooled('direct'), s = pooled('sfu');
+const d = pooled(first), s = pooled(second);
 const r1 = (v) => Math.round(v * 10) / 10;
 const dm = r1(pct(d, 0.5)), sm = r1(pct(s, 0.5));
-console.log(`\nAll frames of each path: direct median ${dm} ms, p95 ${r1(pct(d, 0.95))} ms (n = ${d.length}); Vessel median ${sm} ms, p95 ${r1(pct(s, 0.95))} ms (n = ${s.length})`);
-console.log(`SFU median − direct median: ${r1(sm - dm)} ms (ratio SFU / direct ${(sm / dm).toFixed(2)})`);
+const [n1, n2] = [name({ mode: first }), name({ mode: second })];
+console.log(`\nAll frames of each path: ${n1} median ${dm} ms, p95 ${r1(pct(d, 0.95))} ms (n = ${d.length}); ${n2} median ${sm} ms, p95 ${r1(pct(s, 0.95))} ms (n = ${s.length})`);
+console.log(`${n2} median − ${n1} median: ${r1(sm - dm)} ms (ratio ${(sm / dm).toFixed(2)})`);
 console.log(JSON.stringify(results.map(({ delays, ...r }) => r)));

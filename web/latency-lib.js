@@ -33,6 +33,11 @@ export const settings = Object.freeze({
   codec: params.get('codec') || 'VP8',
   /** When the cast page paints: `sweep` (every 1000/fps + 1 ms, on timers) or `raf`. */
   pace: params.get('pace') === 'raf' ? 'raf' : 'sweep',
+  /**
+   * In a cluster: `1` (default) lets vessel.js route the play page to another node (an edge, the
+   * relay hop measured); `0` keeps both pages on the node that served them.
+   */
+  route: params.get('route') !== '0',
 });
 
 export const liveName = () => `latency-${settings.session}`;

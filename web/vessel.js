@@ -150,6 +150,8 @@ export const LIVE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
  * @property {string} [token] Sent as `Authorization: Bearer <token>` on WHIP/WHEP requests and
  *   on the ICE servers request (not on the live's event stream: EventSource cannot send headers).
  *   For a player: the viewer token of a private live (pass it to {@link chat} too).
+ * @property {boolean} [route] In a cluster, ask `server` where to connect (`GET /api/route`) and
+ *   move to another node when the one in use dies (default `true`). `false`: always `server`.
  * @property {RTCIceServer[]} [iceServers] ICE servers for the RTCPeerConnection. Default: the
  *   server's own STUN/TURN servers, fetched from `{server}/api/ice-servers` before every
  *   connection and reconnection (TURN credentials are minted per request); if that request
@@ -529,6 +531,7 @@ class Session extends Emitter {
    * @returns {Promise<string>} the base URL of the node to connect to
    */
   async _route() {
+    if (this._options.route === false) return this._server;
     const query = new URLSearchParams({ live: this.live });
     if (this._endpoint === 'whip') query.set('cast', '1');
     const avoid = this._avoid;

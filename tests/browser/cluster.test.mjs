@@ -5,10 +5,8 @@
 // without a page reload. Media is checked on getStats (frames decoded, audio received).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import net from 'node:net';
 import { afterEach, test } from 'node:test';
-import { Harness, VesselServer, freeTcpPort, liveName, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+import { Harness, VesselServer, liveName, startRedis, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
 const SECRET = 'cluster-test-secret';
@@ -25,26 +23,10 @@ afterEach(async () => {
   redis = null;
 });
 
-/** A redis-server of the test's own; its URL once it accepts connections. */
-async function startRedis() {
-  const port = await freeTcpPort();
-  redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  });
-  await waitFor(
-    () =>
-      new Promise((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.on('error', () => resolve(false));
-      }),
-    10000,
-    'redis-server to accept connections',
-    50,
-  );
-  return `redis://127.0.0.1:${port}/0`;
+async function startRedisHere() {
+  const r = await startRedis();
+  redis = r.proc;
+  return r.url;
 }
 
 function clusterArgs(url, capacity) {
@@ -56,7 +38,7 @@ function clusterArgs(url, capacity) {
  * route API spreads viewers over B and C.
  */
 async function startCluster() {
-  const url = await startRedis();
+  const url = await startRedisHere();
   h = await Harness.start({ server: { extraArgs: clusterArgs(url, 0) } });
   const b = await new VesselServer(h.log).start({ extraArgs: clusterArgs(url, 100) });
   const c = await new VesselServer(h.log).start({ extraArgs: clusterArgs(url, 100) });

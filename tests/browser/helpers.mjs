@@ -51,6 +51,31 @@ export function freeTcpPort() {
   });
 }
 
+/**
+ * A redis-server of the caller's own on a free loopback port, without persistence (for cluster
+ * tests): `{ url, proc }` once it accepts connections. Kill `proc` when done.
+ */
+export async function startRedis() {
+  const port = await freeTcpPort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  await waitFor(
+    () =>
+      new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      }),
+    10000,
+    'redis-server to accept connections (apt-get install redis-server)',
+    50,
+  );
+  return { url: `redis://127.0.0.1:${port}/0`, proc };
+}
+
 /** A free UDP port on 127.0.0.1. */
 export function freeUdpPort() {
   return new Promise((resolve, reject) => {
