@@ -21,7 +21,7 @@
 // brought to the front, and the table shows the rates both pages kept (paint fps on the cast
 // page, presented fps on the play page).
 
-import { Harness, VesselServer, startRedis, waitFor, waitInPage } from '../tests/browser/helpers.mjs';
+import { Harness, waitInPage } from '../tests/browser/helpers.mjs';
 
 const samples = Number(process.argv[2] || 600);
 if (!(samples > 0)) throw new Error(`usage: node bench/latency.mjs [samples]`);
@@ -76,23 +76,8 @@ async function round(h, mode, frames, label) {
   }
 }
 
-/** Cluster mode: a redis-server, node A (the harness's; no viewers routed to it) and node B. */
-async function startCluster() {
-  const redis = await startRedis();
-  const args = (capacity) => ['--cluster', redis.url, '--cluster-secret', 'bench', '--node-capacity', String(capacity)];
-  const h = await Harness.start({ server: { extraArgs: args(0) } });
-  const b = await new VesselServer(h.log).start({ extraArgs: args(100) });
-  const close = h.close.bind(h);
-  h.close = async () => {
-    await close();
-    await b.stop();
-    redis.proc.kill();
-  };
-  await waitFor(async () => (await (await fetch(`${h.url}/api/cluster`)).json()).nodes.filter((n) => n.fresh).length === 2, 10000, 'two fresh nodes');
-  return h;
-}
-
-const h = cluster ? await startCluster() : await Harness.start();
+// Cluster mode: node A (the pages' server) takes no routed viewers; node B does.
+const h = cluster ? await Harness.startCluster([0, 100], { secret: 'bench' }) : await Harness.start();
 const results = [];
 try {
   await h.diagnose(async () => {

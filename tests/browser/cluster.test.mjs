@@ -6,50 +6,26 @@
 
 import assert from 'node:assert/strict';
 import { afterEach, test } from 'node:test';
-import { Harness, VesselServer, liveName, startRedis, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+import { Harness, liveName, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
-const SECRET = 'cluster-test-secret';
 
 /** @type {Harness|null} */
 let h = null;
-/** @type {import('node:child_process').ChildProcess|null} */
-let redis = null;
 
 afterEach(async () => {
   await h?.close();
   h = null;
-  redis?.kill('SIGKILL');
-  redis = null;
 });
-
-async function startRedisHere() {
-  const r = await startRedis();
-  redis = r.proc;
-  return r.url;
-}
-
-function clusterArgs(url, capacity) {
-  return ['--cluster', url, '--cluster-secret', SECRET, '--node-capacity', String(capacity)];
-}
 
 /**
  * Node A (the harness's server: the caster's) takes no viewers (`--node-capacity 0`), so the
  * route API spreads viewers over B and C.
  */
 async function startCluster() {
-  const url = await startRedisHere();
-  h = await Harness.start({ server: { extraArgs: clusterArgs(url, 0) } });
-  const b = await new VesselServer(h.log).start({ extraArgs: clusterArgs(url, 100) });
-  const c = await new VesselServer(h.log).start({ extraArgs: clusterArgs(url, 100) });
-  h.extraServers = [b, c];
-  const close = h.close.bind(h);
-  h.close = async () => {
-    await close();
-    for (const s of [b, c]) await s.stop('SIGKILL');
-  };
-  await waitFor(async () => (await clusterView(h.url))?.nodes.filter((n) => n.fresh).length === 3, 10000, 'three fresh nodes');
-  return { a: h.server, b, c };
+  h = await Harness.startCluster([0, 100, 100]);
+  const [a, b, c] = h.nodes;
+  return { a, b, c };
 }
 
 async function clusterView(base) {

@@ -287,6 +287,33 @@ export class Harness {
   }
 
   /**
+   * A cluster: a redis-server of its own and one `vessel --cluster` node per entry of
+   * `capacities` (its `--node-capacity`); the first is the harness's server (`h.server`, `h.url`),
+   * all are in `h.nodes`. Resolves once every node's heartbeat is fresh. `close()` stops them all.
+   */
+  static async startCluster(capacities, { secret = 'cluster-test-secret' } = {}) {
+    const redis = await startRedis();
+    const args = (capacity) => ['--cluster', redis.url, '--cluster-secret', secret, '--node-capacity', String(capacity)];
+    let h;
+    try {
+      h = await Harness.start({ server: { extraArgs: args(capacities[0]) } });
+      h.redis = redis;
+      h.nodes = [h.server];
+      for (const capacity of capacities.slice(1)) h.nodes.push(await new VesselServer(h.log).start({ extraArgs: args(capacity) }));
+    } catch (err) {
+      await h?.close();
+      redis.proc.kill('SIGKILL');
+      throw err;
+    }
+    await waitFor(
+      async () => (await (await fetch(`${h.url}/api/cluster`)).json()).nodes.filter((n) => n.fresh).length === capacities.length,
+      10000,
+      `${capacities.length} fresh nodes`,
+    );
+    return h;
+  }
+
+  /**
    * Another Chromium (e.g. through a wrapper that runs it in another network namespace),
    * closed with the harness.
    */
@@ -356,6 +383,8 @@ export class Harness {
     for (const b of this.browsers ?? []) await b.close().catch(() => {});
     await this.browser?.close().catch(() => {});
     await this.server?.stop();
+    for (const node of this.nodes ?? []) await node.stop('SIGKILL');
+    this.redis?.proc.kill('SIGKILL');
     if (process.env.VESSEL_TEST_LOG) {
       fs.appendFileSync(process.env.VESSEL_TEST_LOG, `${this.log.lines.join('\n')}\n`);
     }

@@ -305,22 +305,24 @@ export async function lossScenario(ns, viewer, { percent = 5, seconds = 20, wind
 }
 
 /**
- * Join → first decoded frame, `samples` times: in a page of the server, `play()` then poll
- * getStats every 10 ms until framesDecoded > 0. The caster is already live.
+ * Join → first decoded frame, `samples` times: in a page of the server, `play()` (with
+ * `options`) then poll getStats every 10 ms until framesDecoded > 0. The caster is already live.
+ * `pauseMs` between joins (e.g. longer than an edge's relay lingers, for cold joins).
  */
-export async function joinScenario(h, live, { samples = 3 } = {}) {
+export async function joinScenario(h, live, { samples = 3, options = {}, pauseMs = 0 } = {}) {
   const page = await h.open('/', `join ${live}`);
   await page.bringToFront();
   const results = [];
   for (let i = 0; i < samples; i++) {
-    const r = await page.evaluate(async (live) => {
+    if (i > 0 && pauseMs) await new Promise((r) => setTimeout(r, pauseMs));
+    const r = await page.evaluate(async ([live, options]) => {
       const { play } = await import('/vessel.js');
       const video = document.createElement('video');
       video.muted = true;
       video.autoplay = true;
       document.body.append(video);
       const t0 = performance.now();
-      const player = play(live, { video });
+      const player = play(live, { video, ...options });
       let connectedMs = null;
       let framesDecoded = 0;
       let width = 0;
@@ -341,9 +343,9 @@ export async function joinScenario(h, live, { samples = 3 } = {}) {
       const firstFrameMs = framesDecoded > 0 ? performance.now() - t0 : null;
       await player.stop();
       video.remove();
-      return { firstFrameMs, connectedMs, width };
-    }, live);
-    results.push({ firstFrameMs: round(r.firstFrameMs), connectedMs: round(r.connectedMs), width: r.width });
+      return { firstFrameMs, connectedMs, width, node: player.node };
+    }, [live, options]);
+    results.push({ firstFrameMs: round(r.firstFrameMs), connectedMs: round(r.connectedMs), width: r.width, node: r.node });
     h.note(`join #${i + 1}: ${JSON.stringify(r)}`);
   }
   await h.closePage(page);
