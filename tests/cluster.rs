@@ -528,3 +528,53 @@ fn a_caster_is_sent_to_the_lives_origin_and_viewers_away_from_a_dead_node() {
     let route = json(&b, &format!("/api/route?live=show&avoid={first_choice}"));
     assert_ne!(route["node"].as_str().unwrap(), first_choice, "{route}");
 }
+
+/// The seed's socket.io face on an edge: a consumer on B of a live cast on
+/// A gets A's producers through B's relay (the consumer transport opens
+/// it; `consume` waits for it instead of answering "not on air").
+#[test]
+fn a_socket_io_consumer_on_an_edge_gets_the_live_through_a_relay() {
+    let redis = Redis::start();
+    let a = node(&redis, 100);
+    let b = node(&redis, 100);
+    let id_a = id_of(&a);
+    let mut caster = Client::connect(&a, "/whip/show");
+    let deadline = Instant::now() + LIMIT;
+    while origin(&b, "show").is_none_or(|(n, _)| n != id_a) {
+        caster.run(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "origin of show on A");
+    }
+    // Keep the caster's media flowing while the socket talks.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let casting = std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            caster.run(Duration::from_millis(50));
+        }
+    });
+
+    let mut io = common::socketio::Ws::open(&b, "/media", 4, "live=show").unwrap();
+    io.raw("40");
+    while !io
+        .frame()
+        .expect("socket.io connect answer")
+        .starts_with("40")
+    {}
+    io.send("createConsumerTransport", Value::Null);
+    let transport = io.expect("re:createConsumerTransport");
+    assert!(transport["id"].is_string(), "{transport}");
+    let caps = serde_json::json!({
+        "codecs": [
+            {"kind": "video", "mimeType": "video/VP8", "clockRate": 90000, "preferredPayloadType": 96},
+            {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2, "preferredPayloadType": 111}
+        ],
+        "headerExtensions": []
+    });
+    io.send("consume", serde_json::json!({ "rtpCapabilities": caps }));
+    let consumer = io.expect("re:consume");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    casting.join().unwrap();
+    assert!(consumer.get("error").is_none(), "{consumer}");
+    assert_eq!(consumer["kind"], "video", "{consumer}");
+    assert!(b.log_text().contains("relaying from the origin"));
+}
