@@ -639,6 +639,14 @@ fn redacted(url: &str) -> String {
     }
 }
 
+fn fresh_urls(nodes: &[NodeInfo], now_ms: u64) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| n.fresh(now_ms, HEARTBEAT_TTL_MS))
+        .map(|n| n.url.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,12 +659,4 @@ mod tests {
         );
         assert_eq!(redacted("redis://db:6379/0"), "redis://db:6379/0");
     }
-}
-
-fn fresh_urls(nodes: &[NodeInfo], now_ms: u64) -> Vec<String> {
-    nodes
-        .iter()
-        .filter(|n| n.fresh(now_ms, HEARTBEAT_TTL_MS))
-        .map(|n| n.url.clone())
-        .collect()
 }
