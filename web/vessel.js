@@ -131,6 +131,13 @@ export const DEFAULT_LAYERS = Object.freeze([
   Object.freeze({ rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 900_000 }),
 ]);
 
+/**
+ * The nodes of each cluster that the handles of this page learnt of, by the `server` they were
+ * given (`server` → node URLs, from `/api/route`): where a chat goes when its node is gone.
+ * @type {Map<string, string[]>}
+ */
+const clusterNodes = new Map();
+
 /** RFC 8851 rid syntax (kept short). */
 const RID = /^[A-Za-z0-9_-]{1,16}$/;
 
@@ -563,7 +570,10 @@ class Session extends Emitter {
         return this._server;
       }
       this._nodeId = String(route.node);
-      if (Array.isArray(route.nodes)) this._nodes = route.nodes.map(String);
+      if (Array.isArray(route.nodes)) {
+        this._nodes = route.nodes.map(String);
+        clusterNodes.set(this._server, this._nodes);
+      }
       return route.url.replace(/\/+$/, '');
     }
     return avoid?.url === this.node ? this._server : this.node;
@@ -1326,6 +1336,9 @@ export class Chat extends Emitter {
     this.lastId = 0;
 
     this._server = (options.server ?? DEFAULT_SERVER).replace(/\/+$/, '');
+    /** Base URL of the node the chat is connected to (`server`, or another node of its cluster). */
+    this.node = this._server;
+    this._welcomed = false; // whether the current connection was welcomed
     this._name = options.name ?? '';
     this._token = options.token ?? null;
     this._session = options.session ?? null;
@@ -1439,7 +1452,7 @@ export class Chat extends Emitter {
 
   _connect() {
     if (this._closed || this._ws) return;
-    const url = new URL(`${this._server}/api/lives/${encodeURIComponent(this.live)}/chat`);
+    const url = new URL(`${this.node}/api/lives/${encodeURIComponent(this.live)}/chat`);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     if (this._name) url.searchParams.set('name', this._name);
     // After a shutdown the server's history is gone: ask for all of it, and start over.
@@ -1456,6 +1469,7 @@ export class Chat extends Emitter {
       return;
     }
     this._ws = ws;
+    this._welcomed = false;
     this._since = since;
     ws.addEventListener('message', (e) => {
       if (ws !== this._ws) return;
@@ -1475,9 +1489,17 @@ export class Chat extends Emitter {
     });
   }
 
-  /** Reconnects after a delay (backoff with jitter). */
+  /**
+   * Reconnects after a delay (backoff with jitter). A connection that closed before its welcome
+   * may mean its node is gone: in a cluster (a player or publisher of this page learnt its
+   * nodes), the next attempt goes to the next node; a chat room spans the cluster's nodes.
+   */
   _retry() {
     if (this._closed) return;
+    if (!this._welcomed) {
+      const nodes = [this._server, ...(clusterNodes.get(this._server) ?? [])].filter((u, i, all) => all.indexOf(u) === i);
+      this.node = nodes[(nodes.indexOf(this.node) + 1) % nodes.length];
+    }
     this._setState('reconnecting');
     const base = RETRY_DELAYS[Math.min(this._attempt, RETRY_DELAYS.length - 1)];
     this._attempt++;
@@ -1493,6 +1515,7 @@ export class Chat extends Emitter {
           this._reset();
         }
         this._open = true;
+        this._welcomed = true;
         this._attempt = 0;
         this.name = String(frame.name ?? this._name);
         this.moderator = Boolean(frame.moderator);
