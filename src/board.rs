@@ -36,6 +36,9 @@ pub struct Elsewhere {
     pub viewers: usize,
     /// Its caster is on another node.
     pub on_air: bool,
+    /// Another node's access rules make it private: this node, which may
+    /// not know it as private, shows only its own figures of it.
+    pub private: bool,
 }
 
 /// Whose viewers the shown counts are.
@@ -92,6 +95,11 @@ fn shown(here: &LiveState, elsewhere: Elsewhere, mode: Mode) -> Shown {
     let scope = match mode {
         Mode::Single => None,
         Mode::Cluster | Mode::ClusterLocal => {
+            let elsewhere = if elsewhere.private {
+                Elsewhere::default()
+            } else {
+                elsewhere
+            };
             state.viewers = here.viewers.saturating_sub(here.relays) + elsewhere.viewers;
             state.on_air |= elsewhere.on_air;
             Some(if mode == Mode::Cluster {
@@ -488,6 +496,7 @@ mod tests {
                     Elsewhere {
                         viewers: *viewers,
                         on_air: *on_air,
+                        private: false,
                     },
                 )
             })
@@ -558,5 +567,18 @@ mod tests {
         let shown = board.shown("x");
         assert_eq!(shown.state.viewers, 2);
         assert_eq!(shown.viewers_scope, Some("node"));
+    }
+
+    #[test]
+    fn a_live_private_elsewhere_shows_only_this_nodes_figures() {
+        let board = LiveBoard::default();
+        let private = Elsewhere {
+            viewers: 4,
+            on_air: true,
+            private: true,
+        };
+        board.set_elsewhere(Some(&HashMap::from([("p".to_string(), private)])));
+        assert!(board.shown_on_air().is_empty(), "not listed");
+        assert_eq!(board.shown("p").state, state("p", false, 0));
     }
 }

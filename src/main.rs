@@ -250,6 +250,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
                 media: &media,
                 metrics: &metrics,
                 board: &board,
+                access: &access,
             };
             Some(join_cluster(&config, http, tls.is_some(), node, events).await?)
         }
@@ -469,6 +470,7 @@ struct Node<'a> {
     media: &'a media::MediaHandle,
     metrics: &'a Arc<Metrics>,
     board: &'a Arc<LiveBoard>,
+    access: &'a Arc<Access>,
 }
 
 /// Joins the cluster (`--cluster`): the heartbeat reads this node's
@@ -487,6 +489,7 @@ async fn join_cluster(
         media,
         metrics,
         board,
+        access,
     } = node;
     let mut flags = config.cluster.clone();
     flags.node_capacity = Some(flags.capacity(config.workers()));
@@ -509,9 +512,11 @@ async fn join_cluster(
         media.clone(),
         events,
     ));
+    let access = access.clone();
     tokio::spawn(vessel::cluster::audience::follow(
         cluster.clone(),
         board.clone(),
+        move |live| access.is_private(live),
     ));
     Ok(cluster)
 }

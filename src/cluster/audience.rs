@@ -16,23 +16,28 @@ use super::totals::{self, NodeLives};
 use super::{Cluster, HEARTBEAT_EVERY, HEARTBEAT_TTL_MS, auth};
 use crate::board::LiveBoard;
 
-/// Runs for as long as the node does.
-pub async fn follow(cluster: Arc<Cluster>, board: Arc<LiveBoard>) {
+/// Runs for as long as the node does. `private` tells the lives this
+/// node's access rules make private.
+pub async fn follow(
+    cluster: Arc<Cluster>,
+    board: Arc<LiveBoard>,
+    private: impl Fn(&str) -> bool + Send + 'static,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let span = tracing::debug_span!("audience");
-        once(&cluster, &board).instrument(span).await;
+        once(&cluster, &board, &private).instrument(span).await;
     }
 }
 
-async fn once(cluster: &Cluster, board: &LiveBoard) {
+async fn once(cluster: &Cluster, board: &LiveBoard, private: &impl Fn(&str) -> bool) {
     let now = auth::unix_ms();
     let mine = NodeLives {
         node: cluster.node_id().to_string(),
         seen_ms: now,
-        lives: totals::here(&board.active(), |live| cluster.casts_here(live)),
+        lives: totals::here(&board.active(), |live| cluster.casts_here(live), private),
     };
     // A failed publish or read is logged by `Cluster::call` when Redis
     // stops answering (once, not every second).

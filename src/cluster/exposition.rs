@@ -167,6 +167,7 @@ mod tests {
                     LiveCount {
                         viewers: 1,
                         cast: true,
+                        private: false,
                     },
                 ),
                 (
@@ -174,6 +175,7 @@ mod tests {
                     LiveCount {
                         viewers: 2,
                         cast: false,
+                        private: false,
                     },
                 ),
             ]),

@@ -24,6 +24,11 @@ pub struct LiveCount {
     /// is not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cast: bool,
+    /// The live is private by this node's access rules: nodes that do not
+    /// know it as private show only their own figures of it (and so list
+    /// nothing of it they did not before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// What a node publishes of its lives, with its heartbeat's lifetime: a
@@ -44,14 +49,20 @@ impl NodeLives {
 }
 
 /// This node's record from its own view of its lives (`LiveBoard::active`):
-/// `cast_here` tells the lives whose caster is here (not a relay's).
-pub fn here(states: &[LiveState], cast_here: impl Fn(&str) -> bool) -> BTreeMap<String, LiveCount> {
+/// `cast_here` tells the lives whose caster is here (not a relay's),
+/// `private` those its access rules make private.
+pub fn here(
+    states: &[LiveState],
+    cast_here: impl Fn(&str) -> bool,
+    private: impl Fn(&str) -> bool,
+) -> BTreeMap<String, LiveCount> {
     states
         .iter()
         .map(|s| {
             let count = LiveCount {
                 viewers: s.viewers.saturating_sub(s.relays) as u64,
                 cast: s.on_air && cast_here(&s.live),
+                private: private(&s.live),
             };
             (s.live.clone(), count)
         })
@@ -77,6 +88,7 @@ pub fn elsewhere(
             let e = out.entry(live.clone()).or_default();
             e.viewers += c.viewers as usize;
             e.on_air |= c.cast;
+            e.private |= c.private;
         }
     }
     out
@@ -125,6 +137,7 @@ mod tests {
                         LiveCount {
                             viewers: *viewers,
                             cast: *cast,
+                            private: false,
                         },
                     )
                 })
@@ -142,11 +155,10 @@ mod tests {
             // Only relays: nothing to publish.
             state("c", false, 1, 1),
         ];
-        let lives = here(&states, |l| l == "a");
-        assert_eq!(
-            lives,
-            record("n", 0, &[("a", 1, true), ("b", 2, false)]).lives
-        );
+        let lives = here(&states, |l| l == "a", |l| l == "b");
+        let mut expected = record("n", 0, &[("a", 1, true), ("b", 2, false)]).lives;
+        expected.get_mut("b").unwrap().private = true;
+        assert_eq!(lives, expected);
     }
 
     #[test]
@@ -163,7 +175,8 @@ mod tests {
             e.get("a"),
             Some(&Elsewhere {
                 viewers: 3,
-                on_air: true
+                on_air: true,
+                private: false,
             }),
             "not my own, not the dead node's"
         );
@@ -171,7 +184,8 @@ mod tests {
             e.get("x"),
             Some(&Elsewhere {
                 viewers: 1,
-                on_air: false
+                on_air: false,
+                private: false,
             })
         );
         assert_eq!(e.len(), 2);
