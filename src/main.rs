@@ -245,18 +245,15 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     // The URL other nodes reach this one at needs the port bound above.
     let http = listener.local_addr().unwrap_or(config.http);
     let cluster = match (&config.cluster.cluster, cluster_events) {
-        (Some(_), Some(events)) => Some(
-            join_cluster(
-                &config,
-                http,
-                tls.is_some(),
-                &media,
-                &board,
-                &metrics,
-                events,
-            )
-            .await?,
-        ),
+        (Some(_), Some(events)) => {
+            let node = Node {
+                media: &media,
+                metrics: &metrics,
+                board: &board,
+                access: &access,
+            };
+            Some(join_cluster(&config, http, tls.is_some(), node, events).await?)
+        }
         _ => None,
     };
     let state = AppState {
@@ -297,6 +294,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
     if let Some(cluster) = &state.cluster {
         tokio::spawn(cluster.relays.clone().watch_viewers(state.clone()));
     }
+
     let mut layers = SocketIoLayers::default();
     let mut socket_ios = Vec::new();
     if !config.mediasoup.disabled {
@@ -472,28 +470,42 @@ fn observers(
     }
 }
 
+/// What a node joining the cluster reads its load and lives from.
+struct Node<'a> {
+    media: &'a media::MediaHandle,
+    metrics: &'a Arc<Metrics>,
+    board: &'a Arc<LiveBoard>,
+    access: &'a Arc<Access>,
+}
+
 /// Joins the cluster (`--cluster`): the heartbeat reads this node's
-/// viewers, egress and worker load from the metrics and the media engine;
-/// casts here claim their lives (`cluster::casts`).
+/// viewers from the live board (relays included: they cost as much to
+/// serve), egress and worker load from the metrics and the media engine;
+/// casts here claim their lives (`cluster::casts`); lives and their
+/// people are published for the cluster's totals (`cluster::audience`).
 async fn join_cluster(
     config: &Config,
     http: SocketAddr,
     tls: bool,
-    media: &media::MediaHandle,
-    board: &Arc<LiveBoard>,
-    metrics: &Arc<Metrics>,
+    node: Node<'_>,
     events: UnboundedReceiver<SfuEvent>,
 ) -> Result<Arc<Cluster>, String> {
+    let Node {
+        media,
+        metrics,
+        board,
+        access,
+    } = node;
     let mut flags = config.cluster.clone();
     flags.node_capacity = Some(flags.capacity(config.workers()));
     let url = flags.node_url(http, &config.public_ip, tls);
-    // The board, not the `viewers` gauge: that one is set only when
-    // /metrics is scraped.
-    let board = board.clone();
+    // Read from the board, not the `vessel_viewers` gauge: that one is set
+    // only when `/metrics` is scraped.
+    let lives = board.clone();
     let egress = metrics.bytes.get_or_create(&vessel::metrics::OUT).clone();
     let busy = media.clone();
     let load = move || Load {
-        viewers: board.active().iter().map(|l| l.viewers as u64).sum(),
+        viewers: lives.active().iter().map(|l| l.viewers as u64).sum(),
         egress_bytes: egress.get(),
         cpu_percent: busy.busy_percent(),
     };
@@ -504,6 +516,12 @@ async fn join_cluster(
         cluster.clone(),
         media.clone(),
         events,
+    ));
+    let access = access.clone();
+    tokio::spawn(vessel::cluster::audience::follow(
+        cluster.clone(),
+        board.clone(),
+        move |live| access.is_private(live),
     ));
     Ok(cluster)
 }

@@ -12,12 +12,15 @@
 //! and viewers on each node go on. When Redis is back, heartbeats resume
 //! within a second and every live cast here is claimed again.
 
+pub mod audience;
 pub mod auth;
 pub mod casts;
+pub mod exposition;
 pub mod redis;
 pub mod registry;
 pub mod relay;
 pub mod relays;
+pub mod totals;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -390,6 +393,23 @@ impl Cluster {
     /// client asks again when the node it used is gone.
     pub async fn fresh_urls(&self) -> Result<Vec<String>, ClusterError> {
         Ok(fresh_urls(&self.nodes().await?, auth::unix_ms()))
+    }
+
+    /// Publishes this node's lives (`audience.rs`) for a heartbeat's
+    /// lifetime.
+    pub async fn publish_lives(&self, lives: &totals::NodeLives) -> Result<(), ClusterError> {
+        self.call(self.store.publish_lives(lives, HEARTBEAT_TTL_MS))
+            .await
+    }
+
+    /// Every node's lives as last published (this node's too).
+    pub async fn all_lives(&self) -> Result<Vec<totals::NodeLives>, ClusterError> {
+        self.call(self.store.all_lives()).await
+    }
+
+    /// The origin claims of `lives` as stored now, in order.
+    pub async fn origins(&self, lives: &[String]) -> Result<Vec<Option<Claim>>, ClusterError> {
+        self.call(self.store.origins(lives)).await
     }
 
     /// Every node with a heartbeat in Redis, by id.

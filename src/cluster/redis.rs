@@ -8,6 +8,10 @@
 //!   instead of a `SCAN` over the whole keyspace (which grows with the
 //!   lives), and each heartbeat trims ids not seen for a minute, so the set
 //!   stays as small as the cluster.
+//! - `vessel:lives:{id}`: a node's lives with their people watching there
+//!   (JSON [`NodeLives`]), `PX` as its heartbeat: read by every node for
+//!   the cluster's viewer totals (`audience.rs`). Apart from the heartbeat
+//!   so that routing a viewer reads no list of lives.
 //! - `vessel:live:{name}:epoch`: the live's claim counter (`INCR`).
 //! - `vessel:live:{name}:origin`: the live's origin claim (JSON [`Claim`]),
 //!   `PX` 5 s, refreshed by its holder.
@@ -25,6 +29,7 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::registry::{Announcement, Claim, NodeInfo};
+use super::totals::NodeLives;
 
 pub const CHANNEL: &str = "vessel:claims";
 const NODES: &str = "vessel:nodes";
@@ -38,6 +43,9 @@ const EPOCH_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
 
 fn node_key(id: &str) -> String {
     format!("vessel:node:{id}")
+}
+fn lives_key(id: &str) -> String {
+    format!("vessel:lives:{id}")
 }
 fn origin_key(live: &str) -> String {
     format!("vessel:live:{live}:origin")
@@ -179,6 +187,58 @@ impl Store {
                     None
                 }
             })
+            .collect())
+    }
+
+    /// Publishes this node's lives for `ttl_ms`.
+    pub async fn publish_lives(&self, lives: &NodeLives, ttl_ms: u64) -> redis::RedisResult<()> {
+        let json = serde_json::to_string(lives).expect("serializable");
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(lives_key(&lives.node))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<()>(&mut conn)
+            .await
+    }
+
+    /// Every node's lives still held (those of nodes that stopped expired
+    /// with their heartbeats).
+    pub async fn all_lives(&self) -> redis::RedisResult<Vec<NodeLives>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn.zrange(NODES, 0, -1).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| lives_key(id)).collect();
+        let records: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        Ok(records
+            .into_iter()
+            .flatten()
+            .filter_map(|json| match serde_json::from_str(&json) {
+                Ok(lives) => Some(lives),
+                Err(e) => {
+                    tracing::warn!("ignoring a malformed node's lives in Redis: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// The stored claims of `lives`, in order.
+    pub async fn origins(&self, lives: &[String]) -> redis::RedisResult<Vec<Option<Claim>>> {
+        if lives.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = lives.iter().map(|l| origin_key(l)).collect();
+        let stored: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        Ok(stored
+            .into_iter()
+            .map(|s| s.and_then(|s| parse_claim(&s)))
             .collect())
     }
 

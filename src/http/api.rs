@@ -38,12 +38,15 @@ async fn ice_servers(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Lives on air, private ones left out.
+/// Lives on air, private ones left out. In a cluster: on any node, with
+/// the cluster's viewers (`board.rs`).
 async fn lives(State(state): State<AppState>) -> Response {
-    let mut lives = state.board.on_air();
+    let mut lives = state.board.shown_on_air();
     // A SkyWay SFU room's further publishers (`room~2`) are the room's own
     // business, seen by its members, not lives of their own.
-    lives.retain(|l| super::valid_live_name(&l.live) && !state.access.is_private(&l.live));
+    lives.retain(|l| {
+        super::valid_live_name(&l.state.live) && !state.access.is_private(&l.state.live)
+    });
     Json(json!({ "lives": lives })).into_response()
 }
 
@@ -81,10 +84,10 @@ async fn live(
 ) -> Response {
     match may_see(&state, &live, &headers, &query) {
         Ok(()) => {
-            let mut s = state.board.get(&live);
+            let mut s = state.board.shown(&live);
             // Packaging and recording problems (VP8, disk errors).
             if let Some(hub) = &state.hls {
-                s.warnings.extend(hub.warnings(&live));
+                s.state.warnings.extend(hub.warnings(&live));
             }
             Json(s).into_response()
         }

@@ -13,6 +13,10 @@
 //!   origin claim as stored now; 404 when none (off air, or one node).
 //! - `GET /api/cluster` → this node's id and every node's heartbeat (load,
 //!   age, whether fresh); admin-only as the admin API is.
+//! - `GET /api/cluster/metrics` → the whole cluster as Prometheus text
+//!   (`cluster/exposition.rs`): every node's load, labelled by node, and
+//!   every live's people per node and origin; admin-only (it names the
+//!   nodes' URLs). 404 without `--cluster`.
 
 use axum::Json;
 use axum::Router;
@@ -24,7 +28,7 @@ use serde_json::json;
 
 use super::admin::check_admin;
 use super::{ApiError, AppState, check_live};
-use crate::cluster::{ClusterError, HEARTBEAT_TTL_MS, auth};
+use crate::cluster::{ClusterError, HEARTBEAT_TTL_MS, auth, exposition, totals};
 use crate::limits::Client;
 
 pub fn routes() -> Router<AppState> {
@@ -32,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/route", get(route))
         .route("/api/origin", get(origin))
         .route("/api/cluster", get(cluster))
+        .route("/api/cluster/metrics", get(cluster_metrics))
 }
 
 impl From<ClusterError> for ApiError {
@@ -180,6 +185,55 @@ async fn cluster(
             Json(json!({ "cluster": true, "node": cluster.node_id(), "nodes": nodes })),
         )
             .into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn cluster_metrics(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        check_admin(&state, &client, &headers)?;
+        let Some(cluster) = &state.cluster else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this node is not in a cluster (start it with --cluster); its own metrics are at \
+                 /metrics",
+            ));
+        };
+        let nodes = cluster.nodes().await?;
+        let now = auth::unix_ms();
+        let lives = totals::by_live(&cluster.all_lives().await?, now, HEARTBEAT_TTL_MS);
+        let names: Vec<String> = lives.keys().cloned().collect();
+        let claims = cluster.origins(&names).await?;
+        let origins = names
+            .into_iter()
+            .zip(claims)
+            .filter_map(|(live, claim)| Some((live, claim?)))
+            .collect();
+        let text = exposition::render(&exposition::View {
+            nodes: &nodes,
+            lives: &lives,
+            origins: &origins,
+            now_ms: now,
+            heartbeat_ttl_ms: HEARTBEAT_TTL_MS,
+        });
+        Ok::<_, ApiError>(
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                text,
+            )
+                .into_response(),
+        )
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)

@@ -20,6 +20,9 @@ pub(super) struct Live {
     pub viewers: BTreeSet<PeerId>,
     /// Viewers whose connection is up: the figure shown to people.
     pub watching: usize,
+    /// Of those, the relays to other nodes (`Play::relay`): counted apart,
+    /// as they are not people watching.
+    pub relays: BTreeSet<PeerId>,
     /// When the caster's layers are next measured and every viewer's layer
     /// chosen again; none while there is no caster.
     pub next_layer_check: Option<Instant>,
@@ -44,6 +47,7 @@ impl Live {
             announced: None,
             viewers: BTreeSet::new(),
             watching: 0,
+            relays: BTreeSet::new(),
             next_layer_check: None,
             remote: None,
             newest: None,
@@ -55,6 +59,7 @@ impl Live {
             live: self.name.to_string(),
             on_air: self.on_air,
             viewers: self.watching,
+            relays: self.relays.len(),
             ..Default::default()
         }
     }

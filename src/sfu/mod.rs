@@ -225,6 +225,10 @@ pub struct LiveState {
     pub live: String,
     pub on_air: bool,
     pub viewers: usize,
+    /// Of `viewers`, the relays to other nodes of a cluster (sessions, not
+    /// people: the cluster's total leaves them out, see `board.rs`).
+    #[serde(skip)]
+    pub relays: usize,
     /// How the caster reaches Vessel when it is not WebRTC (`"rtmp"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest: Option<&'static str>,
@@ -1151,6 +1155,7 @@ impl Sfu {
         }
         if connected {
             l.watching -= 1;
+            l.relays.remove(&id);
             self.events.push_back(SfuEvent::Live(l.state()));
         }
         let (unwatched, name) = (l.viewers.is_empty(), l.name.clone());

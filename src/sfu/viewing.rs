@@ -80,10 +80,18 @@ impl Sfu {
 
     /// Viewer `id`, connected, counts in `live`'s audience and gets a layer.
     pub(super) fn now_watching(&mut self, id: PeerId, live: &str, now: Instant) {
+        let relay = self.peers.get(&id).is_some_and(|p| {
+            p.plays
+                .iter()
+                .any(|pl| same_live(&pl.live, live) && !pl.relay.is_empty())
+        });
         let Some(l) = self.lives.get_mut(live) else {
             return;
         };
         l.watching += 1;
+        if relay {
+            l.relays.insert(id);
+        }
         self.events.push_back(SfuEvent::Live(l.state()));
         let layers = self.caster_layers(live, now);
         self.choose_layer(id, live, &layers, None, now);

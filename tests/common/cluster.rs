@@ -145,8 +145,16 @@ pub fn origin(server: &Server, live: &str) -> Option<(String, u64)> {
     ))
 }
 
-/// Viewers of `live` on `server`, as its API tells.
+/// Viewer sessions of `live` on `server` itself, relays to edges included
+/// (`viewersHere` in its API: `viewers` is the cluster's people).
 pub fn viewers(server: &Server, live: &str) -> u64 {
+    super::live_state(server, live)["viewersHere"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// People watching `live` in the whole cluster, as `server`'s API tells.
+pub fn total_viewers(server: &Server, live: &str) -> u64 {
     super::live_state(server, live)["viewers"]
         .as_u64()
         .unwrap_or(0)

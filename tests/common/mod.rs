@@ -35,9 +35,9 @@ impl Server {
         Self::start_with_args(&["--media", media])
     }
 
-    /// With extra flags, which replace the defaults `--media 127.0.0.1:0`,
-    /// `--turn 127.0.0.1:0` and `--rtmp 127.0.0.1:0` when they name the
-    /// same flag.
+    /// With extra flags, which replace the defaults `--http 127.0.0.1:0`,
+    /// `--media 127.0.0.1:0`, `--turn 127.0.0.1:0` and `--rtmp 127.0.0.1:0`
+    /// when they name the same flag.
     pub fn start_with_args(extra: &[&str]) -> Self {
         Self::start_full("127.0.0.1", extra, &[])
     }
@@ -49,8 +49,9 @@ impl Server {
     /// taken in between by a test running alongside.
     pub fn start_full(bind_ip: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let bind = format!("{bind_ip}:0");
-        let mut args = vec!["--http", &bind];
+        let mut args = Vec::new();
         for (flag, default) in [
+            ("--http", bind.as_str()),
             ("--media", "127.0.0.1:0"),
             ("--turn", "127.0.0.1:0"),
             ("--rtmp", "127.0.0.1:0"),
@@ -124,6 +125,13 @@ impl Server {
 
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGKILL (a crash or a power cut: no graceful end, nothing
+    /// released) and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits up to `limit` for the process to exit.
@@ -559,6 +567,12 @@ impl Client {
             }
             _ => {}
         }
+    }
+
+    /// Caster: the next video sequence number it will send (its count of
+    /// packets sent, from an unknown start).
+    pub fn video_seq(&self) -> u64 {
+        self.seq
     }
 
     pub fn video(&self) -> Vec<&Received> {

@@ -66,3 +66,21 @@ fn a_relay_keyframe_request_reaches_the_layer_it_names() {
         "a keyframe came on rid h"
     );
 }
+
+#[test]
+fn relays_are_counted_apart_from_people() {
+    let (mut net, _, relay) = relayed();
+    let person = net.join("show", Role::Play);
+    net.run(Duration::from_millis(500));
+    let state = net.last_state("show").unwrap();
+    assert_eq!((state.viewers, state.relays), (2, 1), "{state:?}");
+    // The relay leaves: only the person is left, and no relay.
+    let peer = net.clients[relay].peer;
+    net.sfus[0]
+        .leave("show", Role::Play, peer, net.now)
+        .unwrap();
+    net.pump();
+    let state = net.last_state("show").unwrap();
+    assert_eq!((state.viewers, state.relays), (1, 0), "{state:?}");
+    assert!(!net.clients[person].received.is_empty());
+}
