@@ -120,7 +120,7 @@ async function gapAfterKill(server, page, what) {
 test('cl1: viewers routed over two edges decode; kill -9 of an edge: its viewer plays from another node within 3 s, without a reload', async () => {
   const { a, b, c } = await startCluster();
   const live = liveName('cl1');
-  await openCaster(live, a.url);
+  const caster = await openCaster(live, a.url);
 
   // The first viewer lands on B or C (A takes none); once its node's heartbeat counts it, the
   // second goes to the other.
@@ -134,9 +134,12 @@ test('cl1: viewers routed over two edges decode; kill -9 of an edge: its viewer 
   const node2 = await v2.evaluate(() => window.vesselPlayer.node);
   assert.ok([b.url, c.url].includes(node2) && node2 !== node1, `viewer 2 plays from the other edge (${node2}, viewer 1 on ${node1})`);
   h.note(`viewer 1 on ${node1}, viewer 2 on ${node2}; the caster on ${a.url}`);
-  // Each edge relays the live from A: one relay viewer per edge there.
-  const relays = await (await fetch(`${a.url}/api/cluster`)).json();
-  h.note(`A's view of the cluster: ${JSON.stringify(relays.nodes)}`);
+  // The caster's page on A counts the cluster's viewers (each edge's relay is not one).
+  await waitInPage(caster, 'window.vesselPublisher.viewers === 2', 10000, "the cast page's count: 2 watching");
+  const state = await (await fetch(`${a.url}/api/lives/${live}`)).json();
+  h.note(`A's view of the live: ${JSON.stringify(state)}`);
+  assert.equal(state.viewers, 2, 'two people watch');
+  assert.equal(state.relaysHere, 2, 'through one relay per edge');
 
   // Kill viewer 2's node.
   const dead = node2 === b.url ? b : c;
