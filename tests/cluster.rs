@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Redis, fresh_nodes, get, id_of, json, node, node_with, origin, poll, viewers,
+    Redis, fresh_nodes, get, id_of, json, node, node_with, origin, poll, until_origin, viewers,
 };
 use common::{Client, Server, http, live_goes_on, run_all_until};
 use serde_json::Value;
@@ -324,11 +324,7 @@ fn an_edge_relays_the_live_from_its_origin_while_it_has_viewers() {
     let b = node(&redis, 100);
     let id_a = id_of(&a);
     let mut caster = Client::connect(&a, "/whip/show");
-    let deadline = Instant::now() + LIMIT;
-    while origin(&b, "show").is_none_or(|(n, _)| n != id_a) {
-        caster.run(Duration::from_millis(100));
-        assert!(Instant::now() < deadline, "origin of show on A");
-    }
+    until_origin(&mut caster, &b, "show", &id_a);
     // A viewer on B: B relays from A (one relay viewer on A).
     let mut viewer = Client::connect(&b, "/whep/show");
     run_all_until(
@@ -427,11 +423,7 @@ fn an_edge_follows_the_origin_when_the_caster_moves() {
     let c = node_with(&redis, 100, MOVES);
     let (id_a, id_b) = (id_of(&a), id_of(&b));
     let mut first = Client::connect(&a, "/whip/show");
-    let deadline = Instant::now() + LIMIT;
-    while origin(&c, "show").is_none_or(|(n, _)| n != id_a) {
-        first.run(Duration::from_millis(100));
-        assert!(Instant::now() < deadline, "origin of show on A");
-    }
+    until_origin(&mut first, &c, "show", &id_a);
     let mut viewer = Client::connect(&c, "/whep/show");
     run_all_until(
         &mut [&mut first, &mut viewer],
@@ -479,11 +471,7 @@ fn a_caster_is_sent_to_the_lives_origin_and_viewers_away_from_a_dead_node() {
     let cast_route = json(&b, "/api/route?live=show&cast=1");
     assert_eq!(cast_route["node"], id_b.as_str(), "{cast_route}");
     let mut caster = Client::connect(&a, "/whip/show");
-    let deadline = Instant::now() + LIMIT;
-    while origin(&b, "show").is_none_or(|(n, _)| n != id_a) {
-        caster.run(Duration::from_millis(100));
-        assert!(Instant::now() < deadline, "origin of show on A");
-    }
+    until_origin(&mut caster, &b, "show", &id_a);
 
     // On air on A: a WHIP caster reaching B is sent to A, with a reason.
     let (_, offer, _) = Client::offer(true);
@@ -539,11 +527,7 @@ fn a_socket_io_consumer_on_an_edge_gets_the_live_through_a_relay() {
     let b = node(&redis, 100);
     let id_a = id_of(&a);
     let mut caster = Client::connect(&a, "/whip/show");
-    let deadline = Instant::now() + LIMIT;
-    while origin(&b, "show").is_none_or(|(n, _)| n != id_a) {
-        caster.run(Duration::from_millis(100));
-        assert!(Instant::now() < deadline, "origin of show on A");
-    }
+    until_origin(&mut caster, &b, "show", &id_a);
     // Keep the caster's media flowing while the socket talks.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();

@@ -35,20 +35,6 @@ fn poll_running(
     start.elapsed()
 }
 
-/// Runs `caster` until `live`'s origin, as `on` tells, is `node`.
-fn until_origin(caster: &mut Client, on: &Server, live: &str, node: &str) -> u64 {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some((n, epoch)) = origin(on, live)
-            && n == node
-        {
-            return epoch;
-        }
-        assert!(Instant::now() < deadline, "origin of {live} on {node}");
-        caster.run(Duration::from_millis(100));
-    }
-}
-
 /// `live` in `server`'s `/api/lives`, if listed.
 fn listed(server: &Server, live: &str) -> Option<Value> {
     let (status, body) = get(server, "/api/lives");
@@ -419,7 +405,6 @@ fn packets_lost_on_the_relay_hop_are_repaired() {
     // The media port is picked here (the proxy must know it), and the HTTP
     // port too (A's node URL must name 127.0.0.1, not its --public-ip):
     // either may be taken before A binds it, and then others are picked.
-    let url = redis.url();
     let (a, proxy) = (0..3)
         .find_map(|_| {
             let media = free_udp_port();
@@ -437,24 +422,20 @@ fn packets_lost_on_the_relay_hop_are_repaired() {
             let http_addr = format!("127.0.0.1:{web}");
             let node_url = format!("http://{http_addr}");
             let a = std::panic::catch_unwind(|| {
-                Server::start_with_args(&[
-                    "--http",
-                    &http_addr,
-                    "--node-url",
-                    &node_url,
-                    "--media",
-                    &media_addr,
-                    "--public-ip",
-                    "127.0.0.2",
-                    "--workers",
-                    "1",
-                    "--cluster",
-                    &url,
-                    "--cluster-secret",
-                    "s3cret",
-                    "--node-capacity",
-                    "100",
-                ])
+                node_with(
+                    &redis,
+                    100,
+                    &[
+                        "--http",
+                        &http_addr,
+                        "--node-url",
+                        &node_url,
+                        "--media",
+                        &media_addr,
+                        "--public-ip",
+                        "127.0.0.2",
+                    ],
+                )
             });
             a.ok().map(|a| (a, proxy))
         })

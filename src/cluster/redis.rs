@@ -169,21 +169,32 @@ impl Store {
 
     /// Every node's last heartbeat still held (expired ones are gone).
     pub async fn nodes(&self) -> redis::RedisResult<Vec<NodeInfo>> {
+        self.per_node(node_key, "node heartbeat").await
+    }
+
+    /// The JSON record `key(id)` of every node in the node set, those
+    /// still held (expired ones are gone); malformed ones are skipped with
+    /// a warning naming `what`.
+    async fn per_node<T: serde::de::DeserializeOwned>(
+        &self,
+        key: fn(&str) -> String,
+        what: &str,
+    ) -> redis::RedisResult<Vec<T>> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = conn.zrange(NODES, 0, -1).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| node_key(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| key(id)).collect();
         let records: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         Ok(records
             .into_iter()
             .flatten()
             .filter_map(|json| match serde_json::from_str(&json) {
-                Ok(info) => Some(info),
+                Ok(record) => Some(record),
                 Err(e) => {
-                    tracing::warn!("ignoring a malformed node heartbeat in Redis: {e}");
+                    tracing::warn!("ignoring a malformed {what} in Redis: {e}");
                     None
                 }
             })
@@ -206,25 +217,7 @@ impl Store {
     /// Every node's lives still held (those of nodes that stopped expired
     /// with their heartbeats).
     pub async fn all_lives(&self) -> redis::RedisResult<Vec<NodeLives>> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn.zrange(NODES, 0, -1).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| lives_key(id)).collect();
-        let records: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        Ok(records
-            .into_iter()
-            .flatten()
-            .filter_map(|json| match serde_json::from_str(&json) {
-                Ok(lives) => Some(lives),
-                Err(e) => {
-                    tracing::warn!("ignoring a malformed node's lives in Redis: {e}");
-                    None
-                }
-            })
-            .collect())
+        self.per_node(lives_key, "node's lives").await
     }
 
     /// The stored claims of `lives`, in order.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Server, http};
+use super::{Client, Server, http};
 
 /// A `redis-server` of the test's own, without persistence.
 pub struct Redis {
@@ -158,4 +158,18 @@ pub fn total_viewers(server: &Server, live: &str) -> u64 {
     super::live_state(server, live)["viewers"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// Runs `caster` until `live`'s origin, as `on` tells, is `node`.
+pub fn until_origin(caster: &mut Client, on: &Server, live: &str, node: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some((n, epoch)) = origin(on, live)
+            && n == node
+        {
+            return epoch;
+        }
+        assert!(Instant::now() < deadline, "origin of {live} on {node}");
+        caster.run(Duration::from_millis(100));
+    }
 }
