@@ -256,6 +256,23 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         }
         _ => None,
     };
+    let chat = match &cluster {
+        Some(cluster) => {
+            // A node enforces the admin API's keys and settings from the
+            // start (unless Redis is away: then as soon as it answers).
+            match vessel::cluster::rules::load(cluster, &access).await {
+                Ok(n) => tracing::info!(lives = n, "live rules read from the cluster's Redis"),
+                Err(e) => tracing::warn!("live rules not read yet: {e}"),
+            }
+            tokio::spawn(vessel::cluster::rules::follow(
+                cluster.clone(),
+                access.clone(),
+                media.clone(),
+            ));
+            ChatHub::clustered(ChatConfig::default(), cluster.clone())
+        }
+        None => Arc::new(ChatHub::new(ChatConfig::default())),
+    };
     let state = AppState {
         cluster,
         hls,
@@ -264,7 +281,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         shutdown: shutdown_rx.clone(),
         ice: ice.clone(),
         access: access.clone(),
-        chat: Arc::new(ChatHub::new(ChatConfig::default())),
+        chat,
         metrics,
         peerjs: (!config.peerjs.disabled).then(|| {
             PeerHub::start(

@@ -15,8 +15,11 @@ use subtle::ConstantTimeEq;
 pub use token::{TokenError, ViewerTokens};
 pub use webhook::{Admission, Webhook};
 
-/// What one live requires, from the config file or the admin API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What one live requires, from the config file or the admin API. In a
+/// cluster, what the admin API sets is kept in Redis (`cluster::rules`),
+/// as this JSON.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LiveRules {
     /// The stream key a caster must present.
     pub key: Option<String>,
@@ -24,6 +27,46 @@ pub struct LiveRules {
     pub private: bool,
     /// Recorded while on air (`record = true`, or the admin API).
     pub record: bool,
+}
+
+/// The key stays out of debug output (and so out of logs).
+impl std::fmt::Debug for LiveRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveRules")
+            .field("key", &self.key.as_ref().map(|_| "…"))
+            .field("private", &self.private)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+/// A change of a live's rules by the admin API: `None` keeps a field as
+/// it is. Applied here on one node, and by the script in Redis in a
+/// cluster (its JSON merges field by field: `"key": null` revokes).
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RulesPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<bool>,
+}
+
+impl RulesPatch {
+    pub fn apply(&self, rules: &LiveRules) -> LiveRules {
+        let mut now = rules.clone();
+        if let Some(key) = &self.key {
+            now.key = key.clone();
+        }
+        if let Some(private) = self.private {
+            now.private = private;
+        }
+        if let Some(record) = self.record {
+            now.record = record;
+        }
+        now
+    }
 }
 
 /// Why a request was refused; the HTTP faces turn it into 401/403/503.
@@ -44,8 +87,27 @@ pub struct Access {
     /// Every listener is on loopback: the admin API needs no token.
     local_only: bool,
     tokens: Option<ViewerTokens>,
-    lives: RwLock<HashMap<String, LiveRules>>,
+    lives: RwLock<Lives>,
     webhook: Option<Webhook>,
+}
+
+/// Each live's rules and, for those heard from the cluster's Redis, the
+/// version they were stored with (a change heard late does not undo a
+/// newer one).
+#[derive(Default)]
+struct Lives {
+    rules: HashMap<String, LiveRules>,
+    versions: HashMap<String, u64>,
+}
+
+impl Lives {
+    fn set(&mut self, live: &str, rules: LiveRules) {
+        if rules == LiveRules::default() {
+            self.rules.remove(live);
+        } else {
+            self.rules.insert(live.to_string(), rules);
+        }
+    }
 }
 
 pub struct AccessConfig {
@@ -66,7 +128,10 @@ impl Access {
             tokens: config
                 .viewer_token_secret
                 .map(|s| ViewerTokens::new(s.as_bytes())),
-            lives: RwLock::new(config.lives),
+            lives: RwLock::new(Lives {
+                rules: config.lives,
+                versions: HashMap::new(),
+            }),
             webhook: config.webhook,
         }
     }
@@ -97,6 +162,7 @@ impl Access {
         self.lives
             .read()
             .expect("access rules lock")
+            .rules
             .get(live)
             .cloned()
             .unwrap_or_default()
@@ -167,46 +233,67 @@ impl Access {
         }
     }
 
+    /// A new stream key: 192 random bits, as for TURN secrets.
+    pub fn new_key() -> String {
+        crate::turn::Credentials::generate_secret()
+    }
+
+    /// Changes `live`'s rules here; returns them before and after.
+    pub fn change(&self, live: &str, patch: &RulesPatch) -> (LiveRules, LiveRules) {
+        let mut lives = self.lives.write().expect("access rules lock");
+        let before = lives.rules.get(live).cloned().unwrap_or_default();
+        let after = patch.apply(&before);
+        lives.set(live, after.clone());
+        (before, after)
+    }
+
+    /// Takes `live`'s rules as stored in the cluster's Redis with
+    /// `version`, unless a newer version was taken already; returns the
+    /// rules it replaced when it took them.
+    pub fn apply_stored(&self, live: &str, rules: LiveRules, version: u64) -> Option<LiveRules> {
+        let mut lives = self.lives.write().expect("access rules lock");
+        if lives.versions.get(live).is_some_and(|&v| v > version) {
+            return None;
+        }
+        lives.versions.insert(live.to_string(), version);
+        let before = lives.rules.get(live).cloned().unwrap_or_default();
+        lives.set(live, rules);
+        Some(before)
+    }
+
     /// Creates (or replaces) the stream key of `live`; returns the key.
     /// `private`: `None` keeps the live's current setting.
     pub fn create_key(&self, live: &str, private: Option<bool>) -> String {
-        // 192 random bits, as for TURN secrets.
-        let key = crate::turn::Credentials::generate_secret();
-        let mut lives = self.lives.write().expect("access rules lock");
-        let rules = lives.entry(live.to_string()).or_default();
-        rules.key = Some(key.clone());
-        if let Some(private) = private {
-            rules.private = private;
-        }
+        let key = Self::new_key();
+        self.change(
+            live,
+            &RulesPatch {
+                key: Some(Some(key.clone())),
+                private,
+                record: None,
+            },
+        );
         key
     }
 
     /// Changes a live's settings without touching its key; `None` keeps
     /// one as it is. Returns the rules now.
     pub fn update(&self, live: &str, private: Option<bool>, record: Option<bool>) -> LiveRules {
-        let mut lives = self.lives.write().expect("access rules lock");
-        let rules = lives.entry(live.to_string()).or_default();
-        if let Some(private) = private {
-            rules.private = private;
-        }
-        if let Some(record) = record {
-            rules.record = record;
-        }
-        let now = rules.clone();
-        if now == LiveRules::default() {
-            lives.remove(live);
-        }
-        now
+        let patch = RulesPatch {
+            key: None,
+            private,
+            record,
+        };
+        self.change(live, &patch).1
     }
 
     /// Revokes the stream key of `live`; false if it had none.
     pub fn revoke_key(&self, live: &str) -> bool {
-        let mut lives = self.lives.write().expect("access rules lock");
-        let had = lives.get_mut(live).and_then(|r| r.key.take()).is_some();
-        if lives.get(live).is_some_and(|r| *r == LiveRules::default()) {
-            lives.remove(live);
-        }
-        had
+        let patch = RulesPatch {
+            key: Some(None),
+            ..RulesPatch::default()
+        };
+        self.change(live, &patch).0.key.is_some()
     }
 
     /// A viewer token for `live`, valid for `ttl_secs`.

@@ -154,3 +154,64 @@ fn bearer_tokens_are_read_from_the_header() {
     assert_eq!(bearer(Some("Bearer ")), None);
     assert_eq!(bearer(None), None);
 }
+
+#[test]
+fn a_patch_changes_only_what_it_names() {
+    let rules = LiveRules {
+        key: Some("k".into()),
+        private: true,
+        record: false,
+    };
+    let record = RulesPatch {
+        record: Some(true),
+        ..RulesPatch::default()
+    };
+    assert_eq!(
+        record.apply(&rules),
+        LiveRules {
+            record: true,
+            ..rules.clone()
+        }
+    );
+    let revoke = RulesPatch {
+        key: Some(None),
+        ..RulesPatch::default()
+    };
+    assert_eq!(revoke.apply(&rules).key, None);
+    assert!(revoke.apply(&rules).private, "revoking keeps the rest");
+    // What the cluster's script merges: a revoke says `"key": null`, a
+    // change of one setting names only it.
+    assert_eq!(serde_json::to_string(&revoke).unwrap(), r#"{"key":null}"#);
+    assert_eq!(
+        serde_json::to_string(&record).unwrap(),
+        r#"{"record":true}"#
+    );
+}
+
+#[test]
+fn stored_rules_apply_unless_a_newer_version_was_heard() {
+    let a = access(true, &[("file", Some("from-file"), false)]);
+    let private = LiveRules {
+        private: true,
+        ..LiveRules::default()
+    };
+    // Redis overrides the config file's rules of a live.
+    let before = a.apply_stored("file", private.clone(), 10).unwrap();
+    assert_eq!(before.key.as_deref(), Some("from-file"));
+    assert_eq!(a.rules("file"), private);
+    // A change heard late (an older version) is ignored; the same version
+    // (the writer's own copy and its echo) is taken again.
+    assert!(a.apply_stored("file", LiveRules::default(), 9).is_none());
+    assert!(a.is_private("file"));
+    assert!(a.apply_stored("file", LiveRules::default(), 11).is_some());
+    assert_eq!(a.rules("file"), LiveRules::default());
+}
+
+#[test]
+fn keys_stay_out_of_debug_output() {
+    let rules = LiveRules {
+        key: Some("super-secret-key".into()),
+        ..LiveRules::default()
+    };
+    assert!(!format!("{rules:?}").contains("super-secret"));
+}

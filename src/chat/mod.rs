@@ -1,6 +1,12 @@
 //! Chat beside a live: an ordered, bounded history per live, per-connection
 //! rate limits, and removal by the live's caster. Sans-IO: the WebSocket
 //! face (`http::chat`) feeds it text and time and relays what it returns.
+//!
+//! In a cluster (`cluster::chat`) the id of a message comes from Redis, so
+//! the steps are apart: [`Room::prepare`] checks and charges the speaker
+//! here, Redis numbers and spreads the message, and every node's room
+//! [`Room::hear`]s it back (and [`Room::forget`]s removals) to keep a local
+//! copy for its connections, which also serves while Redis is away.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,7 +41,7 @@ const MAX_REMOVED: usize = 200;
 /// Display names: short, printable.
 pub const MAX_NAME: usize = 32;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// Increasing within a live: the order everyone sees.
     pub id: u64,
@@ -141,6 +147,20 @@ impl Room {
         now: Instant,
         unix_ms: u64,
     ) -> Result<ChatEvent, ChatError> {
+        let text = Self::prepare(config, speaker, text, now)?;
+        Ok(ChatEvent::Message(
+            self.push(config, speaker, text, unix_ms),
+        ))
+    }
+
+    /// Checks and cleans `text` and takes one message from `speaker`'s
+    /// allowance: everything [`Room::say`] does before numbering it.
+    pub fn prepare(
+        config: &ChatConfig,
+        speaker: &mut Speaker,
+        text: &str,
+        now: Instant,
+    ) -> Result<String, ChatError> {
         // Line breaks stay; other control characters cannot be shown.
         let text: String = text
             .trim()
@@ -158,19 +178,60 @@ impl Room {
             });
         }
         speaker.spend(config, now)?;
-        self.next_id += 1;
+        Ok(text)
+    }
+
+    /// Numbers and keeps a prepared message here (one node, or a cluster
+    /// node while Redis is away).
+    pub fn push(
+        &mut self,
+        config: &ChatConfig,
+        speaker: &Speaker,
+        text: String,
+        unix_ms: u64,
+    ) -> Message {
         let message = Message {
-            id: self.next_id,
+            id: self.next_id + 1,
             name: speaker.name.clone(),
             text,
             at: unix_ms,
             caster: speaker.moderator,
         };
-        self.messages.push_back(message.clone());
+        self.hear(config, message.clone());
+        message
+    }
+
+    /// Keeps a message numbered elsewhere (Redis); false if it is not newer
+    /// than the newest here (heard already, or an echo of what was read).
+    /// Local numbering then goes on after it.
+    pub fn hear(&mut self, config: &ChatConfig, message: Message) -> bool {
+        if message.id <= self.next_id {
+            return false;
+        }
+        self.next_id = message.id;
+        self.messages.push_back(message);
         while self.messages.len() > config.history {
             self.messages.pop_front();
         }
-        Ok(ChatEvent::Message(message))
+        true
+    }
+
+    /// A removal decided elsewhere; false if it was heard already.
+    pub fn forget(&mut self, id: u64) -> bool {
+        if self.removed.contains(&id) {
+            return false;
+        }
+        self.messages.retain(|m| m.id != id);
+        self.removed.push_back(id);
+        if self.removed.len() > MAX_REMOVED {
+            self.removed.pop_front();
+        }
+        true
+    }
+
+    /// The newest id known here.
+    pub fn newest(&self) -> u64 {
+        self.next_id
     }
 
     pub fn remove(&mut self, speaker: &Speaker, id: u64) -> Result<ChatEvent, ChatError> {

@@ -162,3 +162,80 @@ fn rooms_are_capped_and_the_longest_idle_one_makes_way() {
     assert!(rooms.leave("c", now));
     assert!(rooms.room("c").is_none());
 }
+
+fn numbered(id: u64, text: &str) -> Message {
+    Message {
+        id,
+        name: "n".into(),
+        text: text.into(),
+        at: 0,
+        caster: false,
+    }
+}
+
+#[test]
+fn heard_messages_keep_their_ids_and_echoes_are_dropped() {
+    let (config, mut room, now) = setup();
+    assert!(room.hear(&config, numbered(7, "from another node")));
+    assert!(!room.hear(&config, numbered(7, "echo")), "heard already");
+    assert!(
+        !room.hear(&config, numbered(3, "older")),
+        "older than the newest"
+    );
+    assert_eq!(room.newest(), 7);
+    // Local numbering (Redis away) goes on after what was heard.
+    let mut a = Speaker::new("a", false, &config, now);
+    let local = text(room.say(&config, &mut a, "local", now, 0).unwrap());
+    assert_eq!(local.id, 8);
+    let ids: Vec<u64> = room.since(None).iter().map(|m| m.id).collect();
+    assert_eq!(ids, [7, 8]);
+}
+
+#[test]
+fn heard_history_is_bounded_like_said_history() {
+    let config = ChatConfig {
+        history: 3,
+        ..ChatConfig::default()
+    };
+    let mut room = Room::default();
+    for id in 1..=5 {
+        room.hear(&config, numbered(id, "m"));
+    }
+    let ids: Vec<u64> = room.since(None).iter().map(|m| m.id).collect();
+    assert_eq!(ids, [3, 4, 5]);
+}
+
+#[test]
+fn prepare_checks_and_charges_without_numbering() {
+    let (config, room, now) = setup();
+    let mut a = Speaker::new("a", false, &config, now);
+    assert_eq!(
+        Room::prepare(&config, &mut a, "  hi\u{7} ", now).unwrap(),
+        "hi"
+    );
+    assert_eq!(room.newest(), 0, "nothing numbered");
+    for _ in 1..config.burst {
+        Room::prepare(&config, &mut a, "x", now).unwrap();
+    }
+    assert!(matches!(
+        Room::prepare(&config, &mut a, "x", now),
+        Err(ChatError::RateLimited(_))
+    ));
+    assert_eq!(
+        Room::prepare(&config, &mut a, " ", now),
+        Err(ChatError::Empty)
+    );
+}
+
+#[test]
+fn a_heard_removal_takes_the_message_once() {
+    let (config, mut room, _) = setup();
+    room.hear(&config, numbered(1, "keep"));
+    room.hear(&config, numbered(2, "spam"));
+    assert!(room.forget(2));
+    assert!(!room.forget(2), "heard twice");
+    assert_eq!(room.since(None).len(), 1);
+    assert_eq!(room.removed(), [2]);
+    // A removal of a message never held here is still passed on.
+    assert!(room.forget(9));
+}

@@ -3,7 +3,9 @@
 //! on claims the live as its origin (with an epoch), and any node answers
 //! where a viewer should play. The rules are in `registry.rs` (no IO), the
 //! Redis commands in `redis.rs`, node-to-node request signing in `auth.rs`,
-//! and the wiring to the media engine's casts in `casts.rs`.
+//! and the wiring to the media engine's casts in `casts.rs`. Chat rooms
+//! that span nodes are in `chat.rs`, admin-made stream keys and live
+//! settings shared by every node in `rules.rs`.
 //!
 //! Redis being down never stops a node: [`Cluster::connect`] returns at
 //! once and keeps trying in the background; until Redis answers (and
@@ -15,11 +17,13 @@
 pub mod audience;
 pub mod auth;
 pub mod casts;
+pub mod chat;
 pub mod exposition;
 pub mod redis;
 pub mod registry;
 pub mod relay;
 pub mod relays;
+pub mod rules;
 pub mod totals;
 
 use std::collections::HashMap;
@@ -134,6 +138,10 @@ pub struct Cluster {
     /// The cast sessions here that are relays from another node's origin:
     /// on air here, but no claim of the live (`casts.rs` skips them).
     relay_casts: Mutex<std::collections::HashSet<crate::sfu::PeerId>>,
+    /// Chat heard on `vessel:chat`, for this node's rooms (`chat.rs`).
+    chat: broadcast::Sender<chat::Heard>,
+    /// Live rules heard on `vessel:rules` (`rules.rs`).
+    rules: broadcast::Sender<rules::Heard>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -196,6 +204,8 @@ impl Cluster {
             events: broadcast::channel(64).0,
             relays: Arc::default(),
             relay_casts: Mutex::default(),
+            chat: broadcast::channel(1024).0,
+            rules: broadcast::channel(256).0,
         });
         tracing::info!(
             node = %cluster.node,
@@ -612,16 +622,20 @@ impl Cluster {
             let (tx, mut subscribed) = tokio::sync::oneshot::channel();
             let me = self.clone();
             let listening = self.store.listen(
+                &[redis::CHANNEL, chat::CHANNEL, rules::CHANNEL],
                 move || {
                     let _ = tx.send(());
                 },
-                |a| me.announced(a),
+                |channel, payload| me.dispatch(channel, payload),
             );
             let resync = async {
                 if subscribed.try_recv().is_err() && (&mut subscribed).await.is_err() {
                     return;
                 }
-                tracing::debug!("subscribed to {}", redis::CHANNEL);
+                tracing::debug!("subscribed to the cluster's channels");
+                // Chat rooms and rules catch up on what was missed.
+                let _ = self.chat.send(chat::Heard::Resync);
+                let _ = self.rules.send(rules::Heard::Resync);
                 for live in self.watched() {
                     let _ = self.origin(&live).await;
                 }
@@ -636,6 +650,29 @@ impl Cluster {
                 () = resync => {}
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A message on one of the channels, handed to whoever follows it.
+    fn dispatch(&self, channel: &str, payload: &str) {
+        match channel {
+            redis::CHANNEL => match serde_json::from_str(payload) {
+                Ok(a) => self.announced(a),
+                Err(e) => tracing::warn!("ignoring a malformed message on {channel}: {e}"),
+            },
+            chat::CHANNEL => match serde_json::from_str(payload) {
+                Ok(heard) => {
+                    let _ = self.chat.send(heard);
+                }
+                Err(e) => tracing::warn!("ignoring a malformed message on {channel}: {e}"),
+            },
+            rules::CHANNEL => match serde_json::from_str::<rules::Stored>(payload) {
+                Ok(stored) => {
+                    let _ = self.rules.send(rules::Heard::Changed(stored));
+                }
+                Err(e) => tracing::warn!("ignoring a malformed message on {channel}: {e}"),
+            },
+            _ => {}
         }
     }
 

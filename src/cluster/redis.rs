@@ -16,6 +16,10 @@
 //! - `vessel:live:{name}:origin`: the live's origin claim (JSON [`Claim`]),
 //!   `PX` 5 s, refreshed by its holder.
 //! - channel `vessel:claims`: every claim and release ([`Announcement`]).
+//! - chat (`chat.rs`): `vessel:chat:{live}:seq`, `:history`, `:removed`,
+//!   channel `vessel:chat`.
+//! - admin-made live rules (`rules.rs`): hash `vessel:rules`, channel
+//!   `vessel:rules`.
 //!
 //! Claims are written by Lua scripts so that each step is atomic: the
 //! claim (counter, record and announcement in one step), the refresh
@@ -28,7 +32,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::registry::{Announcement, Claim, NodeInfo};
+use super::registry::{Claim, NodeInfo};
 use super::totals::NodeLives;
 
 pub const CHANNEL: &str = "vessel:claims";
@@ -112,7 +116,8 @@ return 0
 /// commands, and the client to open subscriptions with.
 pub struct Store {
     client: redis::Client,
-    conn: ConnectionManager,
+    /// Shared with the chat and rules commands (`chat.rs`, `rules.rs`).
+    pub(super) conn: ConnectionManager,
     claim: redis::Script,
     refresh: redis::Script,
     release: redis::Script,
@@ -309,18 +314,19 @@ impl Store {
         Ok(stored.and_then(|s| parse_claim(&s)))
     }
 
-    /// Subscribes to [`CHANNEL`] on a connection of its own and hands every
-    /// announcement to `heard`, until the connection drops (then returns,
-    /// and the caller subscribes again). `subscribed` runs once the
-    /// subscription is in place: what was announced while it was not is
-    /// read back then.
+    /// Subscribes to `channels` on a connection of its own (one for all
+    /// of them) and hands every message to `heard` with its channel, until
+    /// the connection drops (then returns, and the caller subscribes
+    /// again). `subscribed` runs once the subscription is in place: what
+    /// was published while it was not is read back then.
     pub async fn listen(
         &self,
+        channels: &[&str],
         subscribed: impl FnOnce(),
-        mut heard: impl FnMut(Announcement),
+        mut heard: impl FnMut(&str, &str),
     ) -> redis::RedisResult<()> {
         let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(CHANNEL).await?;
+        pubsub.subscribe(channels).await?;
         subscribed();
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
@@ -328,10 +334,7 @@ impl Store {
                 Ok(p) => p,
                 Err(_) => continue,
             };
-            match serde_json::from_str(&payload) {
-                Ok(a) => heard(a),
-                Err(e) => tracing::warn!("ignoring a malformed message on {CHANNEL}: {e}"),
-            }
+            heard(msg.get_channel_name(), &payload);
         }
         Ok(())
     }

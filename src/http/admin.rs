@@ -9,8 +9,11 @@
 //! - `DELETE /api/lives/{live}` revokes the key and ends the current cast.
 //! - `POST /api/lives/{live}/tokens` `{"ttl": 3600}` → 201 `{"token", "expires"}`.
 //!
-//! Keys made here live in memory; keys meant to survive a restart belong in
-//! the config file (`[lives.<name>] key = "..."`).
+//! On one node, keys made here live in memory; keys meant to survive a
+//! restart belong in the config file (`[lives.<name>] key = "..."`). In a
+//! cluster, the changes are stored in Redis and every node applies them
+//! (`cluster::rules`); while Redis is unreachable they are refused with
+//! 503, so that no node takes a key the others refuse.
 
 use axum::Json;
 use axum::Router;
@@ -22,8 +25,8 @@ use axum::routing::{delete, post};
 use serde_json::json;
 
 use super::{ApiError, AppState, bearer_of, check_live, guarded};
+use crate::access::{Access, LiveRules, RulesPatch};
 use crate::limits::Client;
-use crate::sfu::Role;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -92,8 +95,13 @@ async fn create(
         let request: CreateLive =
             json_body(&body, r#"{"live": "<name>", "private": false}"#, false)?;
         check_live(&request.live)?;
-        let key = state.access.create_key(&request.live, request.private);
-        let rules = state.access.update(&request.live, None, request.record);
+        let key = Access::new_key();
+        let patch = RulesPatch {
+            key: Some(Some(key.clone())),
+            private: request.private,
+            record: request.record,
+        };
+        let (_, rules) = change(&state, &request.live, &patch).await?;
         let private = rules.private;
         tracing::info!(live = %request.live, private, record = rules.record, "stream key created");
         Ok::<_, ApiError>(
@@ -126,7 +134,12 @@ async fn update(
         check_live(&live)?;
         let request: UpdateLive =
             json_body(&body, r#"{"record": true, "private": false}"#, false)?;
-        let rules = state.access.update(&live, request.private, request.record);
+        let patch = RulesPatch {
+            key: None,
+            private: request.private,
+            record: request.record,
+        };
+        let (_, rules) = change(&state, &live, &patch).await?;
         tracing::info!(%live, private = rules.private, record = rules.record, "live settings changed");
         Ok::<_, ApiError>(
             Json(json!({"live": live, "private": rules.private, "record": rules.record}))
@@ -146,26 +159,62 @@ async fn revoke(
     let result = async {
         check_admin(&state, &client, &headers)?;
         check_live(&live)?;
-        if !state.access.revoke_key(&live) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("live '{live}' has no stream key"),
-            ));
+        if state.access.rules(&live).key.is_none() {
+            return Err(no_key(&live));
+        }
+        let revoke = RulesPatch {
+            key: Some(None),
+            ..RulesPatch::default()
+        };
+        let (before, _) = change(&state, &live, &revoke).await?;
+        if before.key.is_none() {
+            return Err(no_key(&live));
         }
         // A revoked key must not keep a cast going, nor one still
-        // proving itself that was admitted with it.
-        let mut casters = state.media.cast_sessions_of(&live);
-        casters.extend(state.media.caster(&live));
-        casters.sort();
-        casters.dedup();
-        for caster in casters {
-            let _ = state.media.leave(&live, Role::Cast, caster).await;
-        }
+        // proving itself that was admitted with it (other nodes end theirs
+        // when they hear of it).
+        state.media.end_casts(&live).await;
         tracing::info!(%live, "stream key revoked");
         Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn no_key(live: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("live '{live}' has no stream key"),
+    )
+}
+
+/// Changes `live`'s rules: here, or in a cluster through Redis for every
+/// node (this one takes the result at once, the others when they hear
+/// it). Returns the rules before and after.
+async fn change(
+    state: &AppState,
+    live: &str,
+    patch: &RulesPatch,
+) -> Result<(LiveRules, LiveRules), ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(state.access.change(live, patch));
+    };
+    let base = state.access.rules(live);
+    let (before, stored) = cluster
+        .change_rules(live, &base, patch)
+        .await
+        .map_err(|e| {
+            let mut e = ApiError::from(e);
+            e.1 = format!(
+                "{} (stream keys and live settings are kept in Redis so that every node \
+                 enforces them: try again when it answers)",
+                e.1
+            );
+            e
+        })?;
+    let after = stored.rules.clone();
+    state.access.apply_stored(live, stored.rules, stored.v);
+    Ok((before, after))
 }
 
 async fn token(

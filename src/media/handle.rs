@@ -304,6 +304,18 @@ impl MediaHandle {
             .copied()
     }
 
+    /// Ends every cast of `live`, on air or still proving itself (its key
+    /// was revoked).
+    pub async fn end_casts(&self, live: &str) {
+        let mut casters = self.cast_sessions_of(live);
+        casters.extend(self.caster(live));
+        casters.sort();
+        casters.dedup();
+        for caster in casters {
+            let _ = self.leave(live, Role::Cast, caster).await;
+        }
+    }
+
     pub async fn leave(&self, live: &str, role: Role, peer: PeerId) -> Result<(), MediaError> {
         let live = live.to_string();
         Ok(self
