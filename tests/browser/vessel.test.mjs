@@ -412,8 +412,9 @@ test('k: vessel.js API: events, stop() deletes the session, bad names and 4xx an
     assert.ok(result.failed.statuses.every((s) => s >= 400 && s < 500) && result.failed.statuses.length > 0);
     assert.deepEqual(result.streamTracks, ['audio', 'video']);
     assert.equal(result.publisherViewers, 1);
-    assert.deepEqual(result.afterPlayerStop, { live, onAir: true, viewers: 0, warnings: [] });
-    assert.deepEqual(result.afterPublisherStop, { live, onAir: false, viewers: 0, warnings: [] });
+    // `viewersHere`: this node's viewer sessions (in a cluster, `viewers` is every node's).
+    assert.deepEqual(result.afterPlayerStop, { live, onAir: true, viewers: 0, viewersHere: 0, warnings: [] });
+    assert.deepEqual(result.afterPublisherStop, { live, onAir: false, viewers: 0, viewersHere: 0, warnings: [] });
     assert.deepEqual(result.states, ['publisher:live', 'player:playing', 'player:stopped', 'publisher:stopped']);
     assert.deepEqual(result.finalStates, ['stopped', 'stopped']);
 
