@@ -79,7 +79,7 @@
  * room.send('hello');
  *
  * // On the caster's page: its WHIP session id makes it the moderator.
- * publisher.on('session', (id) => room.setSession(id));
+ * publisher.on('session', (id) => room.setSession(id, publisher.node));
  * room.remove(12);
  * ```
  *
@@ -1391,11 +1391,18 @@ export class Chat extends Emitter {
    * Sets the caster's WHIP session id (`publisher.session`, or the publisher's `session`
    * event), which makes this connection the moderator: reconnects with it (nothing is missed).
    * `null` is ignored: the server honours the last session of a live's caster.
+   *
+   * In a cluster only the node the caster casts to knows its session, so pass that node too
+   * (`publisher.node`): the chat moves there. The room is the same on every node.
    * @param {string|null} session
+   * @param {string} [node] Base URL of the node the session is on.
    */
-  setSession(session) {
-    if (!session || session === this._session) return;
+  setSession(session, node) {
+    if (!session) return;
+    const base = node ? String(node).replace(/\/+$/, '') : this.node;
+    if (session === this._session && base === this.node) return;
     this._session = String(session);
+    this.node = base;
     this._restart();
   }
 

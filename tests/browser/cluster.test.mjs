@@ -141,6 +141,22 @@ test('cl1: viewers routed over two edges decode; kill -9 of an edge: its viewer 
   assert.equal(state.viewers, 2, 'two people watch');
   assert.equal(state.relaysHere, 2, 'through one relay per edge');
 
+  // A chat line said on viewer 2's play page (its node) reaches the cast page on A, and the
+  // caster's answer comes back, one room across the nodes.
+  const chatOn = (page) => page.evaluate(() => window.vesselChat && { node: window.vesselChat.node, moderator: window.vesselChat.moderator, state: window.vesselChat.state });
+  await waitInPage(caster, `window.vesselChat && window.vesselChat.moderator`, 10000, "the cast page's chat moderates (on the caster's node)");
+  await waitInPage(v2, `window.vesselChat && window.vesselChat.state === 'open'`, 10000, "viewer 2's chat open");
+  assert.equal((await chatOn(v2)).node, c.url, "viewer 2's chat is on its page's node");
+  assert.equal((await chatOn(caster)).node, a.url, "the caster's chat is on the node it casts to");
+  await v2.fill('#chattext', 'hello from C');
+  await v2.press('#chattext', 'Enter');
+  const heard = await waitInPage(caster, `window.vesselChat.messages.find((m) => m.text === 'hello from C')`, 5000, 'the line from C on the cast page on A');
+  await caster.fill('#chattext', 'thanks');
+  await caster.press('#chattext', 'Enter');
+  const answer = await waitInPage(v2, `window.vesselChat.messages.find((m) => m.text === 'thanks')`, 5000, "the caster's answer on C");
+  h.note(`chat: ${JSON.stringify(heard)} on A, ${JSON.stringify(answer)} on C`);
+  assert.ok(answer.caster && answer.id > heard.id, 'the answer is marked as the caster\'s, and numbered after');
+
   // Kill viewer 2's node.
   const dead = node2 === b.url ? b : c;
   const gap = await gapAfterKill(dead, v2, 'viewer 2');
@@ -177,6 +193,8 @@ test('cl2: kill -9 of the origin: the cast page casts again on another node, whi
   assert.ok([b.url, c.url].includes(casting), `the caster casts to a live node (${casting})`);
   assert.ok(after.epoch > before.epoch, 'a newer epoch');
   assert.equal(await caster.evaluate(() => window.vesselPublisher.state), 'live');
+  // The cast page's chat followed the caster to its new node, and moderates there.
+  await waitInPage(caster, `window.vesselChat.node === ${JSON.stringify(casting)} && window.vesselChat.moderator`, 10000, "the cast page's chat moderating on the new node");
   assert.equal(await v1.evaluate(() => window.__notReloaded), true, 'the viewer page was not reloaded');
   await waitForMedia(v1, PLAYER_PC, { what: 'viewer 1 after the origin moved' });
 });
