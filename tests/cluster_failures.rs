@@ -300,8 +300,7 @@ fn a_killed_origins_edge_viewer_gets_the_new_origin_in_the_same_session() {
 /// an origin's media port, it makes the origin → edge relay hop lossy (the
 /// caster only gets RTCP back that way). It loses originals only, on the
 /// busiest stream: a retransmission (an RTX stream, or a sequence number
-/// sent again) always gets through. A lost retransmission is not asked
-/// for again (see `packets_lost_on_the_relay_hop_are_repaired`).
+/// sent again) always gets through.
 struct LossyProxy {
     stop: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
@@ -470,11 +469,14 @@ fn packets_lost_on_the_relay_hop_are_repaired() {
         "the hop lost packets ({dropped} of {sent})"
     );
     assert!(nacks >= 1.0, "the edge asked A to resend ({nacks} NACKs)");
-    // Repaired: what is missing from the viewer's stream (gaps in its
-    // sequence numbers) is a small share of what the hop lost (unrepaired,
-    // it would be all of it), and frames (2 packets, 3000 ticks apart)
-    // arrive whole. Not every loss: now and then one or two of ~50 stay
-    // missing (seen at 10 % loss; not explained yet).
+    // Repaired: nothing is missing from the viewer's stream (gaps in its
+    // sequence numbers; unrepaired, it would be all the hop lost), and
+    // frames (2 packets, 3000 ticks apart) arrive whole. The proxy loses
+    // neither NACKs nor retransmissions, so every loss can be repaired.
+    // With str0m's default resend cap (15 % of a second's bytes) on the
+    // relay's tracks, one run in four missed a few: 10 % random loss at
+    // ~50 packets a second crosses 15 % in some second, and str0m then
+    // drops every queued resend (see `sfu::RELAY_RTX_CAP`).
     let video = viewer.video();
     let mut seqs: Vec<u64> = video[10..].iter().map(|p| p.seq).collect();
     seqs.sort_unstable();
@@ -497,8 +499,8 @@ fn packets_lost_on_the_relay_hop_are_repaired() {
     );
     assert!(expected > 200, "{expected} frames");
     assert!(
-        missing * 20 <= dropped,
-        "at least 95 % of the losses repaired: {missing} of {dropped} still missing"
+        missing == 0,
+        "every loss repaired: {missing} of {dropped} still missing"
     );
     assert!(
         whole * 100 >= expected * 98,

@@ -33,8 +33,8 @@ use str0m::{Candidate, Rtc};
 use super::peer::{Cast, OutTrack, Play, same_live};
 use super::setup::Setup;
 use super::{
-    JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, Sfu, offered_producer, rtc_config,
-    tidy_sdp_error,
+    JoinError, NoSuchSession, PeerId, RTX_CACHE_AGE, Role, Sfu, VIEWER_RTX_CAP, offered_producer,
+    rtc_config, tidy_sdp_error,
 };
 
 /// m-lines one session may grow to. Stopped m-lines stay in the SDP (str0m
@@ -475,7 +475,7 @@ fn out_track(rtc: &mut str0m::Rtc, mid: Mid, kind: MediaKind) -> Option<OutTrack
     let tx = api.stream_tx_by_mid(mid, None)?;
     // As for WHEP viewers: a retransmission older than a second misses any
     // live player's jitter buffer.
-    tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(0.15));
+    tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(VIEWER_RTX_CAP));
     let ssrc = tx.ssrc();
     Some(OutTrack::new(mid, ssrc, kind))
 }

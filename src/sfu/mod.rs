@@ -160,6 +160,11 @@ const MAX_RUN: usize = 16;
 
 /// How long a viewer's sent packets are kept for NACKs.
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+/// Resent bytes, as a share of all the bytes a viewer's track sent in the
+/// last second, above which str0m stops resending (its default).
+const VIEWER_RTX_CAP: f32 = 0.15;
+/// The same for a relay to another node (why: `setup::negotiate`).
+const RELAY_RTX_CAP: f32 = 0.5;
 
 #[derive(Debug, Clone)]
 pub struct SfuConfig {

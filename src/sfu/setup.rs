@@ -17,8 +17,8 @@ use str0m::{Candidate, Output, Rtc};
 
 use super::peer::OutTrack;
 use super::{
-    JoinError, PeerId, RTX_CACHE_AGE, Role, SfuConfig, codec, offer, offered_producer, rtc_config,
-    tidy_sdp_error,
+    JoinError, PeerId, RELAY_RTX_CAP, RTX_CACHE_AGE, Role, SfuConfig, VIEWER_RTX_CAP, codec, offer,
+    offered_producer, rtc_config, tidy_sdp_error,
 };
 
 /// What setting up a session needs of its shard.
@@ -286,8 +286,20 @@ pub(crate) fn negotiate(
                 let mut api = prepared.rtc.direct_api();
                 let tx = api.stream_tx_by_mid(mid, rid)?;
                 // A retransmission older than a second would miss any
-                // live player's jitter buffer; str0m keeps 3 s.
-                tx.set_rtx_cache(1024, RTX_CACHE_AGE, Some(0.15));
+                // live player's jitter buffer; str0m keeps 3 s. Above the
+                // ratio cap str0m drops every queued resend until the share
+                // of resent bytes (over the last second) falls again: a
+                // viewer's 15 % (str0m's default) keeps a congested link
+                // from carrying mostly repairs. A relay carries every
+                // viewer of an edge, and 10 % random loss crosses 15 % in
+                // a second now and then (at ~50 packets a second): its
+                // repairs then stopped, and the edge's NACK retries were
+                // all refused. Half its bytes is the relay's bound.
+                tx.set_rtx_cache(
+                    1024,
+                    RTX_CACHE_AGE,
+                    Some(if relay { RELAY_RTX_CAP } else { VIEWER_RTX_CAP }),
+                );
                 let ssrc = tx.ssrc();
                 Some(OutTrack::new(mid, ssrc, kind))
             };
