@@ -274,7 +274,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
         None => Arc::new(ChatHub::new(ChatConfig::default())),
     };
     let state = AppState {
-        cluster,
+        cluster: cluster.clone(),
         hls,
         media: media.clone(),
         board: board.clone(),
@@ -292,6 +292,7 @@ async fn run(config: Config, lives: HashMap<String, LiveRules>) -> Result<(), St
                     ..PeerConfig::default()
                 },
                 config.peerjs.discovery,
+                cluster.clone(),
             )
         }),
         skyway: (!config.skyway.disabled).then(|| {

@@ -2,6 +2,7 @@
 //! processes and a real `redis-server`: chat rooms (one order, the same
 //! ids, history and removals on every node) and the admin API's stream
 //! keys and private lives (enforced by every node, kept across restarts),
+//! PeerJS peers on different nodes reaching each other,
 //! and what happens while Redis is gone. Needs `redis-server` on the PATH.
 
 mod common;
@@ -334,5 +335,126 @@ fn without_redis_chat_goes_on_locally_and_admin_changes_are_refused_with_a_reaso
     assert!(log.contains("chat on this node is local"), "{log}");
     for node in &nodes {
         assert!(!node.log_text().contains("panicked"));
+    }
+}
+
+/// The next PeerJS frame within `within`, if any (the socket stays usable).
+fn peer_frame_within(ws: &mut common::peerjs::Socket, within: Duration) -> Option<Value> {
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(within)).unwrap();
+    }
+    let frame = match ws.read() {
+        Ok(Message::Text(t)) => serde_json::from_str(t.as_str()).ok(),
+        _ => None,
+    };
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    frame
+}
+
+#[test]
+fn peerjs_peers_on_different_nodes_reach_each_other() {
+    use common::peerjs::{next, open, send};
+    let redis = Redis::start();
+    let mut nodes = cluster_of(&redis, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut caller = open(a, "peerjs", "caller", "t1");
+    assert_eq!(next(&mut caller).unwrap()["type"], "OPEN");
+    let mut callee = open(b, "peerjs", "callee", "t2");
+    assert_eq!(next(&mut callee).unwrap()["type"], "OPEN");
+
+    // Once both nodes listen (their subscriptions come up just after their
+    // heartbeats), a message from A reaches B's peer, from A's peer.
+    let mut n = 0;
+    let first = loop {
+        n += 1;
+        assert!(n < 40, "no message crossed from A to B");
+        send(
+            &mut caller,
+            json!({"type": "CANDIDATE", "dst": "callee", "payload": {"probe": n}}),
+        );
+        if let Some(m) = peer_frame_within(&mut callee, Duration::from_millis(250)) {
+            break m;
+        }
+    };
+    assert_eq!(first["src"], "caller", "{first}");
+    while peer_frame_within(&mut callee, Duration::from_millis(300)).is_some() {}
+
+    // A call's signaling, in order, both ways.
+    send(
+        &mut caller,
+        json!({"type": "OFFER", "dst": "callee", "payload": {"sdp": "v=0"}}),
+    );
+    for i in 0..10 {
+        send(
+            &mut caller,
+            json!({"type": "CANDIDATE", "dst": "callee", "payload": {"n": i}}),
+        );
+    }
+    let offer = next(&mut callee).unwrap();
+    assert_eq!(
+        (offer["type"].as_str(), offer["src"].as_str()),
+        (Some("OFFER"), Some("caller"))
+    );
+    for i in 0..10 {
+        assert_eq!(
+            next(&mut callee).unwrap()["payload"]["n"],
+            i,
+            "in the order sent"
+        );
+    }
+    send(
+        &mut callee,
+        json!({"type": "ANSWER", "dst": "caller", "src": "forged", "payload": {}}),
+    );
+    let answer = next(&mut caller).unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["src"].as_str()),
+        (Some("ANSWER"), Some("callee"))
+    );
+
+    // An id held on A with another token is taken on B too.
+    let mut thief = open(b, "peerjs", "caller", "not-t1");
+    assert_eq!(next(&mut thief).unwrap()["type"], "ID-TAKEN");
+    assert!(next(&mut thief).is_none(), "and closed");
+    // A message for an id connected nowhere waits, then expires to its sender.
+    send(
+        &mut caller,
+        json!({"type": "OFFER", "dst": "nobody", "payload": {}}),
+    );
+    let expired = next(&mut caller).unwrap();
+    assert_eq!(
+        (expired["type"].as_str(), expired["src"].as_str()),
+        (Some("EXPIRE"), Some("nobody"))
+    );
+
+    // B dies with its peer: once B's heartbeat is gone, the id is free.
+    nodes[1].kill9();
+    let a = &nodes[0];
+    let started = Instant::now();
+    let mut retaken = loop {
+        assert!(started.elapsed() < LIMIT, "the dead node's id stays taken");
+        let mut ws = open(a, "peerjs", "callee", "new-token");
+        match next(&mut ws).unwrap()["type"].as_str() {
+            Some("OPEN") => break ws,
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    println!(
+        "a killed node's PeerJS id was free again after {:?}",
+        started.elapsed()
+    );
+    send(
+        &mut caller,
+        json!({"type": "OFFER", "dst": "callee", "payload": {}}),
+    );
+    assert_eq!(next(&mut retaken).unwrap()["src"], "caller");
+    for log in nodes.iter().map(Server::log_text) {
+        assert!(!log.contains("panicked"));
+        assert!(
+            !log.contains("new-token") && !log.contains("not-t1"),
+            "tokens stay out of logs"
+        );
     }
 }

@@ -3,41 +3,11 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::peerjs::{next, open, send};
 use common::{Server, http};
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn open(server: &Server, key: &str, id: &str, token: &str) -> Socket {
-    let url = server
-        .url(&format!("/peer/peerjs?key={key}&id={id}&token={token}"))
-        .replace("http://", "ws://");
-    let (mut ws, _) = tungstenite::connect(url).expect("the WebSocket opens");
-    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    }
-    ws
-}
-
-/// The next JSON frame, or None once the server closed the socket.
-fn next(ws: &mut Socket) -> Option<Value> {
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(Message::Close(_)) => return None,
-            Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return None;
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
 
 /// `GET /peer/peerjs/peers` as JSON.
 fn peers(server: &Server) -> Value {
@@ -48,10 +18,6 @@ fn peers(server: &Server) -> Value {
         .text()
         .unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn send(ws: &mut Socket, v: Value) {
-    ws.send(Message::text(v.to_string())).unwrap();
 }
 
 #[test]

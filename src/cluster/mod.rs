@@ -19,6 +19,7 @@ pub mod auth;
 pub mod casts;
 pub mod chat;
 pub mod exposition;
+pub mod peerjs;
 pub mod redis;
 pub mod registry;
 pub mod relay;
@@ -142,6 +143,8 @@ pub struct Cluster {
     chat: broadcast::Sender<chat::Heard>,
     /// Live rules heard on `vessel:rules` (`rules.rs`).
     rules: broadcast::Sender<rules::Heard>,
+    /// PeerJS messages for this node's peers (`peerjs.rs`).
+    peerjs: broadcast::Sender<peerjs::Forwarded>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -206,6 +209,7 @@ impl Cluster {
             relay_casts: Mutex::default(),
             chat: broadcast::channel(1024).0,
             rules: broadcast::channel(256).0,
+            peerjs: broadcast::channel(1024).0,
         });
         tracing::info!(
             node = %cluster.node,
@@ -622,7 +626,12 @@ impl Cluster {
             let (tx, mut subscribed) = tokio::sync::oneshot::channel();
             let me = self.clone();
             let listening = self.store.listen(
-                &[redis::CHANNEL, chat::CHANNEL, rules::CHANNEL],
+                &[
+                    redis::CHANNEL,
+                    chat::CHANNEL,
+                    rules::CHANNEL,
+                    peerjs::CHANNEL,
+                ],
                 move || {
                     let _ = tx.send(());
                 },
@@ -663,6 +672,14 @@ impl Cluster {
             chat::CHANNEL => match serde_json::from_str(payload) {
                 Ok(heard) => {
                     let _ = self.chat.send(heard);
+                }
+                Err(e) => tracing::warn!("ignoring a malformed message on {channel}: {e}"),
+            },
+            peerjs::CHANNEL => match serde_json::from_str::<peerjs::Forwarded>(payload) {
+                Ok(message) => {
+                    if message.node == self.node {
+                        let _ = self.peerjs.send(message);
+                    }
                 }
                 Err(e) => tracing::warn!("ignoring a malformed message on {channel}: {e}"),
             },

@@ -45,8 +45,12 @@ const FORGET_NODE_MS: u64 = 60_000;
 /// empty) cannot send epochs backwards while anyone remembers them.
 const EPOCH_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// What a node's heartbeat key starts with (scripts that check a node is
+/// alive append its id).
+pub const NODE_KEY_PREFIX: &str = "vessel:node:";
+
 fn node_key(id: &str) -> String {
-    format!("vessel:node:{id}")
+    format!("{NODE_KEY_PREFIX}{id}")
 }
 fn lives_key(id: &str) -> String {
     format!("vessel:lives:{id}")

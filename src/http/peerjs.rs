@@ -18,15 +18,21 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio::sync::mpsc;
+use std::sync::Weak;
+use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
+use crate::cluster::{Cluster, peerjs};
 use crate::peerjs::{ConnId, Out, PeerConfig, PeerServer};
 
 pub struct PeerHub {
     discovery: bool,
     next: AtomicU64,
     state: Mutex<HubState>,
+    /// In a cluster: the cluster, and the queue of the protocol's effects
+    /// on it (joins, leaves, messages for other nodes), carried out in
+    /// order by one task ([`cluster_effects`]).
+    cluster: Option<(Arc<Cluster>, mpsc::Sender<Out>)>,
 }
 
 struct HubState {
@@ -37,19 +43,39 @@ struct HubState {
 /// Frames queued towards one WebSocket; a peer that does not read them is
 /// disconnected rather than let the queue grow.
 const SEND_QUEUE: usize = 256;
+/// The cluster effects waiting for Redis; beyond this they are dropped
+/// (a message lost to a peer on another node; an id record left to expire).
+const CLUSTER_QUEUE: usize = 4096;
 
 impl PeerHub {
     /// Starts the hub and its clock (a task that expires queued messages
     /// and silent peers once a second).
-    pub fn start(config: PeerConfig, discovery: bool) -> Arc<Self> {
+    /// In a cluster, peers on any node reach each other
+    /// (`cluster::peerjs`).
+    pub fn start(config: PeerConfig, discovery: bool, cluster: Option<Arc<Cluster>>) -> Arc<Self> {
+        let server = match &cluster {
+            Some(_) => PeerServer::new(config).clustered(),
+            None => PeerServer::new(config),
+        };
+        let (cluster, effects) = match cluster {
+            Some(cluster) => {
+                let (tx, rx) = mpsc::channel(CLUSTER_QUEUE);
+                (Some((cluster.clone(), tx)), Some((cluster, rx)))
+            }
+            None => (None, None),
+        };
         let hub = Arc::new(Self {
             discovery,
             next: AtomicU64::new(1),
             state: Mutex::new(HubState {
-                server: PeerServer::new(config),
+                server,
                 conns: HashMap::new(),
             }),
+            cluster,
         });
+        if let Some((cluster, rx)) = effects {
+            tokio::spawn(cluster_effects(Arc::downgrade(&hub), cluster, rx));
+        }
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -80,6 +106,15 @@ impl PeerHub {
                 Out::Close(conn) => {
                     if let Some(tx) = state.conns.remove(&conn) {
                         let _ = tx.try_send(Frame::Close(None));
+                    }
+                }
+                effect @ (Out::Elsewhere { .. } | Out::Joined { .. } | Out::Left { .. }) => {
+                    if let Some((_, tx)) = &self.cluster
+                        && tx.try_send(effect).is_err()
+                    {
+                        tracing::warn!(
+                            "PeerJS: the cluster queue is full; a message or id record dropped"
+                        );
                     }
                 }
             }
@@ -167,15 +202,19 @@ async fn run(
         .unwrap_or_else(|e| e.into_inner())
         .conns
         .insert(conn, tx);
-    hub.with(|s| {
-        s.connect(
-            conn,
-            query.key.as_deref(),
-            query.id.as_deref(),
-            query.token.as_deref(),
-            Instant::now(),
-        )
-    });
+    if taken_elsewhere(&hub, &query).await {
+        hub.with(|s| s.refuse_taken(conn));
+    } else {
+        hub.with(|s| {
+            s.connect(
+                conn,
+                query.key.as_deref(),
+                query.id.as_deref(),
+                query.token.as_deref(),
+                Instant::now(),
+            )
+        });
+    }
     loop {
         tokio::select! {
             out = rx.recv() => match out {
@@ -208,4 +247,73 @@ async fn run(
         .conns
         .remove(&conn);
     hub.with(|s| s.disconnect(conn));
+}
+
+/// In a cluster: whether another peer holds the id on another node (with
+/// Redis away, nodes are on their own, and nothing is taken elsewhere).
+async fn taken_elsewhere(hub: &PeerHub, query: &ConnectQuery) -> bool {
+    let (Some((cluster, _)), Some(key), Some(id), Some(token)) = (
+        &hub.cluster,
+        query.key.as_deref(),
+        query.id.as_deref(),
+        query.token.as_deref(),
+    ) else {
+        return false;
+    };
+    if !hub.with(|s| s.is_key(key)) || !PeerServer::valid_id(id) {
+        return false; // refused anyway, with the reason
+    }
+    matches!(cluster.peerjs_free(id, token).await, Ok(false))
+}
+
+/// Carries out the protocol's cluster effects, one at a time and in order
+/// (a peer's `OFFER` before its `CANDIDATE`s), keeps this node's ids
+/// recorded, and delivers what other nodes send to peers here.
+async fn cluster_effects(
+    hub: Weak<PeerHub>,
+    cluster: Arc<Cluster>,
+    mut effects: mpsc::Receiver<Out>,
+) {
+    let mut refresh = tokio::time::interval(peerjs::REFRESH);
+    let mut heard = cluster.peerjs_events();
+    loop {
+        tokio::select! {
+            effect = effects.recv() => {
+                let Some(effect) = effect else { return };
+                match effect {
+                    Out::Joined { id, token } => {
+                        let _ = cluster.peerjs_joined(&id, &token).await;
+                    }
+                    Out::Left { id, token } => {
+                        let _ = cluster.peerjs_release(&id, &token).await;
+                    }
+                    Out::Elsewhere { src, dst, text } => {
+                        if !cluster.peerjs_forward(&dst, &text).await.unwrap_or(false) {
+                            // Nowhere else (or Redis is away): it waits here.
+                            let Some(hub) = hub.upgrade() else { return };
+                            hub.with(|s| s.hold(&src, &dst, &text, Instant::now()));
+                        }
+                    }
+                    Out::Send(..) | Out::Close(_) => {}
+                }
+            }
+            _ = refresh.tick() => {
+                let Some(hub) = hub.upgrade() else { return };
+                let ids = hub.with(|s| s.tokens());
+                let _ = cluster.peerjs_refresh(&ids).await;
+            }
+            message = heard.recv() => match message {
+                Ok(m) => {
+                    let Some(hub) = hub.upgrade() else { return };
+                    if !hub.with(|s| s.deliver(&m.dst, &m.text)) {
+                        tracing::debug!("PeerJS: a message from another node for a peer gone from here");
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("PeerJS: {n} messages from other nodes dropped (this node fell behind)");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
 }

@@ -45,6 +45,20 @@ pub enum Out {
     Send(ConnId, String),
     /// Close a connection (after what was sent to it).
     Close(ConnId),
+    /// A message for an id not connected here, in a cluster: the runtime
+    /// asks the cluster where `dst` is and carries `text` there, in the
+    /// order given; if `dst` is nowhere, it hands the message back with
+    /// [`PeerServer::hold`] (queued here, `EXPIRE` if nobody comes).
+    Elsewhere {
+        src: String,
+        dst: String,
+        text: String,
+    },
+    /// A peer took its id here (in a cluster: the runtime records it, so
+    /// other nodes find it).
+    Joined { id: String, token: String },
+    /// A peer here is gone (the runtime forgets it, if it is still ours).
+    Left { id: String, token: String },
 }
 
 struct Client {
@@ -69,6 +83,8 @@ pub struct PeerServer {
     queues: HashMap<String, Queue>,
     /// Bytes held in `queues`, all ids together.
     queued_bytes: usize,
+    /// In a cluster: messages for ids not here go out as [`Out::Elsewhere`].
+    clustered: bool,
     out: VecDeque<Out>,
 }
 
@@ -90,13 +106,37 @@ impl PeerServer {
             ids: HashMap::new(),
             queues: HashMap::new(),
             queued_bytes: 0,
+            clustered: false,
             out: VecDeque::new(),
         }
+    }
+
+    /// Part of a cluster: ids connect to any node (messages for an id not
+    /// here go out as [`Out::Elsewhere`]; joins and leaves are announced).
+    pub fn clustered(mut self) -> Self {
+        self.clustered = true;
+        self
+    }
+
+    /// Whether `id` may take a connection (what [`Self::connect`] would
+    /// not refuse for the id itself): the runtime asks the cluster only
+    /// for those.
+    pub fn valid_id(id: &str) -> bool {
+        !id.is_empty() && id.len() <= MAX_ID
     }
 
     /// Whether `key` is this server's (in constant time).
     pub fn is_key(&self, key: &str) -> bool {
         crate::access::same(key, &self.config.key)
+    }
+
+    /// The ids connected now with their tokens (a cluster keeps them
+    /// recorded).
+    pub fn tokens(&self) -> Vec<(String, String)> {
+        self.clients
+            .iter()
+            .map(|(id, c)| (id.clone(), c.token.clone()))
+            .collect()
     }
 
     /// The ids connected now (for `GET /{key}/peers` with discovery).
@@ -125,7 +165,7 @@ impl PeerServer {
         if !crate::access::same(key, &self.config.key) {
             return self.refuse(conn, "ERROR", "Invalid key provided");
         }
-        if id.is_empty() || id.len() > MAX_ID {
+        if !Self::valid_id(id) {
             return self.refuse(conn, "ERROR", "Invalid id");
         }
         if let Some(client) = self.clients.get_mut(id) {
@@ -157,6 +197,12 @@ impl PeerServer {
             );
             self.ids.insert(conn, id.to_string());
             self.send(conn, json!({"type": "OPEN"}));
+            if self.clustered {
+                self.out.push_back(Out::Joined {
+                    id: id.to_string(),
+                    token: token.to_string(),
+                });
+            }
         }
         if let Some(queue) = self.take_queue(id) {
             for (_, text) in queue.messages {
@@ -195,36 +241,80 @@ impl PeerServer {
         self.relay(&kind, &src, dst, Value::Object(message), now);
     }
 
+    /// The id's connection refused: in a cluster, another node's peer
+    /// holds it with another token.
+    pub fn refuse_taken(&mut self, conn: ConnId) {
+        self.refuse(conn, "ID-TAKEN", "ID is taken");
+    }
+
+    /// A message from a peer on another node, for `dst`: sent if `dst` is
+    /// here (false if it is not, any more).
+    pub fn deliver(&mut self, dst: &str, text: &str) -> bool {
+        let Some(client) = self.clients.get(dst) else {
+            return false;
+        };
+        self.out.push_back(Out::Send(client.conn, text.to_string()));
+        true
+    }
+
+    /// A message the cluster found nobody for: queued here as on one node
+    /// (delivered if `dst` connects here, `EXPIRE` to `src` otherwise).
+    pub fn hold(&mut self, src: &str, dst: &str, text: &str, now: Instant) {
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind == "LEAVE" || kind == "EXPIRE" {
+            return;
+        }
+        if let Some(client) = self.clients.get(dst) {
+            // Connected here meanwhile.
+            let conn = client.conn;
+            self.out.push_back(Out::Send(conn, text.to_string()));
+            return;
+        }
+        self.queue(src, dst.to_string(), text.to_string(), now);
+    }
+
     fn relay(&mut self, kind: &str, src: &str, dst: Option<String>, message: Value, now: Instant) {
         match dst {
             Some(dst) if self.clients.contains_key(&dst) => {
                 let conn = self.clients[&dst].conn;
                 self.send(conn, message);
             }
+            Some(dst) if self.clustered && dst.len() <= MAX_ID => {
+                self.out.push_back(Out::Elsewhere {
+                    src: src.to_string(),
+                    dst,
+                    text: message.to_string(),
+                });
+            }
             // Nobody to tell that someone left or expired.
             Some(_) if kind == "LEAVE" || kind == "EXPIRE" => {}
-            Some(dst) if dst.len() <= MAX_ID => {
-                let text = message.to_string();
-                let size = text.len() + src.len();
-                if self.queued_bytes + size > MAX_QUEUED_BYTES {
-                    tracing::debug!(peer = %src, "PeerJS: message queues full; dropped");
-                    return;
-                }
-                let queue = self.queues.entry(dst).or_insert_with(|| Queue {
-                    since: now,
-                    messages: Vec::new(),
-                    bytes: 0,
-                });
-                if queue.messages.len() < MAX_QUEUED_PER_ID {
-                    queue.messages.push((src.to_string(), text));
-                    queue.bytes += size;
-                    self.queued_bytes += size;
-                }
-            }
+            Some(dst) if dst.len() <= MAX_ID => self.queue(src, dst, message.to_string(), now),
             Some(_) => {}
             // LEAVE without a destination: the sender is leaving the server.
             None if kind == "LEAVE" => self.remove(src),
             None => {}
+        }
+    }
+
+    /// Keeps a message for an absent id, within the bounds.
+    fn queue(&mut self, src: &str, dst: String, text: String, now: Instant) {
+        let size = text.len() + src.len();
+        if self.queued_bytes + size > MAX_QUEUED_BYTES {
+            tracing::debug!(peer = %src, "PeerJS: message queues full; dropped");
+            return;
+        }
+        let queue = self.queues.entry(dst).or_insert_with(|| Queue {
+            since: now,
+            messages: Vec::new(),
+            bytes: 0,
+        });
+        if queue.messages.len() < MAX_QUEUED_PER_ID {
+            queue.messages.push((src.to_string(), text));
+            queue.bytes += size;
+            self.queued_bytes += size;
         }
     }
 
@@ -233,7 +323,14 @@ impl PeerServer {
         if let Some(id) = self.ids.remove(&conn)
             && self.clients.get(&id).is_some_and(|c| c.conn == conn)
         {
-            self.clients.remove(&id);
+            let client = self.clients.remove(&id).expect("checked");
+            self.left(id, client.token);
+        }
+    }
+
+    fn left(&mut self, id: String, token: String) {
+        if self.clustered {
+            self.out.push_back(Out::Left { id, token });
         }
     }
 
@@ -289,6 +386,7 @@ impl PeerServer {
         if let Some(client) = self.clients.remove(id) {
             self.ids.remove(&client.conn);
             self.out.push_back(Out::Close(client.conn));
+            self.left(id.to_string(), client.token);
         }
     }
 

@@ -52,6 +52,84 @@ fn sent(out: &[Out], to: ConnId) -> Vec<Value> {
 }
 
 #[test]
+fn in_a_cluster_ids_are_announced_and_messages_for_other_nodes_go_out_in_order() {
+    let mut w = World::new();
+    w.server = PeerServer::new(PeerConfig::default()).clustered();
+    let out = w.connect(1, "alice", "t1");
+    assert_eq!(sent(&out, 1)[0]["type"], "OPEN");
+    let joined = Out::Joined {
+        id: "alice".into(),
+        token: "t1".into(),
+    };
+    assert!(out.contains(&joined), "{out:?}");
+    // The same peer again (a new socket): no second announcement.
+    let out = w.connect(2, "alice", "t1");
+    assert!(!out.iter().any(|o| matches!(o, Out::Joined { .. })));
+
+    // Messages for an id not here go out, in order, with the server's src.
+    let out = w.say(2, r#"{"type":"OFFER","dst":"bob","payload":{"n":1}}"#);
+    let out2 = w.say(2, r#"{"type":"CANDIDATE","dst":"bob","payload":{"n":2}}"#);
+    let mut texts = Vec::new();
+    for o in out.iter().chain(&out2) {
+        match o {
+            Out::Elsewhere { src, dst, text } => {
+                assert_eq!((src.as_str(), dst.as_str()), ("alice", "bob"));
+                texts.push(serde_json::from_str::<Value>(text).unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(texts[0]["type"], "OFFER");
+    assert_eq!(texts[0]["src"], "alice");
+    assert_eq!(texts[1]["payload"]["n"], 2);
+    // Not queued here: no EXPIRE for what went to another node.
+    assert!(w.wait(Duration::from_secs(10)).is_empty());
+
+    // From another node: delivered to a peer here; nothing for one not here.
+    assert!(
+        w.server
+            .deliver("alice", r#"{"type":"ANSWER","src":"bob"}"#)
+    );
+    assert_eq!(sent(&w.drain(), 2)[0]["type"], "ANSWER");
+    assert!(!w.server.deliver("carol", "{}"));
+
+    // What the cluster found nobody for waits here, then expires.
+    w.server.hold(
+        "alice",
+        "dave",
+        r#"{"type":"OFFER","dst":"dave","src":"alice"}"#,
+        w.now,
+    );
+    w.server
+        .hold("alice", "dave", r#"{"type":"LEAVE","dst":"dave"}"#, w.now);
+    let out = w.wait(Duration::from_secs(6));
+    let expired = sent(&out, 2);
+    assert_eq!(expired.len(), 1, "{out:?}");
+    assert_eq!(expired[0]["type"], "EXPIRE");
+    assert_eq!(expired[0]["src"], "dave");
+
+    // Taken on another node: refused as on one node.
+    w.server.refuse_taken(9);
+    let out = w.drain();
+    assert_eq!(sent(&out, 9)[0]["type"], "ID-TAKEN");
+    assert!(out.contains(&Out::Close(9)));
+
+    // Leaving, by closing or by going silent, is announced.
+    w.connect(3, "erin", "t3");
+    w.server.disconnect(2);
+    let left = Out::Left {
+        id: "alice".into(),
+        token: "t1".into(),
+    };
+    assert_eq!(w.drain(), [left]);
+    let out = w.wait(Duration::from_secs(61));
+    assert!(out.contains(&Out::Left {
+        id: "erin".into(),
+        token: "t3".into()
+    }));
+}
+
+#[test]
 fn a_peer_opens_and_a_taken_id_is_refused_without_disturbing_its_holder() {
     let mut w = World::new();
     let out = w.connect(1, "alice", "t1");

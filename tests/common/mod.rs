@@ -16,6 +16,7 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 pub mod cluster;
+pub mod peerjs;
 pub mod socketio;
 
 pub struct Server {
