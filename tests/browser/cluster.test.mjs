@@ -173,13 +173,17 @@ test('cl1: viewers routed over two edges decode; kill -9 of an edge: its viewer 
   await waitForMedia(v1, PLAYER_PC, { what: 'viewer 1' });
 });
 
-test('cl2: kill -9 of the origin: the cast page casts again on another node, which becomes the origin, and the viewers resume without a reload', async () => {
+test('cl2: kill -9 of the origin: the cast page casts again on another node, which becomes the origin, and the viewers on both other nodes resume without a reload', async () => {
   const { a, b, c } = await startCluster();
   const live = liveName('cl2');
   const caster = await openCaster(live, a.url);
   const v1 = await openViewer(live, b.url, 'viewer 1');
   const node1 = await v1.evaluate(() => window.vesselPlayer.node);
   assert.notEqual(node1, a.url);
+  await waitFor(async () => (await viewersByNode(a.url))[node1] >= 1, 5000, "viewer 1's node counting it");
+  const v2 = await openViewer(live, c.url, 'viewer 2');
+  const node2 = await v2.evaluate(() => window.vesselPlayer.node);
+  assert.ok(![a.url, node1].includes(node2), `viewer 2 on the third node (${node2})`);
   const origin = async (base) => (await fetch(`${base}/api/origin?live=${live}`)).json().catch(() => null);
   const before = await origin(node1);
   assert.equal(before.url, a.url, "the live's origin is A");
@@ -197,8 +201,10 @@ test('cl2: kill -9 of the origin: the cast page casts again on another node, whi
   assert.equal(await caster.evaluate(() => window.vesselPublisher.state), 'live');
   // The cast page's chat followed the caster to its new node, and moderates there.
   await waitInPage(caster, `window.vesselChat.node === ${JSON.stringify(casting)} && window.vesselChat.moderator`, 10000, "the cast page's chat moderating on the new node");
-  assert.equal(await v1.evaluate(() => window.__notReloaded), true, 'the viewer page was not reloaded');
-  await waitForMedia(v1, PLAYER_PC, { what: 'viewer 1 after the origin moved' });
+  for (const [page, what] of [[v1, 'viewer 1'], [v2, 'viewer 2']]) {
+    assert.equal(await page.evaluate(() => window.__notReloaded), true, `${what}'s page was not reloaded`);
+    await waitForMedia(page, PLAYER_PC, { what: `${what} after the origin moved` });
+  }
 });
 
 test('cl3: the seed\'s PeerJS cast/receive with the caster and the receiver on different nodes (one hostname, two nodes): signaling crosses the cluster, video and audio decode', async () => {
