@@ -254,6 +254,13 @@ fn a_recording_that_cannot_be_written_stops_warns_and_counts_while_the_live_goes
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.bytes().unwrap().len() > 1000);
+    // And so do WebRTC viewers.
+    let mut viewer = Client::connect(&server, "/whep/show");
+    viewer.run_until(
+        Duration::from_secs(10),
+        "video and audio for a WHEP viewer",
+        |v| v.video().len() > 30 && v.audio().len() > 20,
+    );
     let _ = caster.kill();
     let _ = caster.wait();
     let _ = std::fs::remove_file(&blocked);

@@ -314,3 +314,49 @@ async fn tell(url: String, client: reqwest::Client, path: PathBuf) {
     }
     tracing::error!(file = %d.file, "recording webhook: gave up after {WEBHOOK_TRIES} attempts");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file in `dir` last written `age` ago.
+    fn file(dir: &Path, name: &str, age: Duration) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_sweep_deletes_old_finished_recordings_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("vessel-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let day = Duration::from_secs(86_400);
+        // Started long ago (by its name) and last written 10 days ago.
+        let old = file(&dir, "show-20200101-000000.mp4", 10 * day);
+        let old_webm = file(&dir, "show-20200101-000000.webm", 10 * day);
+        // Started long ago but written to yesterday (a long recording).
+        let recent = file(&dir, "show-20200102-000000.mp4", day);
+        // Old, but still being written.
+        let writing = file(&dir, "other-20200101-000000.mp4", 10 * day);
+        // Old, but not a recording's name.
+        let stranger = file(&dir, "notes.txt", 10 * day);
+        let being_written = HashSet::from([writing.clone()]);
+
+        sweep(&dir, 7 * day, &being_written);
+        for (path, kept) in [
+            (&old, false),
+            (&old_webm, false),
+            (&recent, true),
+            (&writing, true),
+            (&stranger, true),
+        ] {
+            assert_eq!(path.exists(), kept, "{}", path.display());
+        }
+        // A directory that is gone is no error.
+        std::fs::remove_dir_all(&dir).unwrap();
+        sweep(&dir, 7 * day, &HashSet::new());
+    }
+}

@@ -5,12 +5,10 @@
 // without a page reload. Media is checked on getStats (frames decoded, audio received).
 
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { afterEach, test } from 'node:test';
-import { Harness, liveName, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
+import { Harness, answerPeerjsCalls, callPeerjs, liveName, peerjsPage, waitFor, waitForMedia, waitInPage } from './helpers.mjs';
 
 const PLAYER_PC = 'window.vesselPlayer && window.vesselPlayer.pc';
-const PEERJS = path.join(path.dirname(new URL(import.meta.url).pathname), 'node_modules/peerjs/dist/peerjs.min.js');
 
 /** @type {Harness|null} */
 let h = null;
@@ -209,40 +207,11 @@ test('cl2: kill -9 of the origin: the cast page casts again on another node, whi
 
 test('cl3: the seed\'s PeerJS cast/receive with the caster and the receiver on different nodes (one hostname, two nodes): signaling crosses the cluster, video and audio decode', async () => {
   const { a, b } = await startCluster();
-  /** A page of `base` with npm peerjs, opened as the seed opens it, against that node. */
-  const peerPage = async (base, name) => {
-    const page = await h.open('/', name, { base });
-    await page.addScriptTag({ path: PEERJS });
-    await page.evaluate(async (port) => {
-      const config = await (await fetch('/api/ice-servers')).json();
-      window.peer = new window.peerjs.Peer({ host: '127.0.0.1', port: Number(port), path: '/peer', config });
-      window.peerId = await new Promise((resolve, reject) => {
-        window.peer.on('open', resolve);
-        window.peer.on('error', reject);
-      });
-    }, new URL(base).port);
-    return page;
-  };
-  const receiver = await peerPage(a.url, 'receive on A');
-  await receiver.evaluate(() => {
-    window.peer.on('call', (call) => {
-      window.call = call;
-      call.answer();
-      call.on('stream', (stream) => {
-        const video = document.createElement('video');
-        video.muted = true;
-        video.autoplay = true;
-        video.srcObject = stream;
-        document.body.append(video);
-      });
-    });
-  });
+  const receiver = await peerjsPage(h, 'receive on A', a.url);
+  await answerPeerjsCalls(receiver);
   const receiverId = await receiver.evaluate(() => window.peerId);
-  const caster = await peerPage(b.url, 'cast on B');
-  await caster.evaluate(async (id) => {
-    const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
-    window.outgoing = window.peer.call(id, stream);
-  }, receiverId);
+  const caster = await peerjsPage(h, 'cast on B', b.url);
+  await callPeerjs(caster, receiverId);
   await waitForMedia(receiver, 'window.call && window.call.peerConnection', { what: 'PeerJS receiver on A, called from B' });
   // The same id on the other node, with another token: taken.
   const taken = await caster.evaluate(async (id) => {

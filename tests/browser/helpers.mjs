@@ -578,3 +578,51 @@ export function waitInPage(page, expr, timeoutMs = 15000, what = expr) {
 export function liveName(prefix) {
   return `${prefix}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
 }
+
+/** npm `peerjs`'s browser bundle (installed for the tests). */
+const PEERJS_BUNDLE = path.join(REPO, 'tests/browser/node_modules/peerjs/dist/peerjs.min.js');
+
+/**
+ * A page of `base` (default the harness's server) with npm `peerjs` loaded and a Peer opened
+ * as the seed opens it, against that server's PeerServer at /peer with its ICE servers (never
+ * the public PeerJS cloud or public STUN). The page has `window.peer` and `window.peerId`.
+ */
+export async function peerjsPage(h, name, base = h.url) {
+  const page = await h.open('/', name, { base });
+  await page.addScriptTag({ path: PEERJS_BUNDLE });
+  await page.evaluate(async (port) => {
+    // What the seed passed as `config`, with Vessel's STUN/TURN instead of Google's STUN.
+    const config = await (await fetch('/api/ice-servers')).json();
+    window.peer = new window.peerjs.Peer({ host: '127.0.0.1', port: Number(port), path: '/peer', config });
+    window.peerId = await new Promise((resolve, reject) => {
+      window.peer.on('open', resolve);
+      window.peer.on('error', reject);
+    });
+  }, new URL(base).port);
+  return page;
+}
+
+/** The seed's receive.tsx on a {@link peerjsPage}: answer calls without a stream, play what comes (`window.call`). */
+export async function answerPeerjsCalls(page) {
+  await page.evaluate(() => {
+    window.peer.on('call', (call) => {
+      window.call = call;
+      call.answer();
+      call.on('stream', (stream) => {
+        const video = document.createElement('video');
+        video.muted = true;
+        video.autoplay = true;
+        video.srcObject = stream;
+        document.body.append(video);
+      });
+    });
+  });
+}
+
+/** The seed's cast.tsx on a {@link peerjsPage}: camera and microphone, then `peer.call(id, stream)`. */
+export async function callPeerjs(page, id) {
+  await page.evaluate(async (id) => {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+    window.outgoing = window.peer.call(id, stream);
+  }, id);
+}
