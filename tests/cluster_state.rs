@@ -7,19 +7,17 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::chat::{self, Socket, next, say};
 use common::cluster::{Redis, fresh_nodes, id_of, poll};
 use common::{Client, Server, http};
 use serde_json::{Value, json};
+use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 
 const LIMIT: Duration = Duration::from_secs(15);
 const VIEWER_SECRET: &str = "viewer-secret-for-tests";
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// A node of the cluster, with a viewer-token secret (the same on every
 /// node, as a cluster's must be).
@@ -54,43 +52,13 @@ fn cluster_of(redis: &Redis, n: usize) -> Vec<Server> {
 }
 
 fn open(server: &Server, live: &str, query: &str) -> Socket {
-    let url = server
-        .url(&format!("/api/lives/{live}/chat?{query}"))
-        .replace("http://", "ws://");
-    let (mut ws, _) = tungstenite::connect(url).expect("chat opens");
-    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    }
-    let welcome = next(&mut ws);
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    ws
-}
-
-fn next(ws: &mut Socket) -> Value {
-    loop {
-        match ws.read().expect("a frame within 5 s") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(c) => panic!("closed: {c:?}"),
-            _ => continue,
-        }
-    }
-}
-
-fn say(ws: &mut Socket, text: &str) {
-    ws.send(Message::text(
-        json!({"type": "say", "text": text}).to_string(),
-    ))
-    .unwrap();
+    chat::open(server, live, query).0
 }
 
 /// The next `message` frame's (id, text).
 fn message(ws: &mut Socket) -> (u64, String) {
-    let m = next(ws);
-    assert_eq!(m["type"], "message", "{m}");
-    (
-        m["id"].as_u64().unwrap(),
-        m["text"].as_str().unwrap().to_string(),
-    )
+    let (id, _, text) = chat::message(ws);
+    (id, text)
 }
 
 /// Frames until `done` says so, or panics after `limit`.

@@ -15,6 +15,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
+pub mod chat;
 pub mod cluster;
 pub mod peerjs;
 pub mod socketio;
