@@ -71,7 +71,7 @@ pub fn peerjs_message(data: &[u8]) {
                 }
                 // The socket closes, and the face says so.
                 Out::Close(c) => server.disconnect(c),
-                other => panic!("a single node's PeerServer said {other:?}"),
+                Out::Cluster(effect) => panic!("a single node's PeerServer said {effect:?}"),
             }
         }
         assert!(server.peers().len() <= MAX_PEERS, "over the peer limit");

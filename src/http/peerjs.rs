@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use std::sync::Weak;
 use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
 use crate::cluster::{Cluster, peerjs};
-use crate::peerjs::{ConnId, Out, PeerConfig, PeerServer};
+use crate::peerjs::{ConnId, Effect, Out, PeerConfig, PeerServer};
 
 pub struct PeerHub {
     discovery: bool,
@@ -32,7 +32,7 @@ pub struct PeerHub {
     /// In a cluster: the cluster, and the queue of the protocol's effects
     /// on it (joins, leaves, messages for other nodes), carried out in
     /// order by one task ([`cluster_effects`]).
-    cluster: Option<(Arc<Cluster>, mpsc::Sender<Out>)>,
+    cluster: Option<(Arc<Cluster>, mpsc::Sender<Effect>)>,
 }
 
 struct HubState {
@@ -108,7 +108,7 @@ impl PeerHub {
                         let _ = tx.try_send(Frame::Close(None));
                     }
                 }
-                effect @ (Out::Elsewhere { .. } | Out::Joined { .. } | Out::Left { .. }) => {
+                Out::Cluster(effect) => {
                     if let Some((_, tx)) = &self.cluster
                         && tx.try_send(effect).is_err()
                     {
@@ -272,7 +272,7 @@ async fn taken_elsewhere(hub: &PeerHub, query: &ConnectQuery) -> bool {
 async fn cluster_effects(
     hub: Weak<PeerHub>,
     cluster: Arc<Cluster>,
-    mut effects: mpsc::Receiver<Out>,
+    mut effects: mpsc::Receiver<Effect>,
 ) {
     let mut refresh = tokio::time::interval(peerjs::REFRESH);
     let mut heard = cluster.peerjs_events();
@@ -281,20 +281,19 @@ async fn cluster_effects(
             effect = effects.recv() => {
                 let Some(effect) = effect else { return };
                 match effect {
-                    Out::Joined { id, token } => {
+                    Effect::Joined { id, token } => {
                         let _ = cluster.peerjs_joined(&id, &token).await;
                     }
-                    Out::Left { id, token } => {
+                    Effect::Left { id, token } => {
                         let _ = cluster.peerjs_release(&id, &token).await;
                     }
-                    Out::Elsewhere { src, dst, text } => {
+                    Effect::Elsewhere { src, dst, text } => {
                         if !cluster.peerjs_forward(&dst, &text).await.unwrap_or(false) {
                             // Nowhere else (or Redis is away): it waits here.
                             let Some(hub) = hub.upgrade() else { return };
                             hub.with(|s| s.hold(&src, &dst, &text, Instant::now()));
                         }
                     }
-                    Out::Send(..) | Out::Close(_) => {}
                 }
             }
             _ = refresh.tick() => {

@@ -45,19 +45,26 @@ pub enum Out {
     Send(ConnId, String),
     /// Close a connection (after what was sent to it).
     Close(ConnId),
-    /// A message for an id not connected here, in a cluster: the runtime
-    /// asks the cluster where `dst` is and carries `text` there, in the
-    /// order given; if `dst` is nowhere, it hands the message back with
-    /// [`PeerServer::hold`] (queued here, `EXPIRE` if nobody comes).
+    /// In a cluster only: what the cluster must do (see [`Effect`]).
+    Cluster(Effect),
+}
+
+/// What a clustered [`PeerServer`] asks of the cluster; the runtime carries
+/// them out one at a time, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A message for an id not connected here: the runtime asks the
+    /// cluster where `dst` is and carries `text` there; if `dst` is
+    /// nowhere, it hands the message back with [`PeerServer::hold`]
+    /// (queued here, `EXPIRE` if nobody comes).
     Elsewhere {
         src: String,
         dst: String,
         text: String,
     },
-    /// A peer took its id here (in a cluster: the runtime records it, so
-    /// other nodes find it).
+    /// A peer took its id here: recorded, so other nodes find it.
     Joined { id: String, token: String },
-    /// A peer here is gone (the runtime forgets it, if it is still ours).
+    /// A peer here is gone: forgotten, if the record is still ours.
     Left { id: String, token: String },
 }
 
@@ -83,7 +90,7 @@ pub struct PeerServer {
     queues: HashMap<String, Queue>,
     /// Bytes held in `queues`, all ids together.
     queued_bytes: usize,
-    /// In a cluster: messages for ids not here go out as [`Out::Elsewhere`].
+    /// In a cluster: messages for ids not here go out as [`Effect::Elsewhere`].
     clustered: bool,
     out: VecDeque<Out>,
 }
@@ -112,7 +119,7 @@ impl PeerServer {
     }
 
     /// Part of a cluster: ids connect to any node (messages for an id not
-    /// here go out as [`Out::Elsewhere`]; joins and leaves are announced).
+    /// here go out as [`Effect::Elsewhere`]; joins and leaves are announced).
     pub fn clustered(mut self) -> Self {
         self.clustered = true;
         self
@@ -198,10 +205,10 @@ impl PeerServer {
             self.ids.insert(conn, id.to_string());
             self.send(conn, json!({"type": "OPEN"}));
             if self.clustered {
-                self.out.push_back(Out::Joined {
+                self.out.push_back(Out::Cluster(Effect::Joined {
                     id: id.to_string(),
                     token: token.to_string(),
-                });
+                }));
             }
         }
         if let Some(queue) = self.take_queue(id) {
@@ -267,13 +274,10 @@ impl PeerServer {
         if kind == "LEAVE" || kind == "EXPIRE" {
             return;
         }
-        if let Some(client) = self.clients.get(dst) {
-            // Connected here meanwhile.
-            let conn = client.conn;
-            self.out.push_back(Out::Send(conn, text.to_string()));
-            return;
+        // Connected here meanwhile, or else kept for it.
+        if !self.deliver(dst, text) {
+            self.queue(src, dst.to_string(), text.to_string(), now);
         }
-        self.queue(src, dst.to_string(), text.to_string(), now);
     }
 
     fn relay(&mut self, kind: &str, src: &str, dst: Option<String>, message: Value, now: Instant) {
@@ -283,11 +287,11 @@ impl PeerServer {
                 self.send(conn, message);
             }
             Some(dst) if self.clustered && dst.len() <= MAX_ID => {
-                self.out.push_back(Out::Elsewhere {
+                self.out.push_back(Out::Cluster(Effect::Elsewhere {
                     src: src.to_string(),
                     dst,
                     text: message.to_string(),
-                });
+                }));
             }
             // Nobody to tell that someone left or expired.
             Some(_) if kind == "LEAVE" || kind == "EXPIRE" => {}
@@ -330,7 +334,7 @@ impl PeerServer {
 
     fn left(&mut self, id: String, token: String) {
         if self.clustered {
-            self.out.push_back(Out::Left { id, token });
+            self.out.push_back(Out::Cluster(Effect::Left { id, token }));
         }
     }
 

@@ -57,14 +57,17 @@ fn in_a_cluster_ids_are_announced_and_messages_for_other_nodes_go_out_in_order()
     w.server = PeerServer::new(PeerConfig::default()).clustered();
     let out = w.connect(1, "alice", "t1");
     assert_eq!(sent(&out, 1)[0]["type"], "OPEN");
-    let joined = Out::Joined {
+    let joined = Out::Cluster(Effect::Joined {
         id: "alice".into(),
         token: "t1".into(),
-    };
+    });
     assert!(out.contains(&joined), "{out:?}");
     // The same peer again (a new socket): no second announcement.
     let out = w.connect(2, "alice", "t1");
-    assert!(!out.iter().any(|o| matches!(o, Out::Joined { .. })));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Out::Cluster(Effect::Joined { .. })))
+    );
 
     // Messages for an id not here go out, in order, with the server's src.
     let out = w.say(2, r#"{"type":"OFFER","dst":"bob","payload":{"n":1}}"#);
@@ -72,7 +75,7 @@ fn in_a_cluster_ids_are_announced_and_messages_for_other_nodes_go_out_in_order()
     let mut texts = Vec::new();
     for o in out.iter().chain(&out2) {
         match o {
-            Out::Elsewhere { src, dst, text } => {
+            Out::Cluster(Effect::Elsewhere { src, dst, text }) => {
                 assert_eq!((src.as_str(), dst.as_str()), ("alice", "bob"));
                 texts.push(serde_json::from_str::<Value>(text).unwrap());
             }
@@ -117,16 +120,16 @@ fn in_a_cluster_ids_are_announced_and_messages_for_other_nodes_go_out_in_order()
     // Leaving, by closing or by going silent, is announced.
     w.connect(3, "erin", "t3");
     w.server.disconnect(2);
-    let left = Out::Left {
+    let left = Out::Cluster(Effect::Left {
         id: "alice".into(),
         token: "t1".into(),
-    };
+    });
     assert_eq!(w.drain(), [left]);
     let out = w.wait(Duration::from_secs(61));
-    assert!(out.contains(&Out::Left {
+    assert!(out.contains(&Out::Cluster(Effect::Left {
         id: "erin".into(),
         token: "t3".into()
-    }));
+    })));
 }
 
 #[test]
